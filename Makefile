@@ -1,0 +1,44 @@
+# keyagent: `make demo` and `make test` work on a fresh machine with nothing done first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: all setup sysdeps demo test lint typecheck pytest bench clean
+
+all: test
+
+sysdeps:
+	@bash scripts/sysdeps.sh
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# The project itself (non-editable, as users get it) plus the test tools, into .venv.
+$(STAMP): $(PY) pyproject.toml meson.build $(shell find service cli dbus data bin -type f -not -path '*/__pycache__/*')
+	$(PY) -m pip install -q '.[test]'
+	@touch $@
+
+setup: sysdeps $(STAMP)
+
+demo: setup
+	@bash scripts/demo.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check service cli tests bench
+	$(VENV)/bin/ruff format --check service cli tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: setup
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+test: setup lint typecheck pytest
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache .hypothesis

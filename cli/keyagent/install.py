@@ -1,0 +1,90 @@
+"""`keyagent install` / `keyagent uninstall`: per-user activation and systemd files.
+
+The user copies point at this installation's `keyagentd`, so D-Bus activation (dbus-daemon uses
+`Exec=`) and systemd (dbus-broker activates through `SystemdService=`) start the right agent.
+The templates are the very files meson installs system-wide (`dbus/…service.in`,
+`data/keyagent.service.in`); meson also copies them into this package so a wheel has them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from keyagent.protocol import BUS_NAME
+
+_HERE = Path(__file__).resolve().parent
+#: Where the templates live: installed beside this module by meson, or in the source tree.
+_TEMPLATE_DIRS = (_HERE / "templates", _HERE.parent.parent / "dbus", _HERE.parent.parent / "data")
+ACTIVATION_TEMPLATE = f"{BUS_NAME}.service.in"
+UNIT_TEMPLATE = "keyagent.service.in"
+
+
+def read_template(name: str) -> str:
+    for folder in _TEMPLATE_DIRS:
+        if (folder / name).is_file():
+            return (folder / name).read_text(encoding="utf-8")
+    raise FileNotFoundError(f"template {name} is missing from this installation")
+
+
+def _xdg(var: str, default: str) -> Path:
+    value = os.environ.get(var, "")
+    # The XDG spec says relative paths are invalid and must be ignored.
+    return Path(value) if value and os.path.isabs(value) else Path.home() / default
+
+
+def activation_file() -> Path:
+    return _xdg("XDG_DATA_HOME", ".local/share") / "dbus-1" / "services" / f"{BUS_NAME}.service"
+
+
+def systemd_unit() -> Path:
+    return _xdg("XDG_CONFIG_HOME", ".config") / "systemd" / "user" / "keyagent.service"
+
+
+def find_agent_bindir() -> Path:
+    """The directory of this installation's `keyagentd`: beside our interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / "keyagentd"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside.parent.absolute()
+    found = shutil.which("keyagentd")
+    if found is None:
+        raise FileNotFoundError("keyagentd is not installed beside this keyagent or on PATH")
+    return Path(found).parent.absolute()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def install(bindir: Path | None = None) -> list[Path]:
+    """Write the user activation file and systemd unit; return the paths written."""
+    where = str(bindir or find_agent_bindir())
+    written = []
+    targets = ((activation_file(), ACTIVATION_TEMPLATE), (systemd_unit(), UNIT_TEMPLATE))
+    for path, template in targets:
+        _write_atomically(path, read_template(template).replace("@bindir@", where))
+        written.append(path)
+    return written
+
+
+def uninstall() -> list[Path]:
+    """Remove the user copies; return the paths that were removed."""
+    removed = []
+    for path in (activation_file(), systemd_unit()):
+        if path.exists():
+            path.unlink()
+            removed.append(path)
+    return removed

@@ -1,0 +1,216 @@
+"""The wire contract shared by the agent and its clients.
+
+Names of the bus, objects, interfaces and errors live here and nowhere else.
+This module is deliberately light (no I/O, no third-party imports): the
+`keyagent` command imports it on every start, and the agent imports it too.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+BUS_NAME: Final = "org.example.KeyAgent"
+MANAGER_PATH: Final = "/org/example/KeyAgent"
+MANAGER_INTERFACE: Final = "org.example.KeyAgent"
+KEY_INTERFACE: Final = "org.example.KeyAgent.Key"
+KEYS_PATH_PREFIX: Final = MANAGER_PATH + "/keys/"
+ERROR_PREFIX: Final = "org.example.KeyAgent.Error."
+
+ACCESS_DENIED: Final = "org.freedesktop.DBus.Error.AccessDenied"
+INVALID_ARGS: Final = "org.freedesktop.DBus.Error.InvalidArgs"
+
+KEY_TYPE_X25519: Final = "x25519"
+KEY_TYPE_HYBRID: Final = "mlkem768x25519"
+KEY_TYPES: Final = (KEY_TYPE_X25519, KEY_TYPE_HYBRID)
+
+#: In-message payload cap (``ay`` arguments and replies); larger data uses the Fd methods.
+DEFAULT_MAX_PAYLOAD: Final = 16 * 1024 * 1024
+
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def is_valid_key_name(name: str) -> bool:
+    """Key names are 1-64 of [A-Za-z0-9_-], so a name is its own object path element."""
+    return _NAME_RE.fullmatch(name) is not None
+
+
+def key_path(name: str) -> str:
+    if not is_valid_key_name(name):
+        raise InvalidName(f"Invalid key name {name!r}: use 1-64 letters, digits, '_' or '-'.")
+    return KEYS_PATH_PREFIX + name
+
+
+def key_name_from_path(path: str) -> str:
+    if not path.startswith(KEYS_PATH_PREFIX):
+        raise ValueError(f"not a key object path: {path}")
+    return path[len(KEYS_PATH_PREFIX) :]
+
+
+class KeyAgentError(Exception):
+    """Base of every named error; ``wire_name`` is the D-Bus error name.
+
+    The text of an error is one sentence for a person: never key material.
+    """
+
+    short_name: str = "Failed"
+
+    @classmethod
+    def wire_name(cls) -> str:
+        return ERROR_PREFIX + cls.short_name
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.__class__.default_message())
+        self.message = str(self.args[0])
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "The operation failed."
+
+
+class Failed(KeyAgentError):
+    short_name = "Failed"
+
+
+class Locked(KeyAgentError):
+    """A key that could open the file is locked. ``names`` lists the candidates."""
+
+    short_name = "Locked"
+
+    def __init__(self, message: str = "", names: tuple[str, ...] = ()) -> None:
+        if not names and message:
+            names = parse_locked_names(message)
+        if not message:
+            message = locked_message(names)
+        super().__init__(message)
+        self.names = names
+
+    @classmethod
+    def for_keys(cls, names: tuple[str, ...] | list[str]) -> Locked:
+        return cls(locked_message(tuple(names)), tuple(names))
+
+
+class NoSuchKey(KeyAgentError):
+    short_name = "NoSuchKey"
+
+
+class KeyExists(KeyAgentError):
+    short_name = "KeyExists"
+
+
+class BadPassphrase(KeyAgentError):
+    short_name = "BadPassphrase"
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "The passphrase is wrong."
+
+
+class NoMatch(KeyAgentError):
+    short_name = "NoMatch"
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "No key in the agent matches this file."
+
+
+class Malformed(KeyAgentError):
+    short_name = "Malformed"
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "The input is not a valid age file."
+
+
+class Integrity(KeyAgentError):
+    short_name = "Integrity"
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "The file failed its integrity check: it was modified or cut short."
+
+
+class Unsupported(KeyAgentError):
+    short_name = "Unsupported"
+
+
+class TooLarge(KeyAgentError):
+    short_name = "TooLarge"
+
+
+class InvalidName(KeyAgentError):
+    short_name = "InvalidName"
+
+
+class RateLimited(KeyAgentError):
+    short_name = "RateLimited"
+
+
+class AccessDenied(KeyAgentError):
+    """Raised client-side for the bus's AccessDenied (not one of our wire names)."""
+
+    short_name = "AccessDenied"
+
+    @classmethod
+    def wire_name(cls) -> str:
+        return ACCESS_DENIED
+
+
+class InvalidArgs(KeyAgentError):
+    """Raised client-side for the bus's InvalidArgs (a bad signature or option)."""
+
+    short_name = "InvalidArgs"
+
+    @classmethod
+    def wire_name(cls) -> str:
+        return INVALID_ARGS
+
+
+#: Every named error of the design, by its wire name: the one mapping used on both sides.
+ERRORS: Final[dict[str, type[KeyAgentError]]] = {
+    cls.wire_name(): cls
+    for cls in (
+        Locked,
+        NoSuchKey,
+        KeyExists,
+        BadPassphrase,
+        NoMatch,
+        Malformed,
+        Integrity,
+        Unsupported,
+        TooLarge,
+        InvalidName,
+        RateLimited,
+        Failed,
+        AccessDenied,
+        InvalidArgs,
+    )
+}
+
+#: The design's own error names (org.example.KeyAgent.Error.*).
+AGENT_ERROR_NAMES: Final = tuple(n for n in ERRORS if n.startswith(ERROR_PREFIX))
+
+
+def error_from_wire(name: str, message: str) -> KeyAgentError:
+    """The exception for a D-Bus error reply; unknown names become ``Failed``."""
+    cls = ERRORS.get(name)
+    if cls is None:
+        return Failed(message or name)
+    return cls(message)
+
+
+_LOCKED_RE: Final = re.compile(r"'([A-Za-z0-9_-]{1,64})'")
+
+
+def locked_message(names: tuple[str, ...]) -> str:
+    if not names:
+        return "The key for this file is locked."
+    quoted = ", ".join(f"'{n}'" for n in names)
+    if len(names) == 1:
+        return f"Key {quoted} is locked: unlock it and retry."
+    return f"One of the keys {quoted} is needed and all are locked: unlock one and retry."
+
+
+def parse_locked_names(message: str) -> tuple[str, ...]:
+    """The key names a ``Locked`` error's text names (its quoted words)."""
+    return tuple(_LOCKED_RE.findall(message))

@@ -1,0 +1,246 @@
+"""The real-bus test harness: a private dbus-daemon per test, with the real activation file.
+
+Every test that talks to the agent gets its own `dbus-daemon` started from a config file written
+here: its own socket, its own <servicedir> holding `dbus/org.example.KeyAgent.service.in` with
+@bindir@ pointing at a `keyagentd` wrapper that runs this source tree, and a temporary
+KEYAGENT_HOME. Teardown kills the daemon's whole process group, activated agents included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE_IN = ROOT / "dbus" / "org.example.KeyAgent.service.in"
+BUS_NAME = "org.example.KeyAgent"
+
+#: Fast KDF settings for tests (the agent's defaults are exercised by their own tests).
+TEST_AGENT_ARGS = ("--argon2-memory", "1024", "--argon2-time", "1", "--argon2-parallelism", "1")
+DAEMON_START_TIMEOUT = 10.0
+
+
+@dataclass
+class PrivateBus:
+    """A running private session bus and everything a test needs to talk to it."""
+
+    address: str
+    socket_path: Path
+    tmp: Path
+    home: Path
+    service_dir: Path
+    bindir: Path
+    env: dict[str, str]
+    daemon: subprocess.Popen[bytes]
+    extra_pids: list[int] = field(default_factory=list)
+
+    def run(
+        self, argv: list[str], *, check: bool = True, timeout: float = 30, **kw: object
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command with this bus as its session bus."""
+        return subprocess.run(  # type: ignore[call-overload, no-any-return]
+            argv, env=self.env, capture_output=True, text=True, check=check, timeout=timeout, **kw
+        )
+
+    def keyagent(self, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+        """Run the `keyagent` command from this source tree."""
+        return self.run([sys.executable, "-m", "keyagent", *args], **kw)
+
+    def agent_pid(self) -> int | None:
+        """The pid of the process owning org.example.KeyAgent, or None when nobody owns it."""
+        out = self.run(
+            [
+                "dbus-send",
+                "--session",
+                "--print-reply",
+                "--dest=org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus.GetConnectionUnixProcessID",
+                f"string:{BUS_NAME}",
+            ],
+            check=False,
+        )
+        if out.returncode != 0:
+            return None
+        return int(out.stdout.split()[-1])
+
+    def wait_agent_gone(self, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.agent_pid() is None:
+                return True
+            time.sleep(0.05)
+        return False
+
+
+def _write_config(tmp: Path, socket_path: Path, service_dir: Path, *, any_user: bool) -> Path:
+    # A session-bus config of our own: a private socket, our service dir, nothing from the host.
+    allow_users = '<allow user="*"/>' if any_user else ""
+    config = tmp / "bus.conf"
+    config.write_text(
+        f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <keep_umask/>
+  <listen>unix:path={socket_path}</listen>
+  <auth>EXTERNAL</auth>
+  <servicedir>{service_dir}</servicedir>
+  <policy context="default">
+    {allow_users}
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+  <limit name="max_message_size">134217728</limit>
+  <limit name="max_message_unix_fds">64</limit>
+  <limit name="service_start_timeout">30000</limit>
+</busconfig>
+"""
+    )
+    return config
+
+
+def write_activation_file(service_dir: Path, bindir: Path) -> Path:
+    """The real activation file, with @bindir@ substituted as meson and `keyagent install` do."""
+    service_dir.mkdir(parents=True, exist_ok=True)
+    target = service_dir / "org.example.KeyAgent.service"
+    target.write_text(SERVICE_IN.read_text().replace("@bindir@", str(bindir)))
+    return target
+
+
+def write_agent_wrapper(bindir: Path, agent_args: tuple[str, ...]) -> Path:
+    """A `keyagentd` that runs this source tree's agent with the test's arguments."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    wrapper = bindir / "keyagentd"
+    args = " ".join(f"'{a}'" for a in agent_args)
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m keyagentd {args} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def start_private_bus(
+    tmp: Path, *, any_user: bool = False, agent_args: tuple[str, ...] = TEST_AGENT_ARGS
+) -> PrivateBus:
+    tmp.mkdir(parents=True, exist_ok=True)
+    if any_user:
+        tmp.chmod(0o755)  # other uids must reach the socket
+    socket_path = tmp / "bus"
+    service_dir = tmp / "services"
+    bindir = tmp / "bin"
+    home = tmp / "keystore"
+    write_agent_wrapper(bindir, agent_args)
+    write_activation_file(service_dir, bindir)
+    config = _write_config(tmp, socket_path, service_dir, any_user=any_user)
+    address = f"unix:path={socket_path}"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DBUS_", "KEYAGENT_", "XDG_")) and k not in {"PYTHONPATH"}
+    }
+    env.update(
+        DBUS_SESSION_BUS_ADDRESS=address,
+        KEYAGENT_HOME=str(home),
+        XDG_DATA_HOME=str(tmp / "data"),
+        XDG_CONFIG_HOME=str(tmp / "config"),
+        XDG_RUNTIME_DIR=str(tmp),
+        PYTHONPATH=f"{ROOT / 'service'}:{ROOT / 'cli'}",
+        PYTHONUNBUFFERED="1",
+    )
+    daemon = subprocess.Popen(
+        ["dbus-daemon", "--nofork", "--nopidfile", f"--config-file={config}", "--print-address"],
+        env=env,
+        stdout=subprocess.PIPE,
+        start_new_session=True,  # activated agents join this group, so teardown reaches them
+    )
+    assert daemon.stdout is not None
+    deadline = time.monotonic() + DAEMON_START_TIMEOUT
+    line = daemon.stdout.readline()
+    while not socket_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not line or not socket_path.exists():
+        daemon.kill()
+        raise RuntimeError("the private dbus-daemon did not start")
+    if any_user:
+        socket_path.chmod(0o777)
+    return PrivateBus(address, socket_path, tmp, home, service_dir, bindir, env, daemon)
+
+
+def stop_private_bus(bus: PrivateBus) -> None:
+    pgid = bus.daemon.pid
+    agent = bus.agent_pid()
+    for pid in [*(p for p in [agent] if p), *bus.extra_pids]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    bus.daemon.terminate()
+    try:
+        bus.daemon.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        bus.daemon.kill()
+        bus.daemon.wait()
+    if bus.daemon.stdout:
+        bus.daemon.stdout.close()
+    time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)  # any agent still running from this bus
+
+
+BusFactory = Callable[..., PrivateBus]
+
+
+@pytest.fixture
+def bus_factory(tmp_path: Path) -> Iterator[BusFactory]:
+    """Start private buses on demand: `bus_factory(any_user=False, agent_args=(...))`."""
+    started: list[PrivateBus] = []
+
+    def make(
+        *, any_user: bool = False, agent_args: tuple[str, ...] = TEST_AGENT_ARGS
+    ) -> PrivateBus:
+        bus = start_private_bus(
+            tmp_path / f"bus{len(started)}", any_user=any_user, agent_args=agent_args
+        )
+        started.append(bus)
+        return bus
+
+    yield make
+    for bus in started:
+        stop_private_bus(bus)
+
+
+@pytest.fixture
+def private_bus(bus_factory: BusFactory) -> PrivateBus:
+    """A private session bus whose only clients are this uid."""
+    return bus_factory()
+
+
+@pytest.fixture
+def permissive_bus(bus_factory: BusFactory) -> PrivateBus:
+    """A private session bus that also admits other uids (for the access-denied tests)."""
+    return bus_factory(any_user=True)
+
+
+OTHER_UID = 65534  # nobody
+
+
+def as_other_user() -> None:
+    """preexec_fn: drop to uid/gid 65534 (tests run as root in CI)."""
+    os.setgroups([])
+    os.setgid(OTHER_UID)
+    os.setuid(OTHER_UID)
+
+
+requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
