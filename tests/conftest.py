@@ -83,9 +83,17 @@ class PrivateBus:
         return False
 
 
-def _write_config(tmp: Path, socket_path: Path, service_dir: Path, *, any_user: bool) -> Path:
-    # A session-bus config of our own: a private socket, our service dir, nothing from the host.
+def _write_config(
+    tmp: Path, socket_path: Path, service_dir: Path, *, any_user: bool, standard_dirs: bool
+) -> Path:
+    # A session-bus config of our own: a private socket, our service dir, nothing from the host
+    # (or, with standard_dirs, the usual session dirs: $XDG_DATA_HOME/dbus-1/services first).
     allow_users = '<allow user="*"/>' if any_user else ""
+    service_dirs = (
+        "<standard_session_servicedirs/>"
+        if standard_dirs
+        else f"<servicedir>{service_dir}</servicedir>"
+    )
     config = tmp / "bus.conf"
     config.write_text(
         f"""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -95,7 +103,7 @@ def _write_config(tmp: Path, socket_path: Path, service_dir: Path, *, any_user: 
   <keep_umask/>
   <listen>unix:path={socket_path}</listen>
   <auth>EXTERNAL</auth>
-  <servicedir>{service_dir}</servicedir>
+  {service_dirs}
   <policy context="default">
     {allow_users}
     <allow send_destination="*" eavesdrop="true"/>
@@ -130,7 +138,11 @@ def write_agent_wrapper(bindir: Path, agent_args: tuple[str, ...]) -> Path:
 
 
 def start_private_bus(
-    tmp: Path, *, any_user: bool = False, agent_args: tuple[str, ...] = TEST_AGENT_ARGS
+    tmp: Path,
+    *,
+    any_user: bool = False,
+    agent_args: tuple[str, ...] = TEST_AGENT_ARGS,
+    standard_dirs: bool = False,
 ) -> PrivateBus:
     tmp.mkdir(parents=True, exist_ok=True)
     if any_user:
@@ -140,8 +152,11 @@ def start_private_bus(
     bindir = tmp / "bin"
     home = tmp / "keystore"
     write_agent_wrapper(bindir, agent_args)
-    write_activation_file(service_dir, bindir)
-    config = _write_config(tmp, socket_path, service_dir, any_user=any_user)
+    if not standard_dirs:
+        write_activation_file(service_dir, bindir)
+    config = _write_config(
+        tmp, socket_path, service_dir, any_user=any_user, standard_dirs=standard_dirs
+    )
     address = f"unix:path={socket_path}"
     env = {
         k: v
@@ -204,10 +219,16 @@ def bus_factory(tmp_path: Path) -> Iterator[BusFactory]:
     started: list[PrivateBus] = []
 
     def make(
-        *, any_user: bool = False, agent_args: tuple[str, ...] = TEST_AGENT_ARGS
+        *,
+        any_user: bool = False,
+        agent_args: tuple[str, ...] = TEST_AGENT_ARGS,
+        standard_dirs: bool = False,
     ) -> PrivateBus:
         bus = start_private_bus(
-            tmp_path / f"bus{len(started)}", any_user=any_user, agent_args=agent_args
+            tmp_path / f"bus{len(started)}",
+            any_user=any_user,
+            agent_args=agent_args,
+            standard_dirs=standard_dirs,
         )
         started.append(bus)
         return bus

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import json
@@ -69,6 +70,7 @@ from keyagent.protocol import (
     Failed,
     Integrity,
     InvalidName,
+    KeyAgentError,
     KeyExists,
     Malformed,
     NoSuchKey,
@@ -77,7 +79,7 @@ from keyagent.protocol import (
 )
 from keyagentd import kdf
 from keyagentd.atomic import AtomicWriter, FileOps
-from keyagentd.kdf import KdfParams
+from keyagentd.kdf import KdfParams, check_params
 from keyagentd.secrets import wipe
 
 log = logging.getLogger(__name__)
@@ -235,7 +237,7 @@ def parse_key_file(data: bytes, expected_name: str | None = None) -> SealedKey:
     kdf_obj, aead_obj = _field(header, "kdf", dict), _field(header, "aead", dict)
     if set(kdf_obj) != _KDF_FIELDS or set(aead_obj) != _AEAD_FIELDS:
         raise Malformed("The key file's kdf or aead entry has missing or unknown fields.")
-    if kdf_obj["alg"] != kdf.ALGORITHM or kdf_obj["version"] != kdf.VERSION:
+    if kdf_obj["alg"] != kdf.ALGORITHM or _field(kdf_obj, "version", int) != kdf.VERSION:
         raise Unsupported("The key file uses a key derivation this agent does not support.")
     if aead_obj["alg"] != AEAD_ALG:
         raise Unsupported("The key file uses a cipher this agent does not support.")
@@ -246,7 +248,7 @@ def parse_key_file(data: bytes, expected_name: str | None = None) -> SealedKey:
         parallelism=_field(kdf_obj, "parallelism", int),
     )
     try:
-        kdf.check_params(params)
+        check_params(params)
     except ValueError as exc:
         raise Malformed(f"The key file's {exc}") from None
     record = KeyRecord(
@@ -328,8 +330,6 @@ class KeyStore:
         clock: Callable[[], float] = time.time,
         ops: FileOps | None = None,
     ) -> None:
-        from keyagentd.kdf import check_params
-
         check_params(kdf)
         self.root = root
         self.kdf = kdf
@@ -340,7 +340,7 @@ class KeyStore:
 
     @staticmethod
     def default_root() -> Path:
-        """``$KEYAGENT_HOME``, else ``$XDG_DATA_HOME/keyagent``, else ``~/.local/share/keyagent``."""
+        """$KEYAGENT_HOME, else $XDG_DATA_HOME/keyagent, else ~/.local/share/keyagent."""
         home = os.environ.get("KEYAGENT_HOME")
         if home:
             return Path(home)
@@ -355,10 +355,8 @@ class KeyStore:
         path = self.root
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            try:
+            with contextlib.suppress(FileExistsError):  # lost a race: checked below
                 path.mkdir(mode=0o700)
-            except FileExistsError:
-                pass
         try:
             st = path.stat()
         except OSError as exc:
@@ -379,6 +377,12 @@ class KeyStore:
             )
         for leftover in self._writer.remove_leftovers():
             log.info("Removed %s left by an interrupted write in %s", leftover, path)
+        for entry in os.scandir(path):
+            # Not fatal (the directory is private), but a copied-in file may be world-readable.
+            if entry.name.endswith(SUFFIX) and entry.stat(follow_symlinks=False).st_mode & 0o077:
+                log.warning(
+                    "Key file %s is readable by others: run 'chmod 600 %s'", entry.path, entry.path
+                )
 
     def list(self) -> list[KeyRecord]:
         """Every readable key, sorted by name; damaged files are skipped with a warning."""
@@ -392,7 +396,7 @@ class KeyStore:
                 continue
             try:
                 records.append(self._read(name).record)
-            except (Malformed, Integrity, Unsupported, NoSuchKey, Failed) as exc:
+            except KeyAgentError as exc:
                 log.warning("Skipping key file %s: %s", entry.path, exc.message)
         return records
 
@@ -418,7 +422,9 @@ class KeyStore:
             raise Malformed(f"A key seed must be {SEED_LEN} bytes.")
         check_label(label)
         check_recipient(recipient)
-        if path.exists():  # fail fast, before the slow KDF; the link below is the real check
+        if os.path.lexists(
+            path
+        ):  # fail fast, before the slow KDF; the link below is the real check
             raise KeyExists(f"A key named {name!r} already exists.")
         record = KeyRecord(name, label, key_type, recipient, int(self._clock()))
         data = encode_key_file(seal(record, seed, passphrase, self.kdf, self._rng))
@@ -483,7 +489,12 @@ class KeyStore:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise Malformed(f"The key file for {name!r} is not a regular file.")
-            data = os.read(fd, MAX_FILE_SIZE + 1)
+            data = b""
+            while len(data) <= MAX_FILE_SIZE:
+                chunk = os.read(fd, MAX_FILE_SIZE + 1 - len(data))
+                if not chunk:
+                    break
+                data += chunk
         except OSError as exc:
             raise Failed(f"Cannot read the key file for {name!r}: {exc.strerror}.") from None
         finally:

@@ -1,0 +1,536 @@
+"""`keyagent.Client`: a small synchronous client of the keyagent D-Bus service.
+
+Built on jeepney's blocking I/O so that the short-lived `keyagent` command starts fast (no
+asyncio). Every call has a timeout; streaming calls can poll a progress callback while they run.
+Before the first call that carries a passphrase or data, the client checks that the owner of
+`org.example.KeyAgent` runs as our own uid, and from then on addresses that owner by its unique
+name, so a name taken over later cannot receive our secrets.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from jeepney import DBusAddress, HeaderFields, Message, MessageType, new_method_call
+from jeepney.io.blocking import DBusConnection, open_dbus_connection
+
+from keyagent import protocol
+from keyagent.protocol import (
+    AccessDenied,
+    KeyAgentError,
+    NoSuchKey,
+    error_from_wire,
+    key_name_from_path,
+    key_path,
+)
+
+DEFAULT_TIMEOUT: Final = 30.0
+#: Starting the agent includes Python start-up and the keystore scan; be generous.
+ACTIVATION_TIMEOUT: Final = 60.0
+#: How often a streaming call wakes up to report progress.
+POLL_INTERVAL: Final = 0.2
+
+_DBUS = DBusAddress("/org/freedesktop/DBus", "org.freedesktop.DBus", "org.freedesktop.DBus")
+_PROPS = "org.freedesktop.DBus.Properties"
+_OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
+_DBUS_ERR = "org.freedesktop.DBus.Error."
+
+#: Bus errors that mean "nobody is there to answer" (exit code 3 in the command).
+_UNAVAILABLE_ERRORS: Final = frozenset(
+    _DBUS_ERR + n
+    for n in (
+        "ServiceUnknown",
+        "NameHasNoOwner",
+        "NoReply",
+        "Disconnected",
+        "TimedOut",
+        "Timeout",
+        "NoServer",
+        "Spawn.ExecFailed",
+        "Spawn.ChildExited",
+        "Spawn.ChildSignaled",
+        "Spawn.Failed",
+        "Spawn.FailedToSetup",
+        "Spawn.ConfigInvalid",
+        "Spawn.ServiceNotValid",
+        "Spawn.ServiceNotFound",
+        "Spawn.PermissionsInvalid",
+        "Spawn.FileInvalid",
+        "Spawn.NoMemory",
+    )
+)
+#: A call to a unique name that has gone away was never delivered: safe to resolve and resend.
+_NOT_DELIVERED: Final = frozenset({_DBUS_ERR + "ServiceUnknown", _DBUS_ERR + "NameHasNoOwner"})
+
+
+class AgentUnavailable(KeyAgentError):
+    """The session bus or the agent cannot be reached, or the agent did not answer in time."""
+
+    short_name = "AgentUnavailable"
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "The key agent is not available."
+
+
+Options = Mapping[str, tuple[str, Any]]
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """The public properties of one key (org.example.KeyAgent.Key)."""
+
+    name: str
+    label: str
+    type: str
+    recipient: str
+    created: int
+    locked: bool
+    unlocked_until: int
+    idle_timeout: int
+    max_timeout: int
+
+    @classmethod
+    def from_properties(cls, props: Mapping[str, tuple[str, Any]]) -> KeyInfo:
+        def get(prop: str, default: Any) -> Any:
+            item = props.get(prop)
+            return default if item is None else item[1]
+
+        return cls(
+            name=str(get("Name", "")),
+            label=str(get("Label", "")),
+            type=str(get("Type", "")),
+            recipient=str(get("Recipient", "")),
+            created=int(get("Created", 0)),
+            locked=bool(get("Locked", True)),
+            unlocked_until=int(get("UnlockedUntil", 0)),
+            idle_timeout=int(get("IdleTimeout", 0)),
+            max_timeout=int(get("MaxTimeout", 0)),
+        )
+
+    def seconds_left(self, now: float | None = None) -> int | None:
+        """Seconds until the key locks by its hard limit, None when locked."""
+        if self.locked or not self.unlocked_until:
+            return None
+        now = time.time() if now is None else now
+        return max(0, int(self.unlocked_until - now))
+
+
+def _unlock_options(
+    idle_timeout: int | None, max_timeout: int | None
+) -> dict[str, tuple[str, Any]]:
+    opts: dict[str, tuple[str, Any]] = {}
+    if idle_timeout is not None:
+        opts["idle-timeout"] = ("u", int(idle_timeout))
+    if max_timeout is not None:
+        opts["max-timeout"] = ("u", int(max_timeout))
+    return opts
+
+
+class _BusError(Exception):
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(name)
+        self.name = name
+        self.message = message
+
+    def to_exception(self) -> KeyAgentError:
+        if self.name in _UNAVAILABLE_ERRORS:
+            return AgentUnavailable(self.message or "The key agent is not available.")
+        return error_from_wire(self.name, self.message)
+
+
+class Client:
+    """A connection to the keyagent service on a D-Bus session bus.
+
+    ``bus`` is ``"SESSION"`` (from ``$DBUS_SESSION_BUS_ADDRESS``) or a D-Bus address. Use as a
+    context manager, or call :meth:`close`. Errors are the classes of :mod:`keyagent.protocol`,
+    plus :class:`AgentUnavailable`.
+    """
+
+    def __init__(self, bus: str = "SESSION", *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.timeout = timeout
+        self._owner: str | None = None
+        try:
+            self._conn: DBusConnection = open_dbus_connection(bus=bus, enable_fds=True)
+        except KeyError as e:  # jeepney: no DBUS_SESSION_BUS_ADDRESS
+            raise AgentUnavailable("No session bus: DBUS_SESSION_BUS_ADDRESS is not set.") from e
+        except (OSError, TimeoutError, ValueError, RuntimeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+            raise AgentUnavailable(f"Cannot connect to the session bus: {reason}.") from e
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- the agent's identity ----------------------------------------------------------------
+
+    def owner(self) -> str:
+        """The unique bus name of the agent, started if needed and checked to be ours."""
+        if self._owner is None:
+            self._owner = self._resolve_owner()
+        return self._owner
+
+    def _bus_call(
+        self, member: str, signature: str, *args: Any, timeout: float | None = None
+    ) -> Any:
+        msg = new_method_call(_DBUS, member, signature, args)
+        return self._send(msg, timeout=self.timeout if timeout is None else timeout)
+
+    def _resolve_owner(self) -> str:
+        try:
+            owner = str(self._bus_call("GetNameOwner", "s", protocol.BUS_NAME)[0])
+        except _BusError as e:
+            if e.name not in _NOT_DELIVERED:
+                raise e.to_exception() from None
+            owner = self._activate()
+        try:
+            uid = int(self._bus_call("GetConnectionUnixUser", "s", owner)[0])
+        except _BusError as e:
+            raise e.to_exception() from None
+        if uid != os.getuid():
+            # Never send a passphrase or data to a service run by someone else.
+            raise AccessDenied(
+                f"The service {protocol.BUS_NAME} on this bus runs as uid {uid}, not as you."
+            )
+        return owner
+
+    def _activate(self) -> str:
+        try:
+            self._bus_call(
+                "StartServiceByName", "su", protocol.BUS_NAME, 0, timeout=ACTIVATION_TIMEOUT
+            )
+            return str(self._bus_call("GetNameOwner", "s", protocol.BUS_NAME)[0])
+        except _BusError as e:
+            if e.name == _DBUS_ERR + "ServiceUnknown":
+                raise AgentUnavailable(
+                    f"The key agent is not installed on this bus ({e.message})"
+                ) from None
+            if e.name.startswith(_DBUS_ERR + "Spawn.") or e.name in _UNAVAILABLE_ERRORS:
+                raise AgentUnavailable(f"The key agent failed to start: {e.message}") from None
+            raise e.to_exception() from None
+
+    def agent_pid(self) -> int:
+        try:
+            return int(self._bus_call("GetConnectionUnixProcessID", "s", self.owner())[0])
+        except _BusError as e:
+            raise e.to_exception() from None
+
+    # -- raw calls ---------------------------------------------------------------------------
+
+    def _send(
+        self,
+        msg: Message,
+        *,
+        timeout: float | None,
+        progress: Callable[[], None] | None = None,
+    ) -> tuple[Any, ...]:
+        """Send and wait for the reply; raise _BusError for an error reply."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            serial = next(self._conn.outgoing_serial)
+            self._conn.send(msg, serial=serial)
+            while True:
+                wait = POLL_INTERVAL if progress is not None else None
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError
+                    wait = left if wait is None else min(wait, left)
+                try:
+                    reply = self._conn.receive(timeout=wait)
+                except TimeoutError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise
+                    if progress is not None:
+                        progress()
+                    continue
+                if reply.header.fields.get(HeaderFields.reply_serial) != serial:
+                    _close_fds(reply)  # signals and strays: nothing of ours
+                    continue
+                break
+        except TimeoutError:
+            raise AgentUnavailable(
+                f"The key agent did not answer within {timeout:g} seconds."
+            ) from None
+        except (OSError, RuntimeError) as e:
+            raise AgentUnavailable("The connection to the session bus was lost.") from e
+        if reply.header.message_type == MessageType.error:
+            name = str(reply.header.fields.get(HeaderFields.error_name, ""))
+            text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
+            raise _BusError(name, text)
+        return tuple(reply.body)
+
+    def _call(
+        self,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str | None = None,
+        args: Sequence[Any] = (),
+        *,
+        timeout: float | None = -1.0,
+        progress: Callable[[], None] | None = None,
+    ) -> tuple[Any, ...]:
+        """Call the agent; map error replies to protocol exceptions.
+
+        ``timeout``: seconds, None for no limit, negative for the client's default.
+        """
+        t = self.timeout if timeout is not None and timeout < 0 else timeout
+        for attempt in (1, 2):
+            addr = DBusAddress(path, self.owner(), interface)
+            msg = new_method_call(addr, member, signature, tuple(args))
+            try:
+                return self._send(msg, timeout=t, progress=progress)
+            except _BusError as e:
+                if e.name in _NOT_DELIVERED and attempt == 1:
+                    # The agent exited (idle) between our check and the call: restart it.
+                    self._owner = None
+                    continue
+                if e.name in (_DBUS_ERR + "UnknownObject", _DBUS_ERR + "UnknownMethod") and (
+                    path.startswith(protocol.KEYS_PATH_PREFIX)
+                ):
+                    name = key_name_from_path(path)
+                    raise NoSuchKey(f"There is no key named '{name}'.") from None
+                raise e.to_exception() from None
+        raise AssertionError("unreachable")
+
+    def _manager(
+        self, member: str, signature: str | None = None, args: Sequence[Any] = (), **kw: Any
+    ) -> tuple[Any, ...]:
+        return self._call(
+            protocol.MANAGER_PATH, protocol.MANAGER_INTERFACE, member, signature, args, **kw
+        )
+
+    def _key(
+        self,
+        name: str,
+        member: str,
+        signature: str | None = None,
+        args: Sequence[Any] = (),
+        **kw: Any,
+    ) -> tuple[Any, ...]:
+        return self._call(key_path(name), protocol.KEY_INTERFACE, member, signature, args, **kw)
+
+    # -- manager -----------------------------------------------------------------------------
+
+    def version(self) -> str:
+        """The agent's version."""
+        reply = self._call(
+            protocol.MANAGER_PATH, _PROPS, "Get", "ss", (protocol.MANAGER_INTERFACE, "Version")
+        )
+        return str(reply[0][1])
+
+    def key_names(self) -> list[str]:
+        reply = self._call(
+            protocol.MANAGER_PATH, _PROPS, "Get", "ss", (protocol.MANAGER_INTERFACE, "Keys")
+        )
+        return sorted(key_name_from_path(p) for p in reply[0][1])
+
+    def keys(self) -> list[KeyInfo]:
+        """Every key with its properties, sorted by name (one round trip)."""
+        reply = self._call(protocol.MANAGER_PATH, _OBJECT_MANAGER, "GetManagedObjects")
+        infos = [
+            KeyInfo.from_properties(ifaces[protocol.KEY_INTERFACE])
+            for path, ifaces in reply[0].items()
+            if str(path).startswith(protocol.KEYS_PATH_PREFIX) and protocol.KEY_INTERFACE in ifaces
+        ]
+        return sorted(infos, key=lambda k: k.name)
+
+    def key(self, name: str) -> KeyInfo:
+        """One key's properties."""
+        reply = self._key_props(name)
+        return KeyInfo.from_properties(reply)
+
+    def _key_props(self, name: str) -> dict[str, tuple[str, Any]]:
+        reply = self._call(key_path(name), _PROPS, "GetAll", "s", (protocol.KEY_INTERFACE,))
+        return dict(reply[0])
+
+    def create_key(
+        self, name: str, passphrase: str, *, type: str = protocol.KEY_TYPE_X25519, label: str = ""
+    ) -> str:
+        """Create a key sealed under ``passphrase``; returns its recipient."""
+        opts: dict[str, tuple[str, Any]] = {"type": ("s", type)}
+        if label:
+            opts["label"] = ("s", label)
+        reply = self._manager("CreateKey", "ssa{sv}", (name, passphrase, opts))
+        return str(reply[1])
+
+    def import_key(self, name: str, identity: str, passphrase: str, *, label: str = "") -> str:
+        """Seal an existing ``AGE-SECRET-KEY-…`` identity; returns the key's object path."""
+        opts: dict[str, tuple[str, Any]] = {"label": ("s", label)} if label else {}
+        reply = self._manager("ImportKey", "sssa{sv}", (name, identity, passphrase, opts))
+        return str(reply[0])
+
+    def delete_key(self, name: str, passphrase: str | None = None) -> None:
+        """Delete a key: it must be unlocked, or ``passphrase`` must be its own."""
+        opts: dict[str, tuple[str, Any]] = {}
+        if passphrase is not None:
+            opts["passphrase"] = ("s", passphrase)
+        self._manager("DeleteKey", "sa{sv}", (name, opts))
+
+    def lock_all(self) -> None:
+        self._manager("LockAll")
+
+    def encrypt(
+        self,
+        recipients: Iterable[str],
+        plaintext: bytes,
+        *,
+        armor: bool = False,
+        passphrase: str | None = None,
+    ) -> bytes:
+        """Encrypt in one message (payloads up to the agent's cap, 16 MiB by default)."""
+        opts = _encrypt_options(armor, passphrase)
+        reply = self._manager("Encrypt", "asaya{sv}", (list(recipients), plaintext, opts))
+        return bytes(reply[0])
+
+    def decrypt(
+        self, ciphertext: bytes, *, key: str | None = None, passphrase: str | None = None
+    ) -> tuple[bytes, str]:
+        """Decrypt in one message; returns (plaintext, key name or "" for passphrase files)."""
+        opts = _decrypt_options(key, passphrase)
+        reply = self._manager("Decrypt", "aya{sv}", (ciphertext, opts))
+        return bytes(reply[0]), str(reply[1])
+
+    def encrypt_fd(
+        self,
+        recipients: Iterable[str],
+        input_fd: int,
+        output_fd: int,
+        *,
+        armor: bool = False,
+        passphrase: str | None = None,
+        timeout: float | None = None,
+        progress: Callable[[], None] | None = None,
+    ) -> int:
+        """Stream ``input_fd`` to ``output_fd`` through the agent; returns bytes written.
+
+        No timeout by default: the call lasts as long as the data. ``progress`` is called
+        every few hundred milliseconds while the agent works.
+        """
+        opts = _encrypt_options(armor, passphrase)
+        reply = self._manager(
+            "EncryptFd",
+            "ashha{sv}",
+            (list(recipients), input_fd, output_fd, opts),
+            timeout=timeout,
+            progress=progress,
+        )
+        return int(reply[0])
+
+    def decrypt_fd(
+        self,
+        input_fd: int,
+        output_fd: int,
+        *,
+        key: str | None = None,
+        passphrase: str | None = None,
+        timeout: float | None = None,
+        progress: Callable[[], None] | None = None,
+    ) -> tuple[str, int]:
+        """Stream-decrypt; returns (key name or "", bytes written)."""
+        opts = _decrypt_options(key, passphrase)
+        reply = self._manager(
+            "DecryptFd", "hha{sv}", (input_fd, output_fd, opts), timeout=timeout, progress=progress
+        )
+        return str(reply[0]), int(reply[1])
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def unlock(
+        self,
+        name: str,
+        passphrase: str,
+        *,
+        idle_timeout: int | None = None,
+        max_timeout: int | None = None,
+    ) -> None:
+        """Unlock with the passphrase in the message; prefer :meth:`unlock_with_pipe`."""
+        opts = _unlock_options(idle_timeout, max_timeout)
+        self._key(name, "Unlock", "sa{sv}", (passphrase, opts))
+
+    def unlock_from_fd(
+        self,
+        name: str,
+        fd: int,
+        *,
+        idle_timeout: int | None = None,
+        max_timeout: int | None = None,
+    ) -> None:
+        """Unlock with the passphrase the agent reads from ``fd`` (a pipe's read end)."""
+        opts = _unlock_options(idle_timeout, max_timeout)
+        self._key(name, "UnlockFromFd", "ha{sv}", (fd, opts))
+
+    def unlock_with_pipe(
+        self,
+        name: str,
+        passphrase: str,
+        *,
+        idle_timeout: int | None = None,
+        max_timeout: int | None = None,
+    ) -> None:
+        """Unlock through a pipe, so the passphrase never appears in a bus message."""
+        self.owner()  # check the agent before the passphrase leaves this process
+        data = passphrase.encode()
+        if len(data) >= 4096:
+            raise protocol.BadPassphrase("The passphrase is too long (4 KiB at most).")
+        r, w = os.pipe()
+        try:
+            try:
+                os.write(w, data)  # fits in the pipe buffer: never blocks
+            finally:
+                os.close(w)
+            self.unlock_from_fd(name, r, idle_timeout=idle_timeout, max_timeout=max_timeout)
+        finally:
+            os.close(r)
+
+    def lock(self, name: str) -> None:
+        self._key(name, "Lock")
+
+    def change_passphrase(self, name: str, old: str, new: str) -> None:
+        self._key(name, "ChangePassphrase", "ss", (old, new))
+
+    def export(self, name: str, passphrase: str) -> bytes:
+        """The identity as an age file encrypted to ``passphrase`` (the key's own)."""
+        reply = self._key(name, "Export", "s", (passphrase,))
+        return bytes(reply[0])
+
+
+def _encrypt_options(armor: bool, passphrase: str | None) -> dict[str, tuple[str, Any]]:
+    opts: dict[str, tuple[str, Any]] = {}
+    if armor:
+        opts["armor"] = ("b", True)
+    if passphrase is not None:
+        opts["passphrase"] = ("s", passphrase)
+    return opts
+
+
+def _decrypt_options(key: str | None, passphrase: str | None) -> dict[str, tuple[str, Any]]:
+    opts: dict[str, tuple[str, Any]] = {}
+    if key:
+        opts["key"] = ("s", key)
+    if passphrase is not None:
+        opts["passphrase"] = ("s", passphrase)
+    return opts
+
+
+def _close_fds(msg: Message) -> None:
+    """Close any file descriptors an unexpected message carried."""
+    stack: list[Any] = list(msg.body)
+    while stack:
+        item = stack.pop()
+        if hasattr(item, "to_raw_fd") and hasattr(item, "close"):
+            item.close()
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())

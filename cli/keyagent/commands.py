@@ -1,0 +1,218 @@
+"""The key-management commands: init, import, export, passwd, delete, unlock, lock, recipient,
+list, status, install, uninstall."""
+
+from __future__ import annotations
+
+import base64
+import sys
+import time
+from pathlib import Path
+
+from keyagent.context import (
+    CommandError,
+    Context,
+    UsageError,
+    key_name,
+    open_output,
+    refuse_binary_terminal,
+)
+from keyagent.prompt import ask_yes_no
+from keyagent.protocol import BadPassphrase
+from keyagent.status import list_text, status_document, status_json, status_text
+
+TTY_TRIES = 3
+_ARMOR_BEGIN = "-----BEGIN AGE ENCRYPTED FILE-----"
+_ARMOR_END = "-----END AGE ENCRYPTED FILE-----"
+
+
+def armor(data: bytes) -> bytes:
+    """age's ASCII armor (strict PEM: 64-column base64 lines)."""
+    b64 = base64.b64encode(data).decode()
+    lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
+    return ("\n".join([_ARMOR_BEGIN, *lines, _ARMOR_END]) + "\n").encode()
+
+
+def cmd_init(ctx: Context) -> int:
+    a = ctx.args
+    name = key_name(a.name)
+    client = ctx.client()
+    client.owner()  # fail early, before asking for a passphrase
+    passphrase = ctx.passphrases.new(
+        f"New passphrase for key '{name}': ", f"Confirm passphrase for key '{name}': "
+    )
+    recipient = client.create_key(name, passphrase, type=a.type, label=a.label or "")
+    print(recipient)
+    return 0
+
+
+def parse_identity_file(text: str, source: str) -> str:
+    """The one `AGE-SECRET-KEY-…` line of an identity file; comments and blank lines skipped."""
+    found: list[str] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not line.startswith("AGE-SECRET-KEY-"):
+            raise CommandError(f"{source}: line {number} is not an age identity.")
+        found.append(line)
+    if not found:
+        raise CommandError(f"{source} holds no age identity (AGE-SECRET-KEY-...).")
+    if len(found) > 1:
+        raise CommandError(f"{source} holds {len(found)} identities: import one at a time.")
+    return found[0]
+
+
+def cmd_import(ctx: Context) -> int:
+    a = ctx.args
+    name = key_name(a.name)
+    source = "standard input" if a.file in (None, "-") else f"'{a.file}'"
+    try:
+        data = sys.stdin.buffer.read() if a.file in (None, "-") else Path(a.file).read_bytes()
+        text = data.decode()
+    except OSError as e:
+        raise CommandError(f"Cannot read {source}: {e.strerror}.") from None
+    except UnicodeDecodeError:
+        raise CommandError(f"{source} is not an age identity file.") from None
+    identity = parse_identity_file(text, source)
+    client = ctx.client()
+    client.owner()
+    passphrase = ctx.passphrases.new(
+        f"New passphrase for key '{name}': ", f"Confirm passphrase for key '{name}': "
+    )
+    client.import_key(name, identity, passphrase, label=a.label or "")
+    print(client.key(name).recipient)
+    return 0
+
+
+def cmd_export(ctx: Context) -> int:
+    a = ctx.args
+    name = key_name(a.name)
+    refuse_binary_terminal(a.output, a.armor)
+    client = ctx.client()
+    client.key(name)  # NoSuchKey before the prompt
+    passphrase = ctx.passphrases.get(f"Passphrase for key '{name}': ")
+    data = client.export(name, passphrase)
+    if a.armor:
+        data = armor(data)
+    with open_output(a.output, private=True) as sink:
+        sink.write(data)
+        sink.commit()
+    return 0
+
+
+def cmd_passwd(ctx: Context) -> int:
+    name = key_name(ctx.args.name)
+    client = ctx.client()
+    client.key(name)
+    old = ctx.passphrases.get(f"Current passphrase for key '{name}': ")
+    new = ctx.passphrases.new(f"New passphrase for key '{name}': ", "Confirm new passphrase: ")
+    client.change_passphrase(name, old, new)
+    return 0
+
+
+def cmd_delete(ctx: Context) -> int:
+    a = ctx.args
+    name = key_name(a.name)
+    client = ctx.client()
+    info = client.key(name)
+    if not a.yes:
+        if not ctx.passphrases.interactive():
+            raise UsageError(
+                f"Refusing to delete key '{name}' without confirmation.", "add --yes to confirm"
+            )
+        if not ask_yes_no(f"Delete key '{name}' for good? This cannot be undone. [y/N] "):
+            raise CommandError(f"Key '{name}' was not deleted.")
+    passphrase = None
+    if ctx.passphrases.from_fd or info.locked:
+        passphrase = ctx.passphrases.get(f"Passphrase for key '{name}' (to delete it): ")
+    client.delete_key(name, passphrase)
+    return 0
+
+
+def cmd_unlock(ctx: Context) -> int:
+    a = ctx.args
+    name = key_name(a.name)
+    client = ctx.client()
+    client.key(name)  # NoSuchKey (and the owner check) before the prompt
+    tries = 1 if ctx.passphrases.from_fd else TTY_TRIES
+    for attempt in range(tries):
+        prompt = f"Passphrase for key '{name}': "
+        if attempt:
+            prompt = f"Wrong passphrase, try again. Passphrase for key '{name}': "
+        passphrase = ctx.passphrases.get(prompt)
+        try:
+            client.unlock_with_pipe(
+                name, passphrase, idle_timeout=a.idle_timeout, max_timeout=a.max_timeout
+            )
+            return 0
+        except BadPassphrase:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def cmd_lock(ctx: Context) -> int:
+    a = ctx.args
+    if a.name and a.all:
+        raise UsageError("Give a key name or --all, not both.")
+    if a.name:
+        ctx.client().lock(key_name(a.name))
+    else:
+        ctx.client().lock_all()
+    return 0
+
+
+def cmd_recipient(ctx: Context) -> int:
+    names = [key_name(n) for n in ctx.args.names]
+    client = ctx.client()
+    for name in names:
+        print(client.key(name).recipient)
+    return 0
+
+
+def cmd_list(ctx: Context) -> int:
+    keys = ctx.client().keys()
+    sys.stdout.write(list_text(keys))
+    if not keys and sys.stderr.isatty():
+        print("keyagent: no keys yet: create one with 'keyagent init NAME'", file=sys.stderr)
+    return 0
+
+
+def cmd_status(ctx: Context) -> int:
+    client = ctx.client()
+    version = client.version()
+    pid = client.agent_pid()
+    keys = client.keys()
+    now = time.time()
+    doc = status_document(version, pid, keys, now)
+    sys.stdout.write(status_json(doc) if ctx.args.json else status_text(doc, keys, now))
+    return 0
+
+
+def cmd_install(ctx: Context) -> int:
+    from keyagent import install
+
+    bindir = Path(ctx.args.bindir) if ctx.args.bindir else None
+    try:
+        paths = install.install(bindir)
+    except FileNotFoundError as e:
+        raise CommandError(f"Cannot install: {e}.", "give the directory with --bindir") from None
+    except OSError as e:
+        raise CommandError(f"Cannot install: {e.strerror} ({e.filename}).") from None
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_uninstall(ctx: Context) -> int:
+    from keyagent import install
+
+    try:
+        paths = install.uninstall()
+    except OSError as e:
+        raise CommandError(f"Cannot uninstall: {e.strerror} ({e.filename}).") from None
+    for p in paths:
+        print(f"removed {p}")
+    if not paths:
+        print("nothing to remove", file=sys.stderr)
+    return 0

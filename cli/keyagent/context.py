@@ -1,0 +1,149 @@
+"""What every command gets: its arguments, a lazily opened client, passphrase sources, and the
+two error kinds of the command line itself (usage mistakes and failed operations)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import stat
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from keyagent.client import Client
+from keyagent.output import AtomicOutput, OutputError
+from keyagent.prompt import Passphrases
+from keyagent.protocol import is_valid_key_name
+
+
+class UsageError(Exception):
+    """The command line asks for something impossible (exit 2)."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class CommandError(Exception):
+    """The operation failed for a reason the command found itself (exit 1)."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    passphrases: Passphrases
+    _client: Client | None = field(default=None, repr=False)
+
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client()
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def key_name(name: str) -> str:
+    """A key name from the command line, checked before anything is sent."""
+    if not is_valid_key_name(name):
+        raise UsageError(
+            f"Invalid key name {name!r}: use 1-64 letters, digits, '_' or '-'.",
+            "key names look like: work, backup-2024, laptop_ssd",
+        )
+    return name
+
+
+@contextlib.contextmanager
+def open_input(path: str | None) -> Iterator[int]:
+    """A readable fd for a file, or stdin for None and '-'. Only opened files are closed."""
+    if path is None or path == "-":
+        yield sys.stdin.fileno()
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise CommandError(f"Cannot open '{path}': {e.strerror}.") from None
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise CommandError(f"Cannot read '{path}': it is a directory.")
+        yield fd
+    finally:
+        os.close(fd)
+
+
+class StdoutSink:
+    """Output to stdout: written in place (the agent gets fd 1)."""
+
+    fd = 1
+
+    def __enter__(self) -> StdoutSink:
+        sys.stdout.flush()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def reset(self) -> None:
+        """Nothing to undo: retries happen only after header errors, before any output."""
+
+    def size(self) -> int | None:
+        st = os.fstat(self.fd)
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+    def write(self, data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+    def commit(self) -> None:
+        return None
+
+
+Sink = AtomicOutput | StdoutSink
+
+
+def open_output(path: str | None, *, private: bool) -> Sink:
+    """-o FILE (complete or absent) or stdout for None and '-'."""
+    if path is None or path == "-":
+        return StdoutSink()
+    return AtomicOutput(path, private=private)
+
+
+def to_stdout(path: str | None) -> bool:
+    return path is None or path == "-"
+
+
+def refuse_binary_terminal(path: str | None, armor: bool) -> None:
+    """Like age: binary data never goes to a terminal by accident."""
+    if to_stdout(path) and not armor and os.isatty(1):
+        raise UsageError(
+            "Refusing to write binary data to the terminal.",
+            "use -a for armored text, or -o FILE to write a file",
+        )
+
+
+__all__ = [
+    "CommandError",
+    "Context",
+    "OutputError",
+    "Sink",
+    "StdoutSink",
+    "UsageError",
+    "key_name",
+    "open_input",
+    "open_output",
+    "refuse_binary_terminal",
+    "to_stdout",
+]

@@ -1,0 +1,203 @@
+"""`keyagent encrypt` and `keyagent decrypt`: files travel to the agent as file descriptors.
+
+Decrypting a file whose key is locked prompts for that key's passphrase, unlocks it through a
+pipe and tries again from the start of the input; a passphrase-encrypted file prompts for the
+file's passphrase. Both need an input that can be read twice (a file, not a pipe).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from keyagent.context import (
+    CommandError,
+    Context,
+    Sink,
+    UsageError,
+    key_name,
+    open_input,
+    open_output,
+    refuse_binary_terminal,
+)
+from keyagent.output import PROGRESS_THRESHOLD, Progress, fd_position, input_size
+from keyagent.prompt import NoPassphraseSource
+from keyagent.protocol import BadPassphrase, Locked
+
+T = TypeVar("T")
+#: Tries for a passphrase typed at the terminal (the agent also slows down guessing).
+TTY_TRIES = 3
+
+
+def read_recipients_file(path: str) -> list[str]:
+    """Recipients from a file like age's -R: one per line, '#' comments and blank lines skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise CommandError(f"Cannot read recipients file '{path}': {e.strerror}.") from None
+    except UnicodeDecodeError:
+        raise CommandError(f"Recipients file '{path}' is not UTF-8 text.") from None
+    out = [s.strip() for s in lines if s.strip() and not s.strip().startswith("#")]
+    if not out:
+        raise CommandError(f"Recipients file '{path}' lists no recipients.")
+    return out
+
+
+def _with_progress(
+    ctx: Context, in_fd: int, sink: Sink, call: Callable[[Callable[[], None] | None], T]
+) -> T:
+    """Run a streaming call, with a progress line on a terminal for big or unknown input."""
+    total = input_size(in_fd)
+    wanted = (
+        sys.stderr.isatty()
+        and not os.isatty(in_fd)
+        and (total is None or total > PROGRESS_THRESHOLD)
+        and not ctx.args.quiet
+    )
+    if not wanted:
+        return call(None)
+    seekable = fd_position(in_fd) is not None
+    start = fd_position(in_fd) or 0
+
+    def done() -> int | None:
+        if seekable:
+            pos = fd_position(in_fd)
+            return None if pos is None else pos - start
+        return sink.size()
+
+    bar = Progress(done, None if total is None else total - start)
+    try:
+        return call(bar)
+    finally:
+        bar.finish()
+
+
+def cmd_encrypt(ctx: Context) -> int:
+    a = ctx.args
+    recipients = list(a.recipient or [])
+    for path in a.recipients_file or []:
+        recipients.extend(read_recipients_file(path))
+    recipients.extend(key_name(k) for k in a.key or [])
+    if a.passphrase and recipients:
+        raise UsageError("-p/--passphrase cannot be combined with -r, -R or -k.")
+    if not a.passphrase and not recipients:
+        raise UsageError(
+            "Nothing to encrypt to.",
+            "give -r RECIPIENT, -k KEY (repeatable) or -p for a passphrase",
+        )
+    refuse_binary_terminal(a.output, a.armor)
+    client = ctx.client()
+    client.owner()  # fail early (agent missing, other uid) before prompting
+    passphrase = None
+    if a.passphrase:
+        passphrase = ctx.passphrases.new("Enter passphrase: ", "Confirm passphrase: ")
+    with open_input(a.input) as in_fd, open_output(a.output, private=False) as sink:
+        _with_progress(
+            ctx,
+            in_fd,
+            sink,
+            lambda progress: client.encrypt_fd(
+                recipients, in_fd, sink.fd, armor=a.armor, passphrase=passphrase, progress=progress
+            ),
+        )
+        sink.commit()
+    return 0
+
+
+def _rewinder(in_fd: int) -> Callable[[], bool]:
+    """A function that puts the input back where it started; False when it cannot."""
+    start = fd_position(in_fd)
+
+    def rewind() -> bool:
+        if start is None:
+            return False
+        os.lseek(in_fd, start, os.SEEK_SET)
+        return True
+
+    return rewind
+
+
+def _cannot_retry(err: Locked | BadPassphrase) -> CommandError:
+    if isinstance(err, Locked) and err.names:
+        hint = f"the input cannot be read twice: run 'keyagent unlock {err.names[0]}' first"
+    else:
+        hint = "the input cannot be read twice: give the file name instead of a pipe"
+    return CommandError(err.message, hint)
+
+
+def _unlock_candidates(ctx: Context, err: Locked, tried: set[str]) -> None:
+    """Prompt for the locked keys that could open the file until one unlocks."""
+    names = [n for n in err.names if n not in tried]
+    if not names:
+        raise err
+    client = ctx.client()
+    for name in names:
+        tried.add(name)
+        tries = 1 if ctx.passphrases.from_fd else TTY_TRIES
+        for attempt in range(tries):
+            prompt = f"Key '{name}' is locked. Passphrase for '{name}': "
+            if attempt:
+                prompt = f"Wrong passphrase, try again. Passphrase for '{name}': "
+            passphrase = ctx.passphrases.get(prompt)
+            if not passphrase and len(names) > 1:
+                break  # an empty entry skips to the next candidate
+            try:
+                client.unlock_with_pipe(name, passphrase)
+                return
+            except BadPassphrase:
+                if attempt == tries - 1 and name == names[-1]:
+                    raise
+    raise err
+
+
+def cmd_decrypt(ctx: Context) -> int:
+    a = ctx.args
+    pin = key_name(a.key) if a.key else None
+    client = ctx.client()
+    with open_input(a.input) as in_fd, open_output(a.output, private=True) as sink:
+        rewind = _rewinder(in_fd)
+        passphrase: str | None = None
+        tried: set[str] = set()
+        file_tries = 0
+        while True:
+            try:
+                _with_progress(
+                    ctx,
+                    in_fd,
+                    sink,
+                    lambda progress, pw=passphrase: client.decrypt_fd(  # type: ignore[misc]
+                        in_fd, sink.fd, key=pin, passphrase=pw, progress=progress
+                    ),
+                )
+                break
+            except Locked as e:
+                if not (ctx.passphrases.from_fd or ctx.passphrases.interactive()):
+                    hint = f"run 'keyagent unlock {e.names[0]}'" if e.names else ""
+                    raise CommandError(e.message, hint) from None
+                if not rewind():
+                    raise _cannot_retry(e) from None
+                _unlock_candidates(ctx, e, tried)
+            except BadPassphrase as e:
+                # Without the passphrase option this means "a passphrase-encrypted file".
+                file_tries += 1
+                limit = 1 if ctx.passphrases.from_fd else TTY_TRIES
+                if passphrase is not None and file_tries > limit:
+                    raise
+                if not rewind():
+                    raise _cannot_retry(e) from None
+                prompt = (
+                    "Enter passphrase: " if passphrase is None else "Wrong passphrase, try again: "
+                )
+                try:
+                    passphrase = ctx.passphrases.get(prompt)
+                except NoPassphraseSource:
+                    raise CommandError(
+                        "This file is encrypted with a passphrase.",
+                        "run on a terminal, or give the passphrase with --passphrase-fd N",
+                    ) from None
+            sink.reset()
+        sink.commit()
+    return 0

@@ -1,0 +1,74 @@
+"""A sans-IO age v1 engine (C2SP age): header, STREAM payload, armor, and the
+X25519, post-quantum hybrid (mlkem768x25519) and scrypt recipient types.
+
+Errors are the wire classes of ``keyagent.protocol``: Malformed (not age, bad
+header, bad armor), Integrity (header MAC or a payload chunk failed), NoMatch
+(no identity opens the file), Unsupported (a format or feature not handled).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Sequence
+
+from .engine import Decryptor, decrypt, encrypt
+from .format import Stanza
+from .hybrid import HybridIdentity, HybridRecipient
+from .keys import (
+    KEY_TYPES,
+    Identity,
+    KeyType,
+    Recipient,
+    generate_identity,
+    identity_from_seed,
+    parse_identities,
+    parse_identity,
+    parse_recipient,
+)
+from .scrypt import ScryptIdentity, ScryptRecipient
+from .x25519 import X25519Identity, X25519Recipient
+
+__all__ = [
+    "KEY_TYPES",
+    "Decryptor",
+    "HybridIdentity",
+    "HybridRecipient",
+    "Identity",
+    "KeyType",
+    "Recipient",
+    "ScryptIdentity",
+    "ScryptRecipient",
+    "Stanza",
+    "X25519Identity",
+    "X25519Recipient",
+    "decrypt",
+    "decrypt_bytes",
+    "encrypt",
+    "encrypt_bytes",
+    "generate_identity",
+    "identity_from_seed",
+    "parse_identities",
+    "parse_identity",
+    "parse_recipient",
+]
+
+
+def encrypt_bytes(
+    recipients: Sequence[Recipient],
+    data: bytes,
+    *,
+    armor: bool = False,
+    rng: Callable[[int], bytes] = os.urandom,
+) -> bytes:
+    out = io.BytesIO()
+    encrypt(recipients, io.BytesIO(data), out, armor=armor, rng=rng)
+    return out.getvalue()
+
+
+def decrypt_bytes(identities: Sequence[Identity], data: bytes) -> bytes:
+    """Decrypt a whole file in memory; no plaintext is returned unless all of it
+    authenticated."""
+    out = io.BytesIO()
+    decrypt(identities, io.BytesIO(data), out)
+    return out.getvalue()

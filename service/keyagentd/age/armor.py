@@ -1,0 +1,196 @@
+"""age's ASCII armor: strict PEM (RFC 7468) with label "AGE ENCRYPTED FILE".
+
+Accepted, as age accepts: LF or CRLF line ends, whitespace-only lines before
+the block and whitespace after it (up to 1 KiB each), no newline after the end
+line. Everything else is rejected: lines of other than 64 columns (except the
+last), non-canonical base64, data after the end, headers, checksums.
+"""
+
+from __future__ import annotations
+
+import binascii
+from typing import Any, Final
+
+from keyagent.protocol import Malformed
+
+from .source import Readable, write_all
+
+BEGIN: Final = b"-----BEGIN AGE ENCRYPTED FILE-----"
+END: Final = b"-----END AGE ENCRYPTED FILE-----"
+COLUMNS: Final = 64
+BYTES_PER_LINE: Final = COLUMNS // 4 * 3
+MAX_WHITESPACE: Final = 1024
+_READ: Final = 64 * 1024
+_WS: Final = b" \t\r\n\x0b\x0c"
+
+
+def _bad(why: str) -> Malformed:
+    return Malformed(f"The armored age file is malformed: {why}.")
+
+
+class ArmorReader:
+    """A Readable of the binary age file inside an armored one."""
+
+    def __init__(self, src: Readable, prefix: bytes = b"") -> None:
+        self._src = src
+        self._buf = bytearray(prefix)
+        self._pos = 0
+        self._eof = False
+        self._started = False
+        self._done = False
+        self._out = bytearray()
+        self._out_pos = 0
+
+    def readinto(self, buf: memoryview, /) -> int:
+        while self._out_pos == len(self._out):
+            if self._done:
+                return 0
+            self._out = self._decode_some()
+            self._out_pos = 0
+        n = min(len(buf), len(self._out) - self._out_pos)
+        buf[:n] = memoryview(self._out)[self._out_pos : self._out_pos + n]
+        self._out_pos += n
+        return n
+
+    def _fill(self) -> bool:
+        """Read more input; False at EOF."""
+        if self._eof:
+            return False
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        chunk = bytearray(_READ)
+        n = self._src.readinto(memoryview(chunk))
+        if n == 0:
+            self._eof = True
+            return False
+        self._buf += memoryview(chunk)[:n]
+        return True
+
+    def _line(self) -> bytes:
+        """Next line without its LF or CRLF; at EOF the unterminated rest."""
+        while True:
+            end = self._buf.find(b"\n", self._pos)
+            if end >= 0:
+                line = bytes(self._buf[self._pos : end])
+                self._pos = end + 1
+                break
+            if len(self._buf) - self._pos > MAX_WHITESPACE + len(BEGIN):
+                raise _bad("a line is too long")
+            if not self._fill():
+                if self._pos == len(self._buf):
+                    raise _bad("it ends before its END line")
+                line = bytes(self._buf[self._pos :])
+                self._pos = len(self._buf)
+                break
+        return line[:-1] if line.endswith(b"\r") else line
+
+    def _decode_some(self) -> bytearray:
+        if not self._started:
+            skipped = 0
+            while True:
+                line = self._line()
+                if line.strip(_WS):
+                    break
+                skipped += len(line) + 1
+                if skipped > MAX_WHITESPACE:
+                    raise _bad("too much whitespace before it")
+            if line != BEGIN:
+                raise _bad("the first line is not " + BEGIN.decode())
+            self._started = True
+        fast = self._decode_full_lines()
+        if fast is not None:
+            return fast
+        line = self._line()
+        if line == END:
+            self._finish()
+            return bytearray()
+        if len(line) > COLUMNS:
+            raise _bad("a line is longer than 64 columns")
+        data = _decode_line(line)
+        if len(data) < BYTES_PER_LINE:
+            if self._line() != END:
+                raise _bad("the last line is not " + END.decode())
+            self._finish()
+        return bytearray(data)
+
+    def _decode_full_lines(self) -> bytearray | None:
+        """Decode a run of full 64-column LF lines at once (the common case)."""
+        if len(self._buf) - self._pos < 2 * (COLUMNS + 1):
+            self._fill()
+        avail = len(self._buf) - self._pos
+        count = avail // (COLUMNS + 1) - 1  # keep the last line for the careful path
+        if count <= 0:
+            return None
+        block = self._buf[self._pos : self._pos + count * (COLUMNS + 1)]
+        if block[COLUMNS :: COLUMNS + 1] != b"\n" * count or block.count(b"\n") != count:
+            return None
+        joined = block.replace(b"\n", b"")
+        try:
+            data = binascii.a2b_base64(joined, strict_mode=True)
+        except binascii.Error:
+            return None
+        if len(data) != count * BYTES_PER_LINE:
+            return None  # a padded line: let the careful path see where it ends
+        self._pos += count * (COLUMNS + 1)
+        return bytearray(data)
+
+    def _finish(self) -> None:
+        rest = bytes(self._buf[self._pos :])
+        while len(rest) <= MAX_WHITESPACE and self._fill():
+            rest = bytes(self._buf[self._pos :])
+        if rest.strip(_WS):
+            raise _bad("there is data after its END line")
+        if len(rest) > MAX_WHITESPACE:
+            raise _bad("too much whitespace after it")
+        self._done = True
+
+
+def _decode_line(line: bytes) -> bytes:
+    try:
+        data = binascii.a2b_base64(line, strict_mode=True)
+    except binascii.Error:
+        raise _bad("a line is not valid base64") from None
+    if binascii.b2a_base64(data, newline=False) != line:
+        raise _bad("a line is not canonical base64")
+    return data
+
+
+def looks_armored(head: bytes) -> bool:
+    """Whether input starting with ``head`` is armored: its first non-blank byte is '-'."""
+    stripped = head.lstrip(_WS)
+    return stripped[:1] == b"-"
+
+
+class ArmorWriter:
+    """Buffers binary output and writes it as armored lines to ``dst``."""
+
+    def __init__(self, dst: Any) -> None:
+        self._dst = dst
+        self._pending = bytearray()
+        self.written = 0
+        self._emit(BEGIN + b"\n")
+
+    def _emit(self, data: bytes) -> None:
+        write_all(self._dst, data)
+        self.written += len(data)
+
+    def write(self, data: memoryview | bytes) -> int:
+        self._pending += data
+        full = len(self._pending) // BYTES_PER_LINE * BYTES_PER_LINE
+        if full >= 16 * 1024:
+            self._emit(_encode_lines(memoryview(self._pending)[:full]))
+            del self._pending[:full]
+        return len(data)
+
+    def close(self) -> None:
+        """Write what is left and the END line (call once, at the end)."""
+        if self._pending:
+            self._emit(_encode_lines(memoryview(self._pending)))
+            self._pending.clear()
+        self._emit(END + b"\n")
+
+
+def _encode_lines(data: memoryview) -> bytes:
+    encoded = binascii.b2a_base64(data, newline=False)
+    return b"".join(encoded[i : i + COLUMNS] + b"\n" for i in range(0, len(encoded), COLUMNS))

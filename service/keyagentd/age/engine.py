@@ -1,0 +1,157 @@
+"""Encrypting and decrypting whole age files, streaming in constant memory."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, BinaryIO, Final
+
+from keyagent.protocol import Failed, Integrity, Malformed, NoMatch, Unsupported
+
+from . import hybrid, scrypt
+from .armor import MAX_WHITESPACE, ArmorReader, ArmorWriter, looks_armored
+from .format import FILE_KEY_SIZE, Header, encode_header, header_mac, parse_header
+from .keys import Identity, Recipient
+from .source import PrefixedSource, RawSource, Readable, read_full, write_all
+from .stream import NONCE_SIZE, decrypt_payload, encrypt_payload, payload_key
+
+_PQ: Final = hybrid.STANZA_TYPE
+_SCRYPT: Final = scrypt.STANZA_TYPE
+
+
+def encrypt(
+    recipients: Sequence[Recipient],
+    src: BinaryIO,
+    dst: BinaryIO,
+    *,
+    armor: bool = False,
+    rng: Callable[[int], bytes] = os.urandom,
+) -> int:
+    """Encrypt ``src`` to ``recipients`` into ``dst``; returns the bytes written to ``dst``.
+
+    A passphrase (scrypt) recipient must be alone, and the post-quantum hybrid
+    is not mixed with classic recipients (it would lose its point): both raise
+    Unsupported before anything is written.
+    """
+    if not recipients:
+        raise Failed("Encrypting needs at least one recipient.")
+    _check_mix([getattr(r, "stanza_type", None) for r in recipients])
+    file_key = rng(FILE_KEY_SIZE)
+    stanzas = [s for r in recipients for s in r.wrap(file_key, rng)]
+    _check_mix([s.type for s in stanzas])
+    header = encode_header(stanzas, file_key)
+    nonce = rng(NONCE_SIZE)
+    key = payload_key(file_key, nonce)
+    source = RawSource(src)
+    if not armor:
+        write_all(dst, header + nonce)
+        return len(header) + NONCE_SIZE + encrypt_payload(key, source, dst)
+    out = ArmorWriter(dst)
+    out.write(header + nonce)
+    encrypt_payload(key, source, out)
+    out.close()
+    return out.written
+
+
+def _check_mix(types: Sequence[str | None]) -> None:
+    if _SCRYPT in types and len(types) > 1:
+        raise Unsupported("A passphrase can't be combined with other recipients.")
+    if _PQ in types and any(t != _PQ for t in types):
+        raise Unsupported(
+            "Post-quantum recipients can't be mixed with classic ones: "
+            "the file would be only as strong as the weakest."
+        )
+
+
+class Decryptor:
+    """Decrypts one age file in three steps: parse (on construction), ``unwrap``
+    with candidate identities, then ``decrypt_to``.
+
+    ``stanza_types`` tells which key types could open the file before any key
+    is chosen. Armor is detected unless ``armor`` says otherwise.
+    """
+
+    def __init__(self, src: BinaryIO, *, armor: bool | None = None) -> None:
+        raw: Readable = RawSource(src)
+        head = _peek_start(raw)
+        source: Readable = PrefixedSource(head, raw)
+        if armor or (armor is None and looks_armored(head)):
+            source = ArmorReader(source)
+        self.armored = isinstance(source, ArmorReader)
+        header, rest = parse_header(source)
+        self._header: Header = header
+        self._source: Readable = PrefixedSource(rest, source)
+        self.stanza_types: frozenset[str] = frozenset(s.type for s in header.stanzas)
+        if _SCRYPT in self.stanza_types and len(header.stanzas) != 1:
+            raise Malformed("A passphrase-encrypted file must have exactly one recipient stanza.")
+        self._file_key: bytes | None = None
+        self._payload_key = b""
+        self._done = False
+
+    @property
+    def stanzas(self) -> tuple[Any, ...]:
+        return self._header.stanzas
+
+    def unwrap(self, identities: Sequence[Identity]) -> Identity:
+        """Find the file key and check the header MAC; returns the identity that matched.
+
+        Raises NoMatch, Integrity (bad MAC) or Malformed (a stanza of one of the
+        identities' types is malformed, or the payload nonce is missing).
+        """
+        if self._file_key is not None:
+            raise Failed("Decryptor.unwrap was already called.")
+        for identity in identities:
+            file_key = identity.unwrap(self._header.stanzas)
+            if file_key is None:
+                continue
+            if len(file_key) != FILE_KEY_SIZE:
+                raise Malformed("A recipient stanza holds a file key of the wrong size.")
+            mac = header_mac(file_key, self._header.mac_input)
+            if not hmac.compare_digest(mac, self._header.mac):
+                raise Integrity("The age header failed its integrity check (MAC).")
+            # Go's age reads the nonce only now, making a short one a header failure.
+            nonce = bytearray(NONCE_SIZE)
+            if read_full(self._source, memoryview(nonce)) != NONCE_SIZE:
+                raise Malformed("The age file ends before its payload.")
+            self._file_key = file_key
+            self._payload_key = payload_key(file_key, bytes(nonce))
+            return identity
+        raise NoMatch()
+
+    def file_key_for_tests(self) -> bytes | None:
+        """The unwrapped file key, for the conformance runner only (it is secret)."""
+        return self._file_key
+
+    def decrypt_to(self, dst: BinaryIO, *, progress: Callable[[int], None] | None = None) -> int:
+        """Stream the plaintext to ``dst``, each chunk written only once authenticated.
+
+        Returns plaintext bytes written. Raises Integrity if a chunk fails or the
+        file is cut short; what was written by then is the authenticated prefix.
+        """
+        if self._file_key is None:
+            raise Failed("Decryptor.unwrap must succeed before decrypt_to.")
+        if self._done:
+            raise Failed("This file was already decrypted.")
+        self._done = True
+        return decrypt_payload(self._payload_key, self._source, dst, progress)
+
+
+def _peek_start(src: Readable) -> bytes:
+    """Read just enough to tell armored from binary: past leading whitespace."""
+    buf = bytearray()
+    chunk = bytearray(MAX_WHITESPACE + 64)
+    while len(buf) <= MAX_WHITESPACE:
+        n = src.readinto(memoryview(chunk))
+        if n == 0:
+            break
+        buf += memoryview(chunk)[:n]
+        if buf.lstrip(b" \t\r\n\x0b\x0c"):
+            break
+    return bytes(buf)
+
+
+def decrypt(identities: Sequence[Identity], src: BinaryIO, dst: BinaryIO) -> tuple[Identity, int]:
+    d = Decryptor(src)
+    identity = d.unwrap(identities)
+    return identity, d.decrypt_to(dst)

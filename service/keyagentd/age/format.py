@@ -1,0 +1,200 @@
+"""The age v1 header: canonical parsing and writing (C2SP age, "Header").
+
+Parsing is strict: every rule the spec states is checked, so a header that
+parses re-serialises to the very same bytes, and the MAC is computed over the
+bytes as read.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import hmac
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from keyagent.protocol import Malformed, Unsupported
+
+from .source import Readable
+
+INTRO: Final = b"age-encryption.org/v1\n"
+VERSION_PREFIX: Final = b"age-encryption.org/"
+STANZA_PREFIX: Final = b"-> "
+FOOTER_PREFIX: Final = b"---"
+COLUMNS: Final = 64
+BYTES_PER_LINE: Final = COLUMNS // 4 * 3
+FILE_KEY_SIZE: Final = 16
+MAC_SIZE: Final = 32
+
+#: Bounds that keep a hostile header from using unbounded memory or time.
+MAX_HEADER: Final = 1 << 20
+MAX_STANZAS: Final = 1024
+
+_VCHARS: Final = re.compile(rb"[\x21-\x7e]+")
+
+
+@dataclass(frozen=True)
+class Stanza:
+    """One recipient stanza: ``-> type args...`` and its decoded body."""
+
+    type: str
+    args: tuple[str, ...]
+    body: bytes
+
+    def __repr__(self) -> str:
+        return f"Stanza(type={self.type!r}, args={self.args!r}, body=<{len(self.body)} bytes>)"
+
+
+@dataclass(frozen=True)
+class Header:
+    stanzas: tuple[Stanza, ...]
+    #: The header bytes the MAC covers: from the intro up to and including "---".
+    mac_input: bytes
+    mac: bytes
+
+
+def b64encode(data: bytes) -> str:
+    """Unpadded standard base64."""
+    return binascii.b2a_base64(data, newline=False).rstrip(b"=").decode("ascii")
+
+
+def b64decode(s: str | bytes) -> bytes | None:
+    """Strict unpadded canonical base64, or None if ``s`` is anything else."""
+    raw = s.encode("ascii", "replace") if isinstance(s, str) else bytes(s)
+    if len(raw) % 4 == 1:
+        return None
+    try:
+        out = binascii.a2b_base64(raw + b"=" * (-len(raw) % 4), strict_mode=True)
+    except binascii.Error:
+        return None
+    # Re-encoding catches padding in the input and non-zero trailing bits.
+    if binascii.b2a_base64(out, newline=False).rstrip(b"=") != raw:
+        return None
+    return out
+
+
+def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
+
+
+def header_mac(file_key: bytes, mac_input: bytes) -> bytes:
+    key = hkdf(file_key, b"", b"header")
+    return hmac.new(key, mac_input, hashlib.sha256).digest()
+
+
+def is_valid_arg(arg: str) -> bool:
+    return _VCHARS.fullmatch(arg.encode("ascii", "replace")) is not None
+
+
+def encode_stanza(stanza: Stanza) -> bytes:
+    if not is_valid_arg(stanza.type) or not all(is_valid_arg(a) for a in stanza.args):
+        raise ValueError("stanza arguments must be non-empty printable ASCII without spaces")
+    out = [" ".join(("->", stanza.type, *stanza.args)).encode("ascii"), b"\n"]
+    body = binascii.b2a_base64(stanza.body, newline=False).rstrip(b"=")
+    for i in range(0, len(body), COLUMNS):
+        out += [body[i : i + COLUMNS], b"\n"]
+    if len(body) % COLUMNS == 0:
+        # The body always ends with a short (here empty) line.
+        out.append(b"\n")
+    return b"".join(out)
+
+
+def encode_header_without_mac(stanzas: Sequence[Stanza]) -> bytes:
+    return INTRO + b"".join(encode_stanza(s) for s in stanzas) + FOOTER_PREFIX
+
+
+def encode_header(stanzas: Sequence[Stanza], file_key: bytes) -> bytes:
+    mac_input = encode_header_without_mac(stanzas)
+    mac = header_mac(file_key, mac_input)
+    return mac_input + b" " + b64encode(mac).encode("ascii") + b"\n"
+
+
+class _LineReader:
+    """Reads LF-terminated lines from a Readable, keeping what follows the header."""
+
+    def __init__(self, src: Readable) -> None:
+        self._src = src
+        self._buf = bytearray()
+        self._pos = 0
+        self._consumed = 0
+        self._eof = False
+
+    def line(self) -> bytes:
+        """The next line including its LF; raises Malformed at EOF or past the limit."""
+        while True:
+            end = self._buf.find(b"\n", self._pos)
+            if end >= 0:
+                line = bytes(self._buf[self._pos : end + 1])
+                self._consumed += len(line)
+                self._pos = end + 1
+                return line
+            if self._eof or self._consumed + len(self._buf) - self._pos > MAX_HEADER:
+                if self._consumed == 0 and self._pos == len(self._buf):
+                    raise Malformed("The input is empty, not an age file.")
+                raise Malformed("The input is not an age file, or its header is cut short.")
+            if self._pos:
+                del self._buf[: self._pos]
+                self._pos = 0
+            chunk = bytearray(8192)
+            n = self._src.readinto(memoryview(chunk))
+            if n == 0:
+                self._eof = True
+            self._buf += chunk[:n]
+
+    def rest(self) -> bytes:
+        """Bytes read past the last returned line (the start of the payload)."""
+        return bytes(self._buf[self._pos :])
+
+
+def _parse_stanza(first: bytes, lines: _LineReader, raw: list[bytes]) -> Stanza:
+    parts = first[:-1].split(b" ")
+    if parts[0] != b"->" or len(parts) < 2:
+        raise Malformed("The age header has a malformed recipient stanza.")
+    for a in parts[1:]:
+        if _VCHARS.fullmatch(a) is None:
+            raise Malformed("The age header has a malformed stanza argument.")
+    args = [a.decode("ascii") for a in parts[1:]]
+    body = bytearray()
+    while True:
+        line = lines.line()
+        raw.append(line)
+        decoded = b64decode(line[:-1])
+        if decoded is None or len(decoded) > BYTES_PER_LINE:
+            raise Malformed("The age header has a malformed stanza body.")
+        body += decoded
+        if len(decoded) < BYTES_PER_LINE:
+            return Stanza(args[0], tuple(args[1:]), bytes(body))
+
+
+def parse_header(src: Readable) -> tuple[Header, bytes]:
+    """Parse the header from ``src``; return it and the bytes already read past it."""
+    lines = _LineReader(src)
+    intro = lines.line()
+    if intro != INTRO:
+        if intro.startswith(VERSION_PREFIX) and _VCHARS.fullmatch(intro[len(VERSION_PREFIX) : -1]):
+            raise Unsupported("This age file uses a format version this agent doesn't support.")
+        raise Malformed("The input is not an age file.")
+    mac_input = [intro]
+    stanzas: list[Stanza] = []
+    while True:
+        line = lines.line()
+        if line.startswith(FOOTER_PREFIX):
+            parts = line[:-1].split(b" ")
+            if parts[0] != FOOTER_PREFIX or len(parts) != 2:
+                raise Malformed("The age header has a malformed MAC line.")
+            mac = b64decode(parts[1])
+            if mac is None or len(mac) != MAC_SIZE:
+                raise Malformed("The age header has a malformed MAC line.")
+            break
+        mac_input.append(line)
+        stanzas.append(_parse_stanza(line, lines, mac_input))
+        if len(stanzas) > MAX_STANZAS:
+            raise Malformed("The age header has too many recipient stanzas.")
+    if not stanzas:
+        raise Malformed("The age header has no recipient stanza.")
+    return Header(tuple(stanzas), b"".join(mac_input) + FOOTER_PREFIX, mac), lines.rest()

@@ -1,0 +1,133 @@
+"""The post-quantum hybrid recipient type ``mlkem768x25519`` (X-Wing via HPKE).
+
+The identity is a 32-byte seed; SHAKE256(seed) gives 96 bytes: the first 64
+are the ML-KEM-768 seed, the last 32 the X25519 scalar. The recipient is the
+ML-KEM-768 encapsulation key (1184 bytes) then the X25519 public key.
+The stanza wraps the file key with HPKE base mode (info below, empty aad).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Final, Literal
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from keyagent.protocol import Malformed
+
+from . import bech32
+from .format import FILE_KEY_SIZE, Stanza, b64decode, b64encode
+
+STANZA_TYPE: Final = "mlkem768x25519"
+RECIPIENT_HRP: Final = "age1pq"
+IDENTITY_HRP: Final = "age-secret-key-pq-"
+MLKEM_PUBLIC_SIZE: Final = 1184
+MLKEM_CT_SIZE: Final = 1088
+PUBLIC_SIZE: Final = MLKEM_PUBLIC_SIZE + 32
+ENC_SIZE: Final = MLKEM_CT_SIZE + 32
+_INFO: Final = b"age-encryption.org/mlkem768x25519"
+_BODY_SIZE: Final = FILE_KEY_SIZE + 16
+_SUITE: Final = hpke.Suite(
+    hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305
+)
+
+
+class HybridRecipient:
+    __slots__ = ("_key", "public_bytes")
+
+    stanza_type: Final = STANZA_TYPE
+
+    def __init__(self, public_bytes: bytes) -> None:
+        if len(public_bytes) != PUBLIC_SIZE:
+            raise Malformed("A post-quantum recipient has the wrong size.")
+        self.public_bytes = bytes(public_bytes)
+        try:
+            mlkem = MLKEM768PublicKey.from_public_bytes(self.public_bytes[:MLKEM_PUBLIC_SIZE])
+            x25519 = X25519PublicKey.from_public_bytes(self.public_bytes[MLKEM_PUBLIC_SIZE:])
+        except ValueError:
+            raise Malformed("The post-quantum recipient is not a valid key.") from None
+        self._key = hpke.MLKEM768X25519PublicKey(mlkem, x25519)
+
+    def encode(self) -> str:
+        return bech32.encode(RECIPIENT_HRP, self.public_bytes)
+
+    def wrap(self, file_key: bytes, rng: Callable[[int], bytes]) -> list[Stanza]:
+        # The KEM's randomness comes from OpenSSL: the library takes no rng.
+        del rng
+        sealed = _SUITE.encrypt(file_key, self._key, info=_INFO)
+        enc, body = sealed[:ENC_SIZE], sealed[ENC_SIZE:]
+        return [Stanza(STANZA_TYPE, (b64encode(enc),), body)]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HybridRecipient) and other.public_bytes == self.public_bytes
+
+    def __hash__(self) -> int:
+        return hash((STANZA_TYPE, self.public_bytes))
+
+    def __repr__(self) -> str:
+        s = self.encode()
+        return f"HybridRecipient('{s[:16]}...{s[-8:]}')"
+
+
+class HybridIdentity:
+    """A hybrid identity: a 32-byte seed. ``repr`` shows only part of the public key."""
+
+    __slots__ = ("_key", "_recipient", "_seed", "_x25519")
+
+    key_type: Final[Literal["mlkem768x25519"]] = "mlkem768x25519"
+    stanza_type: Final = STANZA_TYPE
+
+    def __init__(self, seed: bytes | bytearray) -> None:
+        if len(seed) != 32:
+            raise Malformed("A post-quantum identity is 32 bytes.")
+        self._seed = bytes(seed)
+        expanded = hashlib.shake_256(self._seed).digest(96)
+        mlkem = MLKEM768PrivateKey.from_seed_bytes(expanded[:64])
+        self._x25519 = X25519PrivateKey.from_private_bytes(expanded[64:])
+        self._key = hpke.MLKEM768X25519PrivateKey(mlkem, self._x25519)
+        self._recipient = HybridRecipient(
+            mlkem.public_key().public_bytes_raw() + self._x25519.public_key().public_bytes_raw()
+        )
+
+    @property
+    def seed(self) -> bytes:
+        return self._seed
+
+    def recipient(self) -> HybridRecipient:
+        return self._recipient
+
+    def encode(self) -> str:
+        """The ``AGE-SECRET-KEY-PQ-1...`` string: secret."""
+        return bech32.encode(IDENTITY_HRP, self._seed).upper()
+
+    def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
+        for s in stanzas:
+            if s.type != STANZA_TYPE:
+                continue
+            enc = b64decode(s.args[0]) if len(s.args) == 1 else None
+            if enc is None or len(enc) != ENC_SIZE:
+                raise Malformed("A post-quantum stanza is malformed.")
+            if len(s.body) != _BODY_SIZE:
+                raise Malformed("A post-quantum stanza body has the wrong size.")
+            # The library reports a low-order X25519 share as a plain tag failure;
+            # the spec makes it a header failure, so check it first.
+            try:
+                shared = self._x25519.exchange(
+                    X25519PublicKey.from_public_bytes(enc[MLKEM_CT_SIZE:])
+                )
+            except ValueError:
+                shared = bytes(32)
+            if shared == bytes(32):
+                raise Malformed("A post-quantum stanza has a low-order X25519 share.")
+            try:
+                return _SUITE.decrypt(enc + s.body, self._key, info=_INFO)
+            except (InvalidTag, ValueError):  # a failed open is "not for us"
+                continue
+        return None
+
+    def __repr__(self) -> str:
+        return f"HybridIdentity(recipient={self._recipient!r})"

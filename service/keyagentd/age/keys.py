@@ -1,0 +1,88 @@
+"""Parsing and generating age keys (identities and recipients)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Literal, Protocol
+
+from keyagent.protocol import Malformed, Unsupported
+
+from . import bech32, hybrid, x25519
+from .format import Stanza
+from .hybrid import HybridIdentity, HybridRecipient
+from .x25519 import X25519Identity, X25519Recipient
+
+KeyType = Literal["x25519", "mlkem768x25519"]
+KEY_TYPES: tuple[KeyType, ...] = ("x25519", "mlkem768x25519")
+
+
+class Recipient(Protocol):
+    """Something a file can be encrypted to."""
+
+    def wrap(self, file_key: bytes, rng: Callable[[int], bytes]) -> list[Stanza]: ...
+
+
+class Identity(Protocol):
+    """Something that can open files: ``unwrap`` returns the file key, None if no
+    stanza is for it, and raises Malformed on a malformed stanza of its type."""
+
+    @property
+    def stanza_type(self) -> str: ...
+
+    def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None: ...
+
+
+def parse_recipient(s: str) -> X25519Recipient | HybridRecipient:
+    """An ``age1...`` (X25519) or ``age1pq1...`` (hybrid) recipient."""
+    hrp, data = bech32.decode(s.strip())
+    if hrp == x25519.RECIPIENT_HRP and len(data) == 32 and s.strip().islower():
+        return X25519Recipient(data)
+    if hrp == hybrid.RECIPIENT_HRP and s.strip().islower():
+        return HybridRecipient(data)
+    if hrp.startswith("age1") and hrp != hybrid.RECIPIENT_HRP:
+        raise Unsupported("This kind of age recipient (a plugin?) is not supported.")
+    raise Malformed("The recipient is not a valid age public key (age1...).")
+
+
+def parse_identity(s: str) -> X25519Identity | HybridIdentity:
+    """An ``AGE-SECRET-KEY-1...`` or ``AGE-SECRET-KEY-PQ-1...`` identity."""
+    s = s.strip()
+    hrp, data = bech32.decode(s)
+    if not s.isupper():
+        raise Malformed("The secret key is not valid: age secret keys are upper case.")
+    if hrp == x25519.IDENTITY_HRP and len(data) == 32:
+        return X25519Identity(data)
+    if hrp == hybrid.IDENTITY_HRP and len(data) == 32:
+        return HybridIdentity(data)
+    if hrp.startswith("age-plugin-"):
+        raise Unsupported("Plugin identities are not supported.")
+    raise Malformed("The secret key is not a valid age identity (AGE-SECRET-KEY-...).")
+
+
+def parse_identities(text: str) -> list[X25519Identity | HybridIdentity]:
+    """Every identity of an age identity file (blank lines and ``#`` comments skipped)."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out.append(parse_identity(line))
+    if not out:
+        raise Malformed("No age secret key found.")
+    return out
+
+
+def identity_from_seed(key_type: str, seed: bytes | bytearray) -> X25519Identity | HybridIdentity:
+    if key_type == "x25519":
+        return X25519Identity(seed)
+    if key_type == "mlkem768x25519":
+        return HybridIdentity(seed)
+    raise Unsupported(f"Unknown key type {key_type!r}: use x25519 or mlkem768x25519.")
+
+
+def generate_identity(
+    key_type: str = "x25519", rng: Callable[[int], bytes] = os.urandom
+) -> X25519Identity | HybridIdentity:
+    if key_type not in KEY_TYPES:
+        raise Unsupported(f"Unknown key type {key_type!r}: use x25519 or mlkem768x25519.")
+    return identity_from_seed(key_type, rng(32))

@@ -1,0 +1,152 @@
+"""Conformance runner for the age test vectors (C2SP/CCTV age testkit format).
+
+    python -m keyagentd.age.testkit DIR [DIR...]
+
+Runs every vector file, prints one line per failure and ends with
+``N passed, N failed``; exits 1 if any failed or no vector was found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import sys
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from keyagent.protocol import Integrity, KeyAgentError, Malformed, NoMatch
+
+from .engine import Decryptor
+from .keys import Identity, parse_identity
+from .scrypt import ScryptIdentity
+
+#: The error class each expected outcome must raise.
+EXPECTED_ERRORS: Final[dict[str, type[KeyAgentError]]] = {
+    "no match": NoMatch,
+    "HMAC failure": Integrity,
+    "header failure": Malformed,
+    "payload failure": Integrity,
+    "armor failure": Malformed,
+}
+
+
+@dataclass(frozen=True)
+class Vector:
+    name: str
+    expect: str
+    payload: str | None
+    file_key: str | None
+    identities: tuple[str, ...]
+    passphrases: tuple[str, ...]
+    armored: bool
+    body: bytes
+    comment: str = field(default="")
+
+
+def parse_vector(name: str, data: bytes) -> Vector:
+    head, sep, body = data.partition(b"\n\n")
+    if not sep:
+        raise ValueError("no blank line after the vector's header")
+    fields: dict[str, list[str]] = {}
+    for line in head.decode("utf-8").split("\n"):
+        key, _, value = line.partition(": ")
+        fields.setdefault(key, []).append(value)
+    compressed = fields.get("compressed", [""])[0]
+    if compressed == "zlib":
+        body = zlib.decompress(body)
+    elif compressed:
+        raise ValueError(f"unknown compression {compressed!r}")
+
+    def one(key: str) -> str | None:
+        return fields.get(key, [None])[0]
+
+    expect = one("expect")
+    if expect is None:
+        raise ValueError("no 'expect' field")
+    return Vector(
+        name=name,
+        expect=expect,
+        payload=one("payload"),
+        file_key=one("file key"),
+        identities=tuple(fields.get("identity", [])),
+        passphrases=tuple(fields.get("passphrase", [])),
+        armored=one("armored") == "yes",
+        body=body,
+        comment=one("comment") or "",
+    )
+
+
+def run_vector(v: Vector) -> str | None:
+    """None if the engine reaches exactly the expected outcome, else why not."""
+    identities: list[Identity] = [parse_identity(s) for s in v.identities]
+    identities += [ScryptIdentity(p) for p in v.passphrases]
+    out = io.BytesIO()
+    error: KeyAgentError | None = None
+    decryptor = None
+    try:
+        decryptor = Decryptor(io.BytesIO(v.body))
+        decryptor.unwrap(identities)
+        decryptor.decrypt_to(out)
+    except KeyAgentError as e:
+        error = e
+    released = hashlib.sha256(out.getvalue()).hexdigest()
+    if v.expect == "success":
+        if error is not None:
+            return f"expected success, got {type(error).__name__}: {error}"
+        if v.payload is not None and released != v.payload:
+            return "wrong plaintext"
+        if decryptor is not None and decryptor.armored != v.armored:
+            return "armor not detected correctly"
+        if (
+            v.file_key is not None
+            and decryptor is not None
+            and decryptor.file_key_for_tests() != bytes.fromhex(v.file_key)
+        ):
+            return "wrong file key"
+        return None
+    want = EXPECTED_ERRORS.get(v.expect)
+    if want is None:
+        return f"unknown expectation {v.expect!r}"
+    if not isinstance(error, want):
+        got = "success" if error is None else f"{type(error).__name__}: {error}"
+        return f"expected {v.expect} ({want.__name__}), got {got}"
+    if v.expect == "payload failure":
+        if v.payload is not None and released != v.payload:
+            return f"released {len(out.getvalue())} bytes, not the authenticated prefix"
+    elif out.tell():
+        return "plaintext released despite a header failure"
+    return None
+
+
+def vector_files(dirs: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for d in dirs:
+        files += sorted(p for p in d.iterdir() if p.is_file() and p.suffix != ".md")
+    return files
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        print("usage: python -m keyagentd.age.testkit DIR [DIR...]", file=sys.stderr)
+        return 2
+    passed = failed = 0
+    for path in vector_files([Path(a) for a in args]):
+        try:
+            problem = run_vector(parse_vector(path.name, path.read_bytes()))
+        except Exception as e:  # a crash is a failure of that vector
+            problem = f"crashed: {type(e).__name__}: {e}"
+        if problem is None:
+            passed += 1
+        else:
+            failed += 1
+            print(f"FAIL {path.name}: {problem}")
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed or not passed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The native X25519 recipient type (C2SP age, "The X25519 recipient type")."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Final, Literal
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from keyagent.protocol import Malformed
+
+from . import bech32
+from .format import FILE_KEY_SIZE, Stanza, b64decode, b64encode, hkdf
+
+STANZA_TYPE: Final = "X25519"
+RECIPIENT_HRP: Final = "age"
+IDENTITY_HRP: Final = "age-secret-key-"
+_INFO: Final = b"age-encryption.org/v1/X25519"
+_ZERO_NONCE: Final = bytes(12)
+_BODY_SIZE: Final = FILE_KEY_SIZE + 16
+
+
+def _shared(private: X25519PrivateKey, share: bytes) -> bytes:
+    """X25519 with the all-zero result refused, as the spec requires."""
+    try:
+        shared = private.exchange(X25519PublicKey.from_public_bytes(share))
+    except ValueError:
+        # cryptography refuses an all-zero shared secret itself.
+        raise Malformed("An X25519 stanza has a low-order share.") from None
+    if shared == bytes(32):
+        raise Malformed("An X25519 stanza has a low-order share.")
+    return shared
+
+
+class X25519Recipient:
+    __slots__ = ("_key", "public_bytes")
+
+    def __init__(self, public_bytes: bytes) -> None:
+        if len(public_bytes) != 32:
+            raise Malformed("An X25519 recipient is 32 bytes.")
+        self.public_bytes = bytes(public_bytes)
+        self._key = X25519PublicKey.from_public_bytes(self.public_bytes)
+
+    stanza_type: Final = STANZA_TYPE
+
+    def encode(self) -> str:
+        return bech32.encode(RECIPIENT_HRP, self.public_bytes)
+
+    def wrap(self, file_key: bytes, rng: Callable[[int], bytes]) -> list[Stanza]:
+        ephemeral = X25519PrivateKey.from_private_bytes(rng(32))
+        share = ephemeral.public_key().public_bytes_raw()
+        shared = _shared(ephemeral, self.public_bytes)
+        wrap_key = hkdf(shared, share + self.public_bytes, _INFO)
+        body = ChaCha20Poly1305(wrap_key).encrypt(_ZERO_NONCE, file_key, None)
+        return [Stanza(STANZA_TYPE, (b64encode(share),), body)]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, X25519Recipient) and other.public_bytes == self.public_bytes
+
+    def __hash__(self) -> int:
+        return hash((STANZA_TYPE, self.public_bytes))
+
+    def __repr__(self) -> str:
+        return f"X25519Recipient({self.encode()!r})"
+
+
+class X25519Identity:
+    """An X25519 identity: a 32-byte seed. ``repr`` shows only the public key."""
+
+    __slots__ = ("_key", "_recipient", "_seed")
+
+    key_type: Final[Literal["x25519"]] = "x25519"
+    stanza_type: Final = STANZA_TYPE
+
+    def __init__(self, seed: bytes | bytearray) -> None:
+        if len(seed) != 32:
+            raise Malformed("An X25519 identity is 32 bytes.")
+        self._seed = bytes(seed)
+        self._key = X25519PrivateKey.from_private_bytes(self._seed)
+        self._recipient = X25519Recipient(self._key.public_key().public_bytes_raw())
+
+    @property
+    def seed(self) -> bytes:
+        return self._seed
+
+    def recipient(self) -> X25519Recipient:
+        return self._recipient
+
+    def encode(self) -> str:
+        """The ``AGE-SECRET-KEY-1...`` string: secret."""
+        return bech32.encode(IDENTITY_HRP, self._seed).upper()
+
+    def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
+        for s in stanzas:
+            if s.type != STANZA_TYPE:
+                continue
+            share = b64decode(s.args[0]) if len(s.args) == 1 else None
+            if share is None or len(share) != 32:
+                raise Malformed("An X25519 stanza is malformed.")
+            if len(s.body) != _BODY_SIZE:
+                raise Malformed("An X25519 stanza body has the wrong size.")
+            shared = _shared(self._key, share)
+            wrap_key = hkdf(shared, share + self._recipient.public_bytes, _INFO)
+            try:
+                file_key = ChaCha20Poly1305(wrap_key).decrypt(_ZERO_NONCE, s.body, None)
+            except InvalidTag:
+                continue
+            return file_key
+        return None
+
+    def __repr__(self) -> str:
+        return f"X25519Identity(recipient={self._recipient.encode()!r})"

@@ -1,0 +1,209 @@
+"""Fixes for two bugs of dbus-fast 5.2.0, applied from outside in a `MessageBus` subclass.
+
+1. `aio.message_bus._MessageWriter.write_callback` treats `BlockingIOError` (EAGAIN: the
+   socket's send buffer is full) as fatal and disconnects the bus. A burst of replies, or one
+   client that does not read a large reply, made a service lose its name. A send that raised
+   EAGAIN sent nothing, so `PatientWriter` keeps the buffer and waits with `loop.add_writer`
+   until the socket is writable; it writes at once only when nothing is pending, so messages
+   keep their order.
+2. `BaseMessageBus._process_message` never closes received file descriptors of method calls
+   that match no exported method (or signature), nor of signals and replies: every such
+   message leaks its fds. `FixedMessageBus._process_message` closes them after processing
+   unless a method handler taking `h` arguments received them, or the caller gate queued
+   the message for replay (`keep_fds`).
+
+Both fixes lean on private names of dbus-fast 5.2 (pinned `<5.3` in pyproject.toml); they are
+checked when this module is imported, so an upgrade that moves them fails loudly at start.
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from dbus_fast import Message
+from dbus_fast.aio import MessageBus
+from dbus_fast.aio import message_bus as _aio
+from dbus_fast.message_bus import BaseMessageBus
+from dbus_fast.service import ServiceInterface
+from dbus_fast.signature import get_signature_tree
+
+log = logging.getLogger(__name__)
+
+_REQUIRED: tuple[tuple[object, str], ...] = (
+    (_aio, "_MessageWriter"),
+    (_aio, "_future_set_result"),
+    (_aio, "_future_set_exception"),
+    (_aio._MessageWriter, "write_callback"),
+    (_aio._MessageWriter, "schedule_write"),
+    (_aio._MessageWriter, "buffer_message"),
+    (BaseMessageBus, "_process_message"),
+    (MessageBus, "_make_method_handler"),
+    (MessageBus, "_writer"),
+    (MessageBus, "_finalize"),
+)
+
+
+def check_dbus_fast() -> None:
+    """Raise ImportError unless the dbus-fast internals these fixes rely on exist."""
+    missing = [f"{getattr(o, '__name__', o)}.{a}" for o, a in _REQUIRED if not hasattr(o, a)]
+    if missing:
+        raise ImportError(
+            "keyagentd needs dbus-fast 5.2 (its fixes patch internals that this version lacks: "
+            + ", ".join(missing)
+            + ")"
+        )
+
+
+check_dbus_fast()
+
+
+class PatientWriter(_aio._MessageWriter):
+    """A writer that waits for a writable socket on EAGAIN instead of disconnecting."""
+
+    _waiting: bool
+
+    def _wait_writable(self) -> None:
+        if not self._waiting:
+            self._waiting = True
+            self.loop.add_writer(self.fd, self.write_callback)
+
+    def _stop_waiting(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            self.loop.remove_writer(self.fd)
+
+    def write_callback(self, remove_writer: bool = True) -> None:
+        sock = self.sock
+        try:
+            while True:
+                if self.buf is None:
+                    if not self.messages:
+                        self._stop_waiting()
+                        return
+                    buf, unix_fds, fut = self.messages.popleft()
+                    self.unix_fds = unix_fds
+                    self.buf = memoryview(buf)
+                    self.offset = 0
+                    self.fut = fut
+                try:
+                    if self.unix_fds and self.negotiate_unix_fd:
+                        ancdata = [
+                            (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", self.unix_fds))
+                        ]
+                        sent = sock.sendmsg([self.buf[self.offset :]], ancdata)
+                        self.unix_fds = None  # they travel with the first byte sent
+                    else:
+                        sent = sock.send(self.buf[self.offset :])
+                except (BlockingIOError, InterruptedError):
+                    # Nothing was sent: keep the buffer, try again when the socket drains.
+                    self._wait_writable()
+                    return
+                self.offset += sent
+                if self.offset < len(self.buf):
+                    self._wait_writable()
+                    return
+                self.buf = None
+                _aio._future_set_result(self.fut, None)
+        except Exception as exc:
+            self._waiting = False
+            if self.bus._user_disconnect:
+                _aio._future_set_result(self.fut, None)
+            else:
+                _aio._future_set_exception(self.fut, exc)
+            self.bus._finalize(exc)
+
+    def schedule_write(self, msg: Message | None = None, future: Any = None) -> None:
+        if msg is not None:
+            self.buffer_message(msg, future)
+        # While waiting for the socket, the writer callback will send this in order.
+        if self.bus.unique_name and not self._waiting:
+            self.write_callback()
+
+
+def install_patient_writer(bus: MessageBus) -> None:
+    """Turn the connected bus's writer into a `PatientWriter`, keeping its queue."""
+    writer = bus._writer
+    assert writer is not None
+    writer.__class__ = PatientWriter
+    assert isinstance(writer, PatientWriter)
+    writer._waiting = False
+    # The stock writer may have left its callback registered; ours tracks registration itself.
+    writer.loop.remove_writer(writer.fd)
+    if writer.buf is not None or writer.messages:
+        writer.write_callback()
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in set(fds):
+        try:
+            os.close(fd)
+        except OSError:
+            log.debug("fd %d was already closed", fd)
+
+
+def _top_level_fd_indices(method_signature: str, body: list[Any]) -> set[int]:
+    """The fd indices a call's top-level `h` arguments refer to (all ours are top level)."""
+    types = get_signature_tree(method_signature).types
+    return {
+        value
+        for type_, value in zip(types, body, strict=False)
+        if type_.token == "h" and isinstance(value, int)
+    }
+
+
+class FixedMessageBus(MessageBus):
+    """The aio `MessageBus` with both fixes applied."""
+
+    _fds_taken: bool
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fds_taken = False
+
+    async def connect(self) -> FixedMessageBus:
+        await super().connect()
+        install_patient_writer(self)
+        return self
+
+    def keep_fds(self) -> None:
+        """Called while processing a message: its fds stay open (someone else owns them now)."""
+        self._fds_taken = True
+
+    def _process_message(self, msg: Message) -> None:
+        fds = msg.unix_fds
+        if not fds:
+            super()._process_message(msg)
+            return
+        outer = self._fds_taken  # replays nest inside the processing of another message
+        self._fds_taken = False
+        try:
+            super()._process_message(msg)
+        finally:
+            taken = self._fds_taken
+            self._fds_taken = outer
+            if not taken:
+                _close_fds(fds)
+
+    def _make_method_handler(
+        self, interface: ServiceInterface, method: Any
+    ) -> Callable[[Message, Any], None]:
+        inner = super()._make_method_handler(interface, method)
+        signature: str = method.in_signature
+        if "h" not in signature:
+            return inner
+
+        def handler(msg: Message, send_reply: Any) -> None:
+            inner(msg, send_reply)  # if this raises, the fds are closed as unclaimed
+            self._fds_taken = True
+            # The method owns the fds its `h` arguments name; close any extra ones sent along.
+            used = _top_level_fd_indices(signature, list(msg.body))
+            extra = [fd for i, fd in enumerate(msg.unix_fds) if i not in used]
+            if extra:
+                _close_fds(extra)
+
+        return handler

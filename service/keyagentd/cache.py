@@ -1,0 +1,274 @@
+"""Unlocked keys, each with an idle timeout and a hard maximum lifetime.
+
+Like gpg-agent's ``default-cache-ttl`` (idle, reset on each use; default 600 s)
+and ``max-cache-ttl`` (counted from unlock, never extended; default 7200 s).
+
+Hardening: a cached seed is kept sealed (ChaCha20-Poly1305) under a random key
+that exists only in this process's memory, bound to the key's name and type.
+``use()`` opens it into a transient ``bytearray`` for one operation and wipes
+that on exit; locking wipes the sealed bytes. This keeps plaintext seeds out of
+long-lived memory (and out of most core dumps and swap); it is not a defence
+against code running inside the agent.
+
+Expiry is evaluated against an injectable monotonic clock. A key whose deadline
+passed counts as locked everywhere at once, and its bytes are wiped the first
+time any method notices; ``expire_due()`` reports it exactly once, so the bus
+layer can call it from a timer set to ``next_deadline()`` and emit
+``PropertiesChanged``.
+
+All methods take one ``threading.Lock``: ``use()`` runs in worker threads while
+the event loop locks and expires keys. An operation that already holds an
+identity keeps it if its key is locked meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Final
+
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from keyagent.protocol import InvalidArgs, Locked
+from keyagentd.secrets import wipe
+
+if TYPE_CHECKING:
+    from keyagentd.age import HybridIdentity, X25519Identity
+
+    #: What ``use()`` yields: a concrete age identity (``recipient()``, ``unwrap()``, ...).
+    Identity = X25519Identity | HybridIdentity
+
+DEFAULT_IDLE_TIMEOUT: Final = 600
+DEFAULT_MAX_TIMEOUT: Final = 7200
+#: Timeouts travel as D-Bus ``u`` (uint32 seconds).
+MAX_TIMEOUT_SECONDS: Final = 2**32 - 1
+SEED_LEN: Final = 32
+_NONCE_LEN: Final = 12
+
+IdentityFactory = Callable[[str, bytearray], "Identity"]
+
+
+@dataclass(frozen=True)
+class UnlockedKey:
+    """What the bus shows about an unlocked key."""
+
+    name: str
+    key_type: str
+    unlocked_at: float  # wall clock, unix seconds
+    idle_timeout: int
+    max_timeout: int
+    expires_at_wall: float  # when it locks if unused: min(idle deadline, max deadline)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    key_type: str
+    nonce: bytes
+    sealed: bytearray  # the seed under the process key; wiped in place on lock
+    unlocked_mono: float
+    unlocked_wall: float
+    last_used_mono: float
+    idle_timeout: int
+    max_timeout: int
+    deadline_wall: float
+
+    @property
+    def deadline(self) -> float:
+        return min(self.last_used_mono + self.idle_timeout, self.unlocked_mono + self.max_timeout)
+
+
+def _check_timeout(value: int, what: str) -> int:
+    if type(value) is not int or not 1 <= value <= MAX_TIMEOUT_SECONDS:
+        raise InvalidArgs(f"The {what} timeout must be a whole number of seconds from 1 to 2^32-1.")
+    return value
+
+
+def _default_identity_factory(key_type: str, seed: bytearray) -> Identity:
+    from keyagentd.age import identity_from_seed  # lazily: the cache does not need age to load
+
+    return identity_from_seed(key_type, seed)
+
+
+class KeyCache:
+    """The agent's unlocked keys (a name that is absent is locked)."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        rng: Callable[[int], bytes] = os.urandom,
+        identity_factory: IdentityFactory | None = None,
+        default_idle_timeout: int = DEFAULT_IDLE_TIMEOUT,
+        default_max_timeout: int = DEFAULT_MAX_TIMEOUT,
+    ) -> None:
+        self._clock = clock
+        self._wall = wall
+        self._rng = rng
+        self._factory = identity_factory or _default_identity_factory
+        self.default_idle_timeout = _check_timeout(default_idle_timeout, "idle")
+        self.default_max_timeout = _check_timeout(default_max_timeout, "maximum")
+        process_key = bytearray(rng(32))
+        self._aead = ChaCha20Poly1305(process_key)
+        wipe(process_key)  # the AEAD object keeps its own copy
+        self._entries: dict[str, _Entry] = {}
+        self._expired: list[str] = []  # wiped on expiry, not yet reported by expire_due()
+        self._mutex = threading.Lock()
+
+    def unlock(
+        self,
+        name: str,
+        key_type: str,
+        seed: bytearray,
+        idle_timeout: int | None = None,
+        max_timeout: int | None = None,
+    ) -> None:
+        """Cache ``seed`` (taking ownership: the caller's bytearray is wiped, even on error)."""
+        try:
+            if len(seed) != SEED_LEN:
+                raise ValueError(f"a key seed is {SEED_LEN} bytes")
+            idle = _check_timeout(
+                self.default_idle_timeout if idle_timeout is None else idle_timeout, "idle"
+            )
+            most = _check_timeout(
+                self.default_max_timeout if max_timeout is None else max_timeout, "maximum"
+            )
+            nonce = self._rng(_NONCE_LEN)
+            sealed = bytearray(SEED_LEN + 16)
+            self._aead.encrypt_into(nonce, seed, _ad(name, key_type), sealed)
+        finally:
+            wipe(seed)
+        with self._mutex:
+            now, wall = self._clock(), self._wall()
+            entry = _Entry(
+                key_type=key_type,
+                nonce=nonce,
+                sealed=sealed,
+                unlocked_mono=now,
+                unlocked_wall=wall,
+                last_used_mono=now,
+                idle_timeout=idle,
+                max_timeout=most,
+                deadline_wall=wall + min(idle, most),
+            )
+            old = self._entries.pop(name, None)
+            if old is not None:
+                wipe(old.sealed)
+            if name in self._expired:
+                self._expired.remove(name)  # locked and unlocked again before anyone asked
+            self._entries[name] = entry
+
+    def is_unlocked(self, name: str) -> bool:
+        """Whether ``name`` is usable now (does not count as a use)."""
+        with self._mutex:
+            self._reap()
+            return name in self._entries
+
+    def unlocked_names(self) -> list[str]:
+        with self._mutex:
+            self._reap()
+            return sorted(self._entries)
+
+    def status(self, name: str) -> UnlockedKey | None:
+        """The public facts about an unlocked key, or None if it is locked."""
+        with self._mutex:
+            self._reap()
+            e = self._entries.get(name)
+            if e is None:
+                return None
+            return UnlockedKey(
+                name, e.key_type, e.unlocked_wall, e.idle_timeout, e.max_timeout, e.deadline_wall
+            )
+
+    def unlocked_until(self, name: str) -> int:
+        """Unix seconds at which ``name`` locks if unused; 0 if it is locked."""
+        info = self.status(name)
+        return 0 if info is None else int(info.expires_at_wall)
+
+    def timeouts(self, name: str) -> tuple[int, int]:
+        """(idle, max) seconds in effect for ``name``; the defaults if it is locked."""
+        info = self.status(name)
+        if info is None:
+            return (self.default_idle_timeout, self.default_max_timeout)
+        return (info.idle_timeout, info.max_timeout)
+
+    @contextmanager
+    def use(self, name: str) -> Iterator[Identity]:
+        """The key's identity for one operation; resets its idle timer. ``Locked`` if locked."""
+        seed = bytearray(SEED_LEN)
+        try:
+            with self._mutex:
+                self._reap()
+                entry = self._entries.get(name)
+                if entry is None:
+                    raise Locked.for_keys((name,))
+                now, wall = self._clock(), self._wall()
+                used = replace(entry, last_used_mono=now)
+                self._entries[name] = replace(used, deadline_wall=wall + (used.deadline - now))
+                self._aead.decrypt_into(entry.nonce, entry.sealed, _ad(name, entry.key_type), seed)
+                key_type = entry.key_type
+            # Building the identity (ML-KEM expansion) runs outside the lock.
+            identity = self._factory(key_type, seed)
+            yield identity
+        finally:
+            wipe(seed)
+
+    def lock(self, name: str) -> bool:
+        """Wipe ``name``; True if it was unlocked."""
+        with self._mutex:
+            self._reap()
+            return self._drop(name)
+
+    def lock_all(self) -> list[str]:
+        """Wipe every key; the names that were unlocked."""
+        with self._mutex:
+            self._reap()
+            names = sorted(self._entries)
+            for name in names:
+                self._drop(name)
+            return names
+
+    def forget(self, name: str) -> bool:
+        """For a deleted key: wipe it and drop any unreported expiry; True if it was unlocked."""
+        with self._mutex:
+            self._reap()
+            if name in self._expired:
+                self._expired.remove(name)
+            return self._drop(name)
+
+    def expire_due(self) -> list[str]:
+        """Wipe keys whose deadline passed; each expired name is returned exactly once."""
+        with self._mutex:
+            self._reap()
+            names, self._expired = sorted(self._expired), []
+            return names
+
+    def next_deadline(self) -> float | None:
+        """Monotonic time of the next expiry (now, if one awaits ``expire_due``); None if none."""
+        with self._mutex:
+            self._reap()
+            if self._expired:
+                return self._clock()
+            return min((e.deadline for e in self._entries.values()), default=None)
+
+    def _drop(self, name: str) -> bool:
+        entry = self._entries.pop(name, None)
+        if entry is None:
+            return False
+        wipe(entry.sealed)
+        return True
+
+    def _reap(self) -> None:
+        now = self._clock()
+        for name in [n for n, e in self._entries.items() if now >= e.deadline]:
+            self._drop(name)
+            self._expired.append(name)
+
+
+def _ad(name: str, key_type: str) -> bytes:
+    # Binds a sealed seed to its slot: entries cannot be swapped between names or types.
+    return f"keyagent-cache\0{name}\0{key_type}".encode()

@@ -1,0 +1,186 @@
+"""Process hardening and facts about callers, from the kernel.
+
+``harden_process()`` is called once at agent start, before any secret is read:
+no core dumps, no ptrace or /proc/PID/mem access by other processes of the same
+user (PR_SET_DUMPABLE 0), and, where the memory-lock limit allows it, no
+swapping of the agent's pages. None of this stops root.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import resource
+import socket
+import stat
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+PR_SET_DUMPABLE: Final = 4
+PR_GET_DUMPABLE: Final = 3
+MCL_CURRENT: Final = 1
+MCL_FUTURE: Final = 2
+#: Lock pages as they are touched, not all reserved address space at once: thread stacks
+#: and malloc arenas reserve far more than they use (Linux >= 4.4).
+MCL_ONFAULT: Final = 4
+CAP_IPC_LOCK: Final = 14
+_UCRED: Final = struct.Struct("3i")
+
+
+@dataclass(frozen=True)
+class PeerCredentials:
+    pid: int
+    uid: int
+    gid: int
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def set_dumpable(value: bool) -> None:
+    libc = _libc()
+    if libc.prctl(PR_SET_DUMPABLE, int(value), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def is_dumpable() -> bool:
+    return bool(_libc().prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
+
+
+def has_capability(cap: int, status_path: str = "/proc/self/status") -> bool:
+    """Whether ``cap`` is in this process's effective capability set."""
+    try:
+        with open(status_path) as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> cap & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def harden_process(*, lock_memory: bool = True) -> list[str]:
+    """Apply the hardening; return one line per measure for the log (never raises)."""
+    messages: list[str] = []
+    try:
+        set_dumpable(False)
+        messages.append("hardening: process is not dumpable (no ptrace or /proc/PID/mem access)")
+    except OSError as e:
+        messages.append(f"hardening: could not clear the dumpable flag: {e.strerror}")
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        messages.append("hardening: core dumps disabled (RLIMIT_CORE 0)")
+    except (OSError, ValueError) as e:
+        messages.append(f"hardening: could not disable core dumps: {e}")
+    if lock_memory:
+        messages.append(_lock_memory())
+    return messages
+
+
+def _lock_memory() -> str:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    unlimited = soft == resource.RLIM_INFINITY
+    # With MCL_FUTURE every later mapping counts against the limit: under a finite limit the
+    # first 64 MiB Argon2 buffer would fail, so lock only when nothing can run out.
+    if not unlimited and not has_capability(CAP_IPC_LOCK):
+        return (
+            f"hardening: memory not locked: RLIMIT_MEMLOCK is {soft // 1024} KiB "
+            "(set LimitMEMLOCK=infinity to keep secrets out of swap)"
+        )
+    libc = _libc()
+    if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:
+        err = ctypes.get_errno()
+        return f"hardening: memory not locked: mlockall failed ({os.strerror(err)})"
+    return "hardening: memory locked (mlockall, pages stay out of swap)"
+
+
+def peer_credentials(fd: int) -> PeerCredentials | None:
+    """SO_PEERCRED of ``fd`` when it is a connected unix socket, else None."""
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return None
+    except OSError:
+        return None
+    dup = os.dup(fd)
+    try:
+        sock = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        return None
+    with sock:
+        if sock.family != socket.AF_UNIX:
+            return None
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        except OSError:
+            return None
+    pid, uid, gid = _UCRED.unpack(raw)
+    if uid < 0 or pid <= 0:  # not connected: the kernel reports uid -1 (overflow) and pid 0
+        return None
+    return PeerCredentials(pid, uid, gid)
+
+
+def peer_uid_of_socket(fd: int) -> int | None:
+    """The uid of the process at the other end of unix socket ``fd``, else None."""
+    creds = peer_credentials(fd)
+    return None if creds is None else creds.uid
+
+
+def caller_executable(pid: int) -> str | None:
+    """``/proc/PID/exe`` of ``pid``, or None when gone or unreadable.
+
+    Unreadable includes non-dumpable processes of the same user. A replaced
+    binary reads as ``PATH (deleted)`` and so matches no allowed path.
+    """
+    if pid <= 0:
+        return None
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def caller_comm(pid: int) -> str | None:
+    """The process's self-chosen name (``/proc/PID/comm``): for display only, never trust it."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            raw = f.read(64)
+    except OSError:
+        return None
+    return sanitize(raw.decode("utf-8", "replace").rstrip("\n"))
+
+
+def sanitize(text: str, limit: int = 80) -> str:
+    """Printable, single-line, bounded: process names and paths are chosen by the caller."""
+    cleaned = "".join(c if c.isprintable() else "?" for c in text)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+def describe_caller(pid: int) -> str:
+    """A person-readable caller for prompts and logs, e.g. ``firefox (pid 42, /usr/bin/firefox)``."""
+    exe = caller_executable(pid)
+    comm = caller_comm(pid)
+    where = sanitize(exe, 200) if exe else "executable unknown"
+    if comm is None and exe is None:
+        return f"process {pid} (gone or not readable)"
+    return f"{comm or '?'} (pid {pid}, {where})"
+
+
+__all__ = [
+    "PeerCredentials",
+    "caller_comm",
+    "caller_executable",
+    "describe_caller",
+    "harden_process",
+    "has_capability",
+    "is_dumpable",
+    "peer_credentials",
+    "peer_uid_of_socket",
+    "set_dumpable",
+]

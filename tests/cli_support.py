@@ -1,0 +1,160 @@
+"""Helpers for the `keyagent` command tests: run it without a terminal, with a passphrase fd, or
+under a real pseudo-terminal that answers its prompts."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import select
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from conftest import PrivateBus
+
+KEYAGENT = (sys.executable, "-m", "keyagent")
+
+
+def ka(
+    bus: PrivateBus,
+    *args: str,
+    input: bytes | None = None,
+    pass_fds: Sequence[int] = (),
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+    stdin: int | None = None,
+    stdout: int | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run `keyagent` with no controlling terminal (a new session), bytes in and out."""
+    return subprocess.run(
+        [*KEYAGENT, *args],
+        env=bus.env if env is None else env,
+        input=input,
+        stdin=stdin if input is None else None,
+        stdout=subprocess.PIPE if stdout is None else stdout,
+        stderr=subprocess.PIPE,
+        pass_fds=tuple(pass_fds),
+        start_new_session=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@contextlib.contextmanager
+def passphrase_fd(*lines: str) -> Iterator[int]:
+    """A pipe's read end holding the lines, for `--passphrase-fd N`."""
+    r, w = os.pipe()
+    os.write(w, "".join(line + "\n" for line in lines).encode())
+    os.close(w)
+    try:
+        yield r
+    finally:
+        os.close(r)
+
+
+def ka_pw(bus: PrivateBus, lines: Sequence[str], *args: str, **kw: object) -> subprocess.CompletedProcess[bytes]:
+    """Run `keyagent ARGS --passphrase-fd N` with the lines on N."""
+    with passphrase_fd(*lines) as fd:
+        return ka(bus, *args, "--passphrase-fd", str(fd), pass_fds=(fd,), **kw)  # type: ignore[arg-type]
+
+
+def create_key(bus: PrivateBus, name: str, passphrase: str = "correct horse", *extra: str) -> str:
+    """`keyagent init NAME`; returns the recipient."""
+    r = ka_pw(bus, [passphrase], "init", name, *extra)
+    assert r.returncode == 0, r.stderr.decode()
+    return r.stdout.decode().strip()
+
+
+def error_line(r: subprocess.CompletedProcess[bytes]) -> str:
+    lines = [ln for ln in r.stderr.decode().splitlines() if ln.startswith("keyagent: error: ")]
+    assert lines, f"no error line in {r.stderr!r}"
+    return lines[0]
+
+
+@dataclass
+class TtyRun:
+    """`keyagent` with a pseudo-terminal as its controlling terminal (what /dev/tty opens).
+
+    stdin and stdout stay pipes (or files): prompts go to the terminal, data does not.
+    """
+
+    proc: subprocess.Popen[bytes]
+    master: int
+    seen: bytes = b""
+
+    @classmethod
+    def start(
+        cls,
+        bus: PrivateBus,
+        *args: str,
+        stdin: int | None = subprocess.DEVNULL,
+        stderr_tty: bool = False,
+        stdout_tty: bool = False,
+    ) -> TtyRun:
+        master, slave = os.openpty()
+
+        def become_terminal_owner() -> None:
+            os.setsid()
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+        proc = subprocess.Popen(
+            [*KEYAGENT, *args],
+            env=bus.env,
+            stdin=stdin,
+            stdout=slave if stdout_tty else subprocess.PIPE,
+            stderr=slave if stderr_tty else subprocess.PIPE,
+            preexec_fn=become_terminal_owner,  # noqa: PLW1509 (tests only; no threads here)
+            pass_fds=(slave,),
+        )
+        os.close(slave)
+        return cls(proc, master)
+
+    def read_some(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if not ready:
+            return True
+        try:
+            data = os.read(self.master, 65536)
+        except OSError:  # EIO: the terminal's last user is gone
+            return False
+        if not data:
+            return False
+        self.seen += data
+        return True
+
+    def expect(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while text.encode() not in self.seen:
+            if time.monotonic() > deadline or not self.read_some(0.1):
+                if text.encode() in self.seen:
+                    return
+                raise AssertionError(f"{text!r} did not appear on the terminal: {self.seen!r}")
+            if self.proc.poll() is not None:
+                self.read_some(0.1)
+                if text.encode() not in self.seen:
+                    raise AssertionError(
+                        f"exited before {text!r}: {self.seen!r} {self.proc.stderr and self.proc.stderr.read()!r}"
+                    )
+
+    def type(self, line: str) -> None:
+        os.write(self.master, line.encode() + b"\n")
+
+    def answer(self, prompt: str, line: str) -> None:
+        self.expect(prompt)
+        self.seen = self.seen[self.seen.index(prompt.encode()) + len(prompt) :]
+        self.type(line)
+
+    def finish(self, timeout: float = 60) -> tuple[int, bytes, bytes]:
+        """Wait; returns (exit code, stdout, stderr); the terminal output is in .seen."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self.read_some(0.05)
+        out, err = self.proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        while self.read_some(0.01) and select.select([self.master], [], [], 0)[0]:
+            pass
+        os.close(self.master)
+        return self.proc.returncode, out or b"", err or b""
