@@ -32,7 +32,7 @@ class Config:
     @classmethod
     def make(cls, *, quick: bool, tmpdir: Path, size_mib: int | None) -> Config:
         if quick:
-            return cls(True, tmpdir, (size_mib or 32) * MIB, 128 * MIB, 2, 300, 5, 2, 1.0, 2, 100)
+            return cls(True, tmpdir, (size_mib or 32) * MIB, 128 * MIB, 2, 300, 5, 2, 1.0, 2, 25)
         return cls(False, tmpdir, (size_mib or 256) * MIB, 1024 * MIB, 3, 2000, 20, 5, 3.0, 5, 100)
 
 
@@ -86,7 +86,9 @@ class Context:
             else:
                 import pyrage
 
-                pyrage.encrypt_file(str(src), str(path), [pyrage.x25519.Recipient.from_str(recipient)])
+                pyrage.encrypt_file(
+                    str(src), str(path), [pyrage.x25519.Recipient.from_str(recipient)]
+                )
             self._files[key] = path
         return self._files[key]
 

@@ -74,8 +74,16 @@ class Harness:
         self.bus: Any = None
         self._identity: tuple[str, str] | None = None
 
-    def start(self) -> None:
-        self.bus = self.conftest.start_private_bus(self.workdir / "bus", agent_args=())
+    def start(self, log: Path) -> None:
+        """Start the bus; its stderr, and so the activated agents' logs, go to ``log``."""
+        saved = os.dup(2)
+        try:
+            with open(log, "ab") as f:
+                os.dup2(f.fileno(), 2)  # inherited by dbus-daemon at spawn, then restored
+            self.bus = self.conftest.start_private_bus(self.workdir / "bus", agent_args=())
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
     def stop(self) -> None:
         if self.bus is not None:

@@ -62,7 +62,9 @@ class Row:
         d = asdict(self)
         d["ratio"] = self.ratio
         d["status"] = self.status
-        d["goal"] = None if self.goal is None else {**asdict(self.goal), "text": self.goal.text(self.unit)}
+        d["goal"] = (
+            None if self.goal is None else {**asdict(self.goal), "text": self.goal.text(self.unit)}
+        )
         return d
 
 
@@ -100,7 +102,9 @@ def table(rows: list[Row]) -> str:
         goal = "" if r.goal is None else r.goal.text(r.unit)
         lines.append(("  " + r.name, fmt(r.value, r.unit), base, ratio, goal, r.status))
         if r.note:
-            notes.append(f"  [{r.group} / {r.name}] {r.note}")
+            note = f"  {r.name}: {r.note}"
+            if note not in notes:
+                notes.append(note)
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
     out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip()]
     out.append("  ".join("-" * w for w in widths))

@@ -13,7 +13,7 @@ from typing import Any
 
 from bench.context import SMALL, Context
 from bench.report import Goal, Row, failed
-from bench.timing import Stats, interleaved, percentile, time_once
+from bench.timing import Stats, interleaved, percentile, stopwatch, time_once
 
 
 def _jeepney_conn(address: str) -> Any:
@@ -44,7 +44,9 @@ def small_rows(ctx: Context) -> list[Row]:
             raise RuntimeError("Decrypt returned the wrong plaintext")
     except Exception as e:
         why = f"agent unavailable: {type(e).__name__}: {e}"
-        return [failed(group, f"{m} p50", "s", why, Goal("<=", 3.0)) for m in ("Decrypt", "Encrypt")]
+        return [
+            failed(group, f"{m} p50", "s", why, Goal("<=", 3.0)) for m in ("Decrypt", "Encrypt")
+        ]
     conn = _jeepney_conn(ctx.h.address)
     fns: dict[str, Callable[[], object]] = {
         "floor": _get_id(conn),
@@ -61,22 +63,38 @@ def small_rows(ctx: Context) -> list[Row]:
     ]
     for m in ("Decrypt", "Encrypt"):
         s = stats[m]
-        rows.append(Row(group, f"{m} p50", s.p50, "s", floor.p50, "floor p50", Goal("<=", 3.0),
-                        extra=_pct(s)))
+        rows.append(
+            Row(
+                group,
+                f"{m} p50",
+                s.p50,
+                "s",
+                floor.p50,
+                "floor p50",
+                Goal("<=", 3.0),
+                extra=_pct(s),
+            )
+        )
         rows.append(Row(group, f"{m} p99", s.p99, "s", floor.p99, "floor p99"))
     return rows
 
 
 def _pct(s: Stats) -> dict[str, Any]:
-    return {"p50": s.p50, "p90": s.percentile(90), "p99": s.p99, "max": max(s.samples),
-            "n": len(s.samples)}
+    return {
+        "p50": s.p50,
+        "p90": s.percentile(90),
+        "p99": s.p99,
+        "max": max(s.samples),
+        "n": len(s.samples),
+    }
 
 
 def _run(argv: list[str], env: dict[str, str]) -> None:
     out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=60)
     if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:4])} exited {out.returncode}: "
-                           f"{out.stderr.strip()[-300:]}")
+        raise RuntimeError(
+            f"{' '.join(argv[:4])} exited {out.returncode}: {out.stderr.strip()[-300:]}"
+        )
 
 
 def start_rows(ctx: Context) -> list[Row]:
@@ -107,8 +125,18 @@ def start_rows(ctx: Context) -> list[Row]:
     rows = [Row(group, "python -c pass (baseline)", base, "s")]
     for name, goal in (("keyagent decrypt", Goal("<=", 4.0)), ("age -d -i", None)):
         if name in stats:
-            rows.append(Row(group, name, stats[name].median, "s", base, "python", goal,
-                            extra={"seconds": list(stats[name].samples)}))
+            rows.append(
+                Row(
+                    group,
+                    name,
+                    stats[name].median,
+                    "s",
+                    base,
+                    "python",
+                    goal,
+                    extra={"seconds": list(stats[name].samples)},
+                )
+            )
         else:
             rows.append(failed(group, name, "s", notes[name], goal))
     return rows
@@ -121,24 +149,36 @@ def cold_rows(ctx: Context) -> list[Row]:
     from jeepney import DBusAddress, new_method_call
 
     conn = _jeepney_conn(ctx.h.address)
-    addr = DBusAddress("/org/example/KeyAgent", "org.example.KeyAgent",
-                       "org.freedesktop.DBus.Properties")
+    addr = DBusAddress(
+        "/org/example/KeyAgent", "org.example.KeyAgent", "org.freedesktop.DBus.Properties"
+    )
     samples: list[float] = []
     try:
         for _ in range(reps):
             ctx.h.stop_agent()
             msg = new_method_call(addr, "Get", "ss", ("org.example.KeyAgent", "Version"))
-            t = time_once(lambda m=msg: _checked(conn.send_and_get_reply(m, timeout=60)))
-            samples.append(t)
+            with stopwatch() as t:
+                _checked(conn.send_and_get_reply(msg, timeout=60))
+            samples.append(t[0])
     except Exception as e:
         return [failed(group, "first call until reply", "s", f"{type(e).__name__}: {e}")]
     finally:
         conn.close()
     py = ctx.python()
-    base = Stats(tuple(time_once(lambda: _run([py, "-c", "pass"], ctx.h.env))
-                       for _ in range(reps))).median
-    return [Row(group, "first call until reply", Stats(tuple(samples)).median, "s", base,
-                "python -c pass", extra={"seconds": samples})]
+    base = Stats(
+        tuple(time_once(lambda: _run([py, "-c", "pass"], ctx.h.env)) for _ in range(reps))
+    ).median
+    return [
+        Row(
+            group,
+            "first call until reply",
+            Stats(tuple(samples)).median,
+            "s",
+            base,
+            "python -c pass",
+            extra={"seconds": samples},
+        )
+    ]
 
 
 def _checked(reply: Any) -> Any:
@@ -189,8 +229,10 @@ def concurrency_rows(ctx: Context) -> list[Row]:
     for n in (1, 8, 32):
         barrier = mpc.Barrier(n)
         results = mpc.Queue()
-        procs = [mpc.Process(target=_worker, args=(ctx.h.address, ct, barrier, secs, results))
-                 for _ in range(n)]
+        procs = [
+            mpc.Process(target=_worker, args=(ctx.h.address, ct, barrier, secs, results))
+            for _ in range(n)
+        ]
         for p in procs:
             p.start()
         got = [results.get(timeout=180) for _ in procs]
@@ -200,11 +242,23 @@ def concurrency_rows(ctx: Context) -> list[Row]:
         errors = sum(g[1] for g in got)
         rate = calls / secs
         note = f"{errors} failed calls" if errors else ""
-        rows.append(Row(group, f"{n} client{'s' if n > 1 else ''}", rate, "calls/s",
-                        one, "1 client" if one else "", note=note,
-                        extra={"calls": calls, "errors": errors,
-                               "client_p50_s": sorted(g[2] for g in got)[len(got) // 2],
-                               "cpus": os.cpu_count()}))
+        rows.append(
+            Row(
+                group,
+                f"{n} client{'s' if n > 1 else ''}",
+                rate,
+                "calls/s",
+                one,
+                "1 client" if one else "",
+                note=note,
+                extra={
+                    "calls": calls,
+                    "errors": errors,
+                    "client_p50_s": sorted(g[2] for g in got)[len(got) // 2],
+                    "cpus": os.cpu_count(),
+                },
+            )
+        )
         if one is None:
             one = rate
     return rows

@@ -65,11 +65,15 @@ def raw_decrypt(key: bytes, src: Path, dst: Path) -> None:
 def _run(argv: list[str], env: dict[str, str] | None = None) -> None:
     out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=600)
     if out.returncode != 0:
-        raise RuntimeError(f"{argv[0]} {argv[1] if len(argv) > 1 else ''} exited "
-                           f"{out.returncode}: {out.stderr.strip()[-300:]}")
+        raise RuntimeError(
+            f"{argv[0]} {argv[1] if len(argv) > 1 else ''} exited "
+            f"{out.returncode}: {out.stderr.strip()[-300:]}"
+        )
 
 
-def _candidates(ctx: Context, direction: str) -> tuple[dict[str, Callable[[], object]], dict[str, str]]:
+def _candidates(
+    ctx: Context, direction: str
+) -> tuple[dict[str, Callable[[], object]], dict[str, str]]:
     """The implementations that can run here, and why the others cannot."""
     size = ctx.cfg.stream_bytes
     plain = ctx.plaintext(size)
@@ -165,7 +169,9 @@ def _candidates(ctx: Context, direction: str) -> tuple[dict[str, Callable[[], ob
 
 def stream_rows(ctx: Context, direction: str) -> list[Row]:
     size = ctx.cfg.stream_bytes
-    group = f"streaming {direction}, {size // MIB} MiB file to file (median of {ctx.cfg.stream_reps})"
+    group = (
+        f"streaming {direction}, {size // MIB} MiB file to file (median of {ctx.cfg.stream_reps})"
+    )
     fns, missing = _candidates(ctx, direction)
     out = ctx.out("stream")
     stats: dict[str, Stats] = interleaved(
@@ -176,8 +182,13 @@ def stream_rows(ctx: Context, direction: str) -> list[Row]:
     eng = speed.get("engine in-process")
     age = speed.get("age command")
 
-    def row(name: str, base: float | None, base_name: str, goal: Goal | None = None,
-            label: str | None = None) -> Row:
+    def row(
+        name: str,
+        base: float | None,
+        base_name: str,
+        goal: Goal | None = None,
+        label: str | None = None,
+    ) -> Row:
         label = label or name
         if name not in speed:
             return failed(group, label, UNIT, missing.get(name, "not measured"), goal)
@@ -187,10 +198,20 @@ def stream_rows(ctx: Context, direction: str) -> list[Row]:
     rows = [
         row("raw cryptography loop", None, "", label="raw cryptography loop (baseline)"),
         row("engine in-process", raw, "raw", Goal(">=", 0.85)),
-        row("agent: keyagent command", eng, "engine", Goal(">=", 0.90),
-            label="agent via keyagent command vs engine"),
-        row("agent: keyagent command", age, "age", Goal(">=", 1.5),
-            label="agent via keyagent command vs age"),
+        row(
+            "agent: keyagent command",
+            eng,
+            "engine",
+            Goal(">=", 0.90),
+            label="agent via keyagent command vs engine",
+        ),
+        row(
+            "agent: keyagent command",
+            age,
+            "age",
+            Goal(">=", 1.5),
+            label="agent via keyagent command vs age",
+        ),
         row("agent: Client *Fd call", eng, "engine", label="agent via Client (no process start)"),
         row("age command", raw, "raw"),
         row("pyrage", raw, "raw"),

@@ -10,6 +10,7 @@ import select
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -56,13 +57,18 @@ def passphrase_fd(*lines: str) -> Iterator[int]:
         os.close(r)
 
 
-def ka_pw(bus: PrivateBus, lines: Sequence[str], *args: str, **kw: object) -> subprocess.CompletedProcess[bytes]:
+def ka_pw(
+    bus: PrivateBus, lines: Sequence[str], *args: str, **kw: object
+) -> subprocess.CompletedProcess[bytes]:
     """Run `keyagent ARGS --passphrase-fd N` with the lines on N."""
     with passphrase_fd(*lines) as fd:
         return ka(bus, *args, "--passphrase-fd", str(fd), pass_fds=(fd,), **kw)  # type: ignore[arg-type]
 
 
-def create_key(bus: PrivateBus, name: str, passphrase: str = "correct horse", *extra: str) -> str:
+PASSPHRASE = "correct horse"
+
+
+def create_key(bus: PrivateBus, name: str, passphrase: str = PASSPHRASE, *extra: str) -> str:
     """`keyagent init NAME`; returns the recipient."""
     r = ka_pw(bus, [passphrase], "init", name, *extra)
     assert r.returncode == 0, r.stderr.decode()
@@ -107,7 +113,7 @@ class TtyRun:
             stdin=stdin,
             stdout=slave if stdout_tty else subprocess.PIPE,
             stderr=slave if stderr_tty else subprocess.PIPE,
-            preexec_fn=become_terminal_owner,  # noqa: PLW1509 (tests only; no threads here)
+            preexec_fn=become_terminal_owner,
             pass_fds=(slave,),
         )
         os.close(slave)
@@ -136,9 +142,7 @@ class TtyRun:
             if self.proc.poll() is not None:
                 self.read_some(0.1)
                 if text.encode() not in self.seen:
-                    raise AssertionError(
-                        f"exited before {text!r}: {self.seen!r} {self.proc.stderr and self.proc.stderr.read()!r}"
-                    )
+                    raise AssertionError(f"exited before {text!r} appeared: {self.seen!r}")
 
     def type(self, line: str) -> None:
         os.write(self.master, line.encode() + b"\n")
@@ -150,11 +154,17 @@ class TtyRun:
 
     def finish(self, timeout: float = 60) -> tuple[int, bytes, bytes]:
         """Wait; returns (exit code, stdout, stderr); the terminal output is in .seen."""
+        result: list[tuple[bytes, bytes]] = []
+        # Pipes drain in a thread while this one keeps the terminal drained: neither can block.
+        t = threading.Thread(target=lambda: result.append(self.proc.communicate(timeout=timeout)))
+        t.start()
         deadline = time.monotonic() + timeout
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            self.read_some(0.05)
-        out, err = self.proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        while self.read_some(0.01) and select.select([self.master], [], [], 0)[0]:
+        while t.is_alive() and time.monotonic() < deadline:
+            if not self.read_some(0.05):
+                break
+        t.join(timeout=max(1.0, deadline - time.monotonic()))
+        while select.select([self.master], [], [], 0)[0] and self.read_some(0):
             pass
         os.close(self.master)
+        out, err = result[0] if result else (b"", b"")
         return self.proc.returncode, out or b"", err or b""

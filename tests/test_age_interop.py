@@ -80,7 +80,7 @@ def _age_with_tty(args: list[str], passphrase: str) -> None:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=slave,
-        preexec_fn=become_tty_owner,  # noqa: PLW1509 - needed to own the tty
+        preexec_fn=become_tty_owner,  # the child must own the tty
     )
     os.close(slave)
     transcript = b""
@@ -121,7 +121,8 @@ def test_age_decrypts_our_passphrase_file(tmp_path: Path, size: int) -> None:
     enc, dec = tmp_path / "enc.age", tmp_path / "dec"
     enc.write_bytes(age.encrypt_bytes([age.ScryptRecipient("open sesame", work_factor=10)], data))
     _age_with_tty(["-d", "-o", str(dec), str(enc)], "open sesame")
-    assert dec.read_bytes() == data
+    # age opens its output lazily: an empty plaintext leaves no file.
+    assert (dec.read_bytes() if size or dec.exists() else b"") == data
 
 
 def _age(*args: str, stdin: bytes | None = None) -> bytes:

@@ -22,10 +22,12 @@ from keyagent.protocol import (
     NoSuchKey,
     Unsupported,
 )
+from keyagentd import keyfile
 from keyagentd import keystore as ks
 from keyagentd.atomic import TMP_PREFIX
 from keyagentd.kdf import KdfParams
-from keyagentd.keystore import KeyRecord, KeyStore, parse_key_file
+from keyagentd.keyfile import KeyRecord, parse_key_file
+from keyagentd.keystore import KeyStore
 
 FAST = KdfParams(memory_kib=256, time_cost=1, parallelism=1)
 SEED = bytes(range(32))
@@ -321,7 +323,7 @@ def test_kdf_caps_checked_before_derivation(
     path = store.root / "k.key"
     path.write_bytes(edit_header(path.read_bytes(), _set(["kdf", "memory_kib"], 2**30)))
     called = []
-    monkeypatch.setattr(ks.kdf, "hash_secret_raw", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(keyfile.kdf, "hash_secret_raw", lambda *a, **k: called.append(1))
     with pytest.raises(Malformed, match="memory"):
         store.unseal("k", "pw")
     assert called == []

@@ -1,17 +1,13 @@
 """The one place where protocol exceptions become D-Bus errors (and back, for our own calls).
 
-Methods raise `keyagent.protocol` exceptions; `mapped` turns them into `DBusError`s with the
+Methods raise `keyagent.protocol` exceptions; `convert` turns them into `DBusError`s with the
 wire name of their class. Anything unexpected is logged here with its traceback and reaches
 the caller only as a one-sentence `Failed`: never a traceback, never key material.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
-
 from dbus_fast import DBusError, Message
 
 from keyagent.protocol import (
@@ -24,9 +20,6 @@ from keyagent.protocol import (
 )
 
 log = logging.getLogger(__name__)
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 INTERNAL_ERROR_TEXT = "The agent hit an internal error; see its log."
 
@@ -66,22 +59,6 @@ def convert(exc: BaseException) -> DBusError:
     return to_dbus_error(Failed(INTERNAL_ERROR_TEXT))
 
 
-def mapped(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Decorate an async D-Bus method so every exception leaves as a mapped `DBusError`.
-
-    `functools.wraps` keeps the annotations dbus-fast reads for the signature.
-    """
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - every error is mapped, none escapes raw
-            raise convert(exc) from None
-
-    return wrapper
-
-
 __all__ = [
     "INTERNAL_ERROR_TEXT",
     "InvalidArgs",
@@ -90,6 +67,5 @@ __all__ = [
     "error_reply",
     "from_dbus_error",
     "invalid_args",
-    "mapped",
     "to_dbus_error",
 ]

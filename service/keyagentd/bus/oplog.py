@@ -1,0 +1,57 @@
+"""One log line per operation: what, who (pid), which key, and how it ended. Never secrets."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import ParamSpec, TypeVar
+
+from keyagent.protocol import KeyAgentError
+from keyagentd.bus.errors import convert
+from keyagentd.bus.gate import CURRENT_CALLER
+
+log = logging.getLogger("keyagentd.ops")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: The key an operation is about, for its log line (set by the method as it learns it).
+_KEY: ContextVar[str] = ContextVar("keyagent_op_key", default="")
+
+
+def note_key(name: str) -> None:
+    _KEY.set(name)
+
+
+def operation(name: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Decorate an async D-Bus method: map its errors (see errors.py) and log one line.
+
+    `functools.wraps` keeps the annotations dbus-fast reads for the signature.
+    """
+
+    def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            key = getattr(args[0], "key_name", "") if args else ""
+            if key:
+                note_key(key)
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:  # every error is mapped; none escapes raw
+                outcome = exc.short_name if isinstance(exc, KeyAgentError) else "error"
+                _line(name, outcome)
+                raise convert(exc) from None
+            _line(name, "ok")
+            return result
+
+        return wrapper
+
+    return decorate
+
+
+def _line(op: str, outcome: str) -> None:
+    caller = CURRENT_CALLER.get()
+    pid = caller.pid if caller is not None else None
+    log.info("%s pid=%s key=%s: %s", op, pid if pid is not None else "-", _KEY.get() or "-", outcome)

@@ -1,0 +1,171 @@
+"""EncryptFd/DecryptFd: streaming between caller-supplied fds in a bounded worker pool.
+
+Each stream runs in its own worker thread, so the bus stays responsive. Every wait on an
+fd is a `poll` with a short timeout that also checks the stream's cancel flag: when the
+caller leaves the bus its streams stop, even if the other end of a pipe stays open.
+The fds a stream received are closed when it ends, whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import select
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, TypeVar
+
+from keyagent.protocol import Failed, RateLimited
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_MAX_STREAMS: Final = 4
+POLL_MS: Final = 250
+#: Large reads: the engine asks for whole 64 KiB chunks; pipes hand over up to their size.
+_READ_EVENTS: Final = select.POLLIN | select.POLLHUP | select.POLLERR
+_WRITE_EVENTS: Final = select.POLLOUT | select.POLLERR | select.POLLHUP
+
+
+class Cancelled(Failed):
+    """The stream was stopped because its caller went away or the agent is exiting."""
+
+
+def _wait(fd: int, events: int, cancel: threading.Event, deadline: float | None = None) -> None:
+    poller = select.poll()
+    poller.register(fd, events)
+    loops = 0
+    while not poller.poll(POLL_MS):
+        loops += 1
+        if cancel.is_set():
+            raise Cancelled("The operation was cancelled.")
+        if deadline is not None and loops * POLL_MS / 1000 >= deadline:
+            raise Failed("Timed out waiting for the caller's data.")
+    if cancel.is_set():
+        raise Cancelled("The operation was cancelled.")
+
+
+class FdSource:
+    """A readable fd for the age engine (`readinto`); EOF is 0 bytes."""
+
+    def __init__(self, fd: int, cancel: threading.Event, timeout: float | None = None) -> None:
+        self.fd = fd
+        self._cancel = cancel
+        self._timeout = timeout
+
+    def readinto(self, buf: memoryview, /) -> int:
+        while True:
+            _wait(self.fd, _READ_EVENTS, self._cancel, self._timeout)
+            try:
+                return os.readv(self.fd, [buf])
+            except BlockingIOError:
+                continue  # a non-blocking fd shared with the caller: wait again
+            except OSError as exc:
+                raise Failed(f"Reading the input failed: {exc.strerror}.") from None
+
+
+class FdSink:
+    """A writable fd for the age engine (`write` may be short; the engine loops)."""
+
+    def __init__(self, fd: int, cancel: threading.Event) -> None:
+        self.fd = fd
+        self._cancel = cancel
+
+    def write(self, data: memoryview | bytes, /) -> int:
+        while True:
+            _wait(self.fd, _WRITE_EVENTS, self._cancel)
+            try:
+                return os.write(self.fd, data)
+            except BlockingIOError:
+                continue
+            except BrokenPipeError:
+                raise Failed("The output was closed before the end.") from None
+            except OSError as exc:
+                raise Failed(f"Writing the output failed: {exc.strerror}.") from None
+
+    def flush(self) -> None:
+        pass
+
+
+def close_fds(fds: list[int]) -> None:
+    for fd in set(fds):
+        try:
+            os.close(fd)
+        except OSError:
+            log.debug("fd %d was already closed", fd)
+
+
+class StreamRunner:
+    """Runs fd jobs in a bounded pool, at most ``max_per_caller`` at once per caller."""
+
+    def __init__(self, max_per_caller: int = DEFAULT_MAX_STREAMS, max_workers: int = 16) -> None:
+        self.max_per_caller = max_per_caller
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="stream")
+        self._running: dict[str, list[threading.Event]] = {}
+
+    @property
+    def active(self) -> int:
+        return sum(len(v) for v in self._running.values())
+
+    async def run(
+        self, caller: str, fds: list[int], job: Callable[[threading.Event], T]
+    ) -> T:
+        """Run ``job(cancel)`` in a worker; ``fds`` are closed when it ends (or is refused)."""
+        events = self._running.setdefault(caller, [])
+        if len(events) >= self.max_per_caller:
+            if not events:
+                del self._running[caller]
+            close_fds(fds)
+            raise RateLimited(
+                f"Too many streams at once (at most {self.max_per_caller} per caller): "
+                "wait for one to finish."
+            )
+        cancel = threading.Event()
+        events.append(cancel)
+
+        def work() -> T:
+            try:
+                return job(cancel)
+            finally:
+                close_fds(fds)
+
+        try:
+            future = self._pool.submit(work)
+        except RuntimeError:  # shutting down
+            close_fds(fds)
+            self._release(caller, cancel)
+            raise Cancelled("The agent is shutting down.") from None
+        try:
+            return await asyncio.wrap_future(future)
+        finally:
+            self._release(caller, cancel)
+
+    def _release(self, caller: str, cancel: threading.Event) -> None:
+        events = self._running.get(caller)
+        if events is not None:
+            events.remove(cancel)
+            if not events:
+                del self._running[caller]
+
+    def cancel(self, caller: str) -> None:
+        """Stop every stream of ``caller`` (it left the bus)."""
+        for event in self._running.get(caller, []):
+            event.set()
+
+    def shutdown(self) -> None:
+        for events in self._running.values():
+            for event in events:
+                event.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def stream_job(fn: Callable[..., T], *args: Any) -> Callable[[threading.Event], T]:
+    """Bind ``fn(*args, cancel)`` as a job for `StreamRunner.run`."""
+
+    def job(cancel: threading.Event) -> T:
+        return fn(*args, cancel)
+
+    return job
