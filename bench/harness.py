@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 BENCH_KEY = "bench"
 BENCH_PASSPHRASE = "bench passphrase, not a secret"
-MEMORY_KEY_PREFIX = "bench-m"
+MEMORY_KEY_PREFIX = "benchm"  # no "-": see the report (object paths)
 
 
 def load_conftest() -> ModuleType:

@@ -155,6 +155,8 @@ class TtyRun:
     def finish(self, timeout: float = 60) -> tuple[int, bytes, bytes]:
         """Wait; returns (exit code, stdout, stderr); the terminal output is in .seen."""
         result: list[tuple[bytes, bytes]] = []
+        if self.proc.stdin is not None and self.proc.stdin.closed:
+            self.proc.stdin = None  # communicate() would flush it
         # Pipes drain in a thread while this one keeps the terminal drained: neither can block.
         t = threading.Thread(target=lambda: result.append(self.proc.communicate(timeout=timeout)))
         t.start()

@@ -12,9 +12,9 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 from conftest import OTHER_UID, ROOT, as_other_user, requires_root
-
 from keyagentd.hardening import (
     caller_comm,
     caller_executable,
@@ -44,7 +44,7 @@ print(json.dumps({"before": is_dumpable(), "messages": harden_process(),
 """
 
 
-def run_child(code: str, python: str = sys.executable, **kw: object) -> dict[str, object]:
+def run_child(code: str, python: str = sys.executable, **kw: object) -> dict[str, Any]:
     out = subprocess.run(  # type: ignore[call-overload]
         [python, "-c", code], env=ENV, capture_output=True, text=True, check=True, **kw
     )
@@ -67,7 +67,7 @@ def test_privileged_process_locks_its_memory() -> None:
     # Root has CAP_IPC_LOCK: memory is locked (on fault) whatever RLIMIT_MEMLOCK says.
     assert has_capability(14)
     report = run_child(REPORT)
-    assert any("memory locked" in m for m in report["messages"])  # type: ignore[union-attr]
+    assert any("memory locked" in m for m in report["messages"])
     assert isinstance(report["vmlck_kib"], int) and report["vmlck_kib"] > 0
 
 
@@ -78,10 +78,8 @@ def _small_memlock_other_user() -> None:
 
 @requires_root
 def test_memory_not_locked_under_a_finite_limit_says_so() -> None:
-    report = run_child(
-        REPORT, SYSTEM_PYTHON, preexec_fn=_small_memlock_other_user, cwd="/"
-    )
-    line = next(m for m in report["messages"] if "memory" in m)  # type: ignore[union-attr]
+    report = run_child(REPORT, SYSTEM_PYTHON, preexec_fn=_small_memlock_other_user, cwd="/")
+    line = next(m for m in report["messages"] if "memory" in m)
     assert "memory not locked: RLIMIT_MEMLOCK is 64 KiB" in line
     assert "LimitMEMLOCK=infinity" in line
     assert report["vmlck_kib"] == 0
@@ -175,7 +173,7 @@ def test_peer_uid_of_another_user() -> None:
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(address)
         server.listen(1)
-        code = f"import socket,time; s=socket.socket(socket.AF_UNIX); s.connect({address!r}); s.recv(1)"
+        code = f"import socket; s=socket.socket(socket.AF_UNIX); s.connect({address!r}); s.recv(1)"
         child = subprocess.Popen([SYSTEM_PYTHON, "-c", code], preexec_fn=as_other_user, cwd="/")
         try:
             conn, _ = server.accept()
@@ -237,5 +235,5 @@ def test_harden_in_process_is_idempotent_messages_only() -> None:
         "import json; from keyagentd.hardening import harden_process as h; "
         "h(lock_memory=False); print(json.dumps({'messages': h(lock_memory=False)}))"
     )
-    assert len(report["messages"]) == 2  # type: ignore[arg-type]
+    assert len(report["messages"]) == 2
     assert harden_process is not None

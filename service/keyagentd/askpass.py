@@ -132,7 +132,8 @@ def confirm(
 
 
 def unlock_prompt(key_name: str, caller_pid: int) -> str:
-    return f"keyagent: passphrase to unlock key '{key_name}', requested by {describe_caller(caller_pid)}"
+    caller = describe_caller(caller_pid)
+    return f"keyagent: passphrase to unlock key '{key_name}', requested by {caller}"
 
 
 def confirm_prompt(key_name: str, operation: str, caller_pid: int) -> str:

@@ -163,7 +163,7 @@ def sanitize(text: str, limit: int = 80) -> str:
 
 
 def describe_caller(pid: int) -> str:
-    """A person-readable caller for prompts and logs, e.g. ``firefox (pid 42, /usr/bin/firefox)``."""
+    """A readable caller for prompts and logs, e.g. ``firefox (pid 42, /usr/bin/firefox)``."""
     exe = caller_executable(pid)
     comm = caller_comm(pid)
     where = sanitize(exe, 200) if exe else "executable unknown"

@@ -39,7 +39,7 @@ class FailureLimiter:
 
     def __init__(
         self,
-        policy: LimitPolicy = LimitPolicy(),  # noqa: B008 - frozen, shared default is safe
+        policy: LimitPolicy = LimitPolicy(),
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,

@@ -4,6 +4,23 @@ X25519, post-quantum hybrid (mlkem768x25519) and scrypt recipient types.
 Errors are the wire classes of ``keyagent.protocol``: Malformed (not age, bad
 header, bad armor), Integrity (header MAC or a payload chunk failed), NoMatch
 (no identity opens the file), Unsupported (a format or feature not handled).
+I/O errors of the caller's file objects (OSError) pass through unchanged.
+
+Choices where the spec leaves room (each matches age/rage unless noted):
+- Behaviour follows the C2SP conformance vectors, including what is released
+  on a damaged payload: every chunk that authenticated, nothing after.
+- A scrypt work factor above the identity's cap (default 22) is Unsupported,
+  refused before any key derivation; one above 64 or not canonical decimal
+  is Malformed. ``ScryptRecipient(work_factor=None)`` targets ~1 s, 18..20.
+- A header larger than 1 MiB or with more than 1024 stanzas is Malformed.
+- Armor is detected when the first non-blank byte is ``-``; LF or CRLF lines
+  and up to 1 KiB of whitespace around the block are accepted.
+- A file with an scrypt stanza must have exactly one stanza (Malformed
+  otherwise), whatever identities are tried.
+- The hybrid's encapsulation randomness comes from OpenSSL (``rng`` is used
+  for file keys, nonces, X25519 shares and scrypt salts only).
+- ``Decryptor.decrypt_to(progress=...)`` reports the running plaintext total
+  after each 64 KiB chunk.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ END: Final = b"-----END AGE ENCRYPTED FILE-----"
 COLUMNS: Final = 64
 BYTES_PER_LINE: Final = COLUMNS // 4 * 3
 MAX_WHITESPACE: Final = 1024
-_READ: Final = 64 * 1024
+_READ: Final = 256 * 1024
 _WS: Final = b" \t\r\n\x0b\x0c"
 
 
@@ -115,24 +115,30 @@ class ArmorReader:
         return bytearray(data)
 
     def _decode_full_lines(self) -> bytearray | None:
-        """Decode a run of full 64-column LF lines at once (the common case)."""
-        if len(self._buf) - self._pos < 2 * (COLUMNS + 1):
+        """Decode a run of full 64-column lines at once (the common case), all
+        ending in LF or all in CRLF; anything unusual goes to the careful path."""
+        if len(self._buf) - self._pos < 2 * (COLUMNS + 2):
             self._fill()
-        avail = len(self._buf) - self._pos
-        count = avail // (COLUMNS + 1) - 1  # keep the last line for the careful path
+        pos = self._pos
+        eol = b"\r\n" if self._buf[pos + COLUMNS : pos + COLUMNS + 2] == b"\r\n" else b"\n"
+        stride = COLUMNS + len(eol)
+        count = (len(self._buf) - pos) // stride - 1  # keep the last line for the careful path
         if count <= 0:
             return None
-        block = self._buf[self._pos : self._pos + count * (COLUMNS + 1)]
-        if block[COLUMNS :: COLUMNS + 1] != b"\n" * count or block.count(b"\n") != count:
+        block = self._buf[pos : pos + count * stride]
+        if block[COLUMNS::stride] != eol[:1] * count or block.count(b"\n") != count:
             return None
-        joined = block.replace(b"\n", b"")
+        if eol == b"\r\n" and (
+            block[COLUMNS + 1 :: stride] != b"\n" * count or block.count(b"\r") != count
+        ):
+            return None
         try:
-            data = binascii.a2b_base64(joined, strict_mode=True)
+            data = binascii.a2b_base64(block.replace(eol, b""), strict_mode=True)
         except binascii.Error:
             return None
         if len(data) != count * BYTES_PER_LINE:
             return None  # a padded line: let the careful path see where it ends
-        self._pos += count * (COLUMNS + 1)
+        self._pos += count * stride
         return bytearray(data)
 
     def _finish(self) -> None:

@@ -37,7 +37,7 @@ _SUITE: Final = hpke.Suite(
 
 
 class HybridRecipient:
-    __slots__ = ("_key", "public_bytes")
+    __slots__ = ("_encoded", "_key", "public_bytes")
 
     stanza_type: Final = STANZA_TYPE
 
@@ -45,6 +45,7 @@ class HybridRecipient:
         if len(public_bytes) != PUBLIC_SIZE:
             raise Malformed("A post-quantum recipient has the wrong size.")
         self.public_bytes = bytes(public_bytes)
+        self._encoded: str | None = None
         try:
             mlkem = MLKEM768PublicKey.from_public_bytes(self.public_bytes[:MLKEM_PUBLIC_SIZE])
             x25519 = X25519PublicKey.from_public_bytes(self.public_bytes[MLKEM_PUBLIC_SIZE:])
@@ -53,7 +54,10 @@ class HybridRecipient:
         self._key = hpke.MLKEM768X25519PublicKey(mlkem, x25519)
 
     def encode(self) -> str:
-        return bech32.encode(RECIPIENT_HRP, self.public_bytes)
+        """The ``age1...`` string (cached: the hybrid one takes milliseconds)."""
+        if self._encoded is None:
+            self._encoded = bech32.encode(RECIPIENT_HRP, self.public_bytes)
+        return self._encoded
 
     def wrap(self, file_key: bytes, rng: Callable[[int], bytes]) -> list[Stanza]:
         # The KEM's randomness comes from OpenSSL: the library takes no rng.

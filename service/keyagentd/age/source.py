@@ -12,21 +12,27 @@ class Readable(Protocol):
 
 
 class RawSource:
-    """Adapts a binary file object; uses ``readinto1`` when it has one so header
-    parsing never waits for more than the peer has sent."""
+    """Adapts a binary file object, or anything with ``readinto`` or ``read``.
+
+    Uses ``readinto1`` when there is one, so header parsing never waits for
+    more than the peer has sent.
+    """
 
     def __init__(self, f: Any) -> None:
         self._readinto = getattr(f, "readinto1", None) or getattr(f, "readinto", None)
-        self._read = f.read
-        self.full_readinto = getattr(f, "readinto", None)
+        self._read = getattr(f, "read", None)
+        if self._readinto is None and self._read is None:
+            raise TypeError("the source needs a readinto or read method")
 
     def readinto(self, buf: memoryview, /) -> int:
         if self._readinto is not None:
             n = self._readinto(buf)
         else:
+            assert self._read is not None
             data = self._read(len(buf))
-            n = len(data)
-            buf[:n] = data
+            n = None if data is None else len(data)
+            if data:
+                buf[: len(data)] = data
         if n is None:
             raise BlockingIOError("non-blocking source would block")
         return int(n)

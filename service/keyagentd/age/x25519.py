@@ -35,18 +35,22 @@ def _shared(private: X25519PrivateKey, share: bytes) -> bytes:
 
 
 class X25519Recipient:
-    __slots__ = ("_key", "public_bytes")
+    __slots__ = ("_encoded", "_key", "public_bytes")
 
     def __init__(self, public_bytes: bytes) -> None:
         if len(public_bytes) != 32:
             raise Malformed("An X25519 recipient is 32 bytes.")
         self.public_bytes = bytes(public_bytes)
+        self._encoded: str | None = None
         self._key = X25519PublicKey.from_public_bytes(self.public_bytes)
 
     stanza_type: Final = STANZA_TYPE
 
     def encode(self) -> str:
-        return bech32.encode(RECIPIENT_HRP, self.public_bytes)
+        """The ``age1...`` string (cached: the hybrid one takes milliseconds)."""
+        if self._encoded is None:
+            self._encoded = bech32.encode(RECIPIENT_HRP, self.public_bytes)
+        return self._encoded
 
     def wrap(self, file_key: bytes, rng: Callable[[int], bytes]) -> list[Stanza]:
         ephemeral = X25519PrivateKey.from_private_bytes(rng(32))

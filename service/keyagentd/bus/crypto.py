@@ -59,7 +59,9 @@ def resolve_recipients(
                 raise NoSuchKey(f"There is no key named {item!r}.")
             out.append(age.parse_recipient(record.recipient))
         else:
-            raise InvalidName(f"{item[:80]!r} is neither an age recipient (age1...) nor a key name.")
+            raise InvalidName(
+                f"{item[:80]!r} is neither an age recipient (age1...) nor a key name."
+            )
     return out
 
 

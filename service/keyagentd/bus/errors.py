@@ -8,6 +8,7 @@ the caller only as a one-sentence `Failed`: never a traceback, never key materia
 from __future__ import annotations
 
 import logging
+
 from dbus_fast import DBusError, Message
 
 from keyagent.protocol import (
@@ -40,9 +41,7 @@ def error_reply(msg: Message, exc: KeyAgentError) -> Message:
 
 
 def access_denied(msg: Message) -> Message:
-    return Message.new_error(
-        msg, ACCESS_DENIED, "Only the user running the agent may use it."
-    )
+    return Message.new_error(msg, ACCESS_DENIED, "Only the user running the agent may use it.")
 
 
 def invalid_args(msg: Message, text: str) -> Message:

@@ -12,7 +12,11 @@
    unless a method handler taking `h` arguments received them, or the caller gate queued
    the message for replay (`keep_fds`).
 
-Both fixes lean on private names of dbus-fast 5.2 (pinned `<5.3` in pyproject.toml); they are
+And one conformance fix: dbus-fast sends ObjectManager's InterfacesAdded/InterfacesRemoved
+from the added object's own path, while the D-Bus specification (and GDBus's object manager
+client) expects them from the object manager's path; `object_manager_path` re-routes them.
+
+The fixes lean on private names of dbus-fast 5.2 (pinned `<5.3` in pyproject.toml); they are
 checked when this module is imported, so an upgrade that moves them fails loudly at start.
 """
 
@@ -23,7 +27,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from dbus_fast import Message
 from dbus_fast.aio import MessageBus
@@ -45,6 +49,9 @@ _REQUIRED: tuple[tuple[object, str], ...] = (
     (MessageBus, "_make_method_handler"),
     (MessageBus, "_writer"),
     (MessageBus, "_finalize"),
+    (BaseMessageBus, "_emit_interface_added"),
+    (BaseMessageBus, "_emit_interface_removed"),
+    (ServiceInterface, "_get_all_property_values"),
 )
 
 
@@ -70,15 +77,15 @@ class PatientWriter(_aio._MessageWriter):
     def _wait_writable(self) -> None:
         if not self._waiting:
             self._waiting = True
-            self.loop.add_writer(self.fd, self.write_callback)
+            self.loop.add_writer(cast(int, self.fd), self.write_callback)
 
     def _stop_waiting(self) -> None:
         if self._waiting:
             self._waiting = False
-            self.loop.remove_writer(self.fd)
+            self.loop.remove_writer(cast(int, self.fd))
 
     def write_callback(self, remove_writer: bool = True) -> None:
-        sock = self.sock
+        sock = cast(socket.socket, self.sock)
         try:
             while True:
                 if self.buf is None:
@@ -108,13 +115,13 @@ class PatientWriter(_aio._MessageWriter):
                     self._wait_writable()
                     return
                 self.buf = None
-                _aio._future_set_result(self.fut, None)
+                _aio._future_set_result(cast(Any, self.fut), None)
         except Exception as exc:
             self._waiting = False
             if self.bus._user_disconnect:
-                _aio._future_set_result(self.fut, None)
+                _aio._future_set_result(cast(Any, self.fut), None)
             else:
-                _aio._future_set_exception(self.fut, exc)
+                _aio._future_set_exception(cast(Any, self.fut), exc)
             self.bus._finalize(exc)
 
     def schedule_write(self, msg: Message | None = None, future: Any = None) -> None:
@@ -133,7 +140,7 @@ def install_patient_writer(bus: MessageBus) -> None:
     assert isinstance(writer, PatientWriter)
     writer._waiting = False
     # The stock writer may have left its callback registered; ours tracks registration itself.
-    writer.loop.remove_writer(writer.fd)
+    writer.loop.remove_writer(cast(int, writer.fd))
     if writer.buf is not None or writer.messages:
         writer.write_callback()
 
@@ -156,14 +163,60 @@ def _top_level_fd_indices(method_signature: str, body: list[Any]) -> set[int]:
     }
 
 
+OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
+
+
 class FixedMessageBus(MessageBus):
-    """The aio `MessageBus` with both fixes applied."""
+    """The aio `MessageBus` with the fixes applied."""
 
     _fds_taken: bool
+    object_manager_path: str | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._fds_taken = False
+        self.object_manager_path = None
+
+    def _managed(self, path: str) -> str | None:
+        """The path to send ObjectManager signals about ``path`` from (None: send none)."""
+        root = self.object_manager_path
+        if root is None:
+            return path
+        return root if path.startswith(root + "/") else None
+
+    def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
+        sender_path = self._managed(path)
+        if self._disconnected or sender_path is None:
+            return
+
+        def send(iface: ServiceInterface, values: Any, _data: Any, err: Exception | None) -> None:
+            if err is not None:
+                log.error("Could not read the properties of %s for InterfacesAdded", path)
+            self.send(
+                Message.new_signal(
+                    path=sender_path,
+                    interface=OBJECT_MANAGER,
+                    member="InterfacesAdded",
+                    signature="oa{sa{sv}}",
+                    body=[path, {iface.name: values}],
+                )
+            )
+
+        ServiceInterface._get_all_property_values(interface, send)
+
+    def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
+        sender_path = self._managed(path)
+        if self._disconnected or sender_path is None:
+            return
+        self.send(
+            Message.new_signal(
+                path=sender_path,
+                interface=OBJECT_MANAGER,
+                member="InterfacesRemoved",
+                signature="oas",
+                body=[path, removed_interfaces],
+            )
+        )
 
     async def connect(self) -> FixedMessageBus:
         await super().connect()

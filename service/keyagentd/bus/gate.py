@@ -51,6 +51,13 @@ MAX_PENDING_SENDERS = 256
 #: The checked caller of the call being dispatched (copied into each method's task).
 CURRENT_CALLER: ContextVar[Caller | None] = ContextVar("keyagent_current_caller", default=None)
 
+
+def current_sender() -> str:
+    """The unique bus name of the caller whose method is running ("" outside a call)."""
+    caller = CURRENT_CALLER.get()
+    return caller.sender if caller is not None else ""
+
+
 _CALL = MessageType.METHOD_CALL
 _SIGNAL = MessageType.SIGNAL
 _ERROR = MessageType.ERROR
@@ -104,7 +111,8 @@ class Gate:
     ) -> None:
         self._bus = bus
         self._uid = uid
-        self._size_limit = max_payload + SIZE_SLACK
+        # Decrypt takes armored ciphertext of a payload at the cap: up to 1.5 times it.
+        self._size_limit = max_payload * 3 // 2 + SIZE_SLACK
         self._signatures = dict(signatures)
         self._interfaces = frozenset(iface for iface, _ in signatures)
         self._on_call = on_call

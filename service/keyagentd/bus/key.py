@@ -5,14 +5,22 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Final
 
-from dbus_fast.annotations import DBusBool, DBusBytes, DBusDict, DBusStr, DBusUInt32, DBusUInt64
-from dbus_fast.annotations import DBusUnixFd
+from dbus_fast.annotations import (
+    DBusBool,
+    DBusBytes,
+    DBusDict,
+    DBusStr,
+    DBusUInt32,
+    DBusUInt64,
+    DBusUnixFd,
+)
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
 
 from keyagent.protocol import KEY_INTERFACE, BadPassphrase, TooLarge, key_path
 from keyagentd import age
 from keyagentd.bus import options as opts
+from keyagentd.bus.dbustypes import Void
 from keyagentd.bus.oplog import operation
 from keyagentd.bus.streams import FdSource, close_fds
 from keyagentd.keystore import KeyRecord
@@ -27,11 +35,11 @@ PASSPHRASE_READ_TIMEOUT: Final = 30.0
 
 
 def read_passphrase(fd: int, cancel: threading.Event) -> str:
-    """The passphrase written to ``fd`` up to EOF, minus one trailing newline; closes ``fd``."""
+    """The passphrase written to ``fd`` up to EOF, minus one trailing newline."""
+    src = FdSource(fd, cancel, timeout=PASSPHRASE_READ_TIMEOUT)
+    buf = bytearray(MAX_PASSPHRASE_BYTES + 1)
+    view = memoryview(buf)
     try:
-        src = FdSource(fd, cancel, timeout=PASSPHRASE_READ_TIMEOUT)
-        buf = bytearray(MAX_PASSPHRASE_BYTES + 1)
-        view = memoryview(buf)
         total = 0
         while total < len(buf):
             n = src.readinto(view[total:])
@@ -45,11 +53,9 @@ def read_passphrase(fd: int, cancel: threading.Event) -> str:
             return bytes(view[:end]).decode("utf-8")
         except UnicodeDecodeError:
             raise BadPassphrase("The passphrase is not valid UTF-8.") from None
-        finally:
-            view.release()
-            wipe(buf)
     finally:
-        close_fds([fd])
+        view.release()
+        wipe(buf)
 
 
 class KeyObject(ServiceInterface):
@@ -115,13 +121,13 @@ class KeyObject(ServiceInterface):
 
     @dbus_method()
     @operation("Unlock")
-    async def Unlock(self, passphrase: DBusStr, options: DBusDict) -> None:
+    async def Unlock(self, passphrase: DBusStr, options: DBusDict) -> Void:
         parsed = opts.parse(options, opts.UNLOCK)
         await self.agent.unlock(self.key_name, passphrase, parsed)
 
     @dbus_method()
     @operation("UnlockFromFd")
-    async def UnlockFromFd(self, fd: DBusUnixFd, options: DBusDict) -> None:
+    async def UnlockFromFd(self, fd: DBusUnixFd, options: DBusDict) -> Void:
         try:
             parsed = opts.parse(options, opts.UNLOCK)
         except Exception:
@@ -132,14 +138,14 @@ class KeyObject(ServiceInterface):
 
     @dbus_method()
     @operation("Lock")
-    async def Lock(self) -> None:
+    async def Lock(self) -> Void:
         self.agent.require(self.key_name)
         if self.agent.cache.lock(self.key_name):
             self.agent.key_changed(self.key_name)
 
     @dbus_method()
     @operation("ChangePassphrase")
-    async def ChangePassphrase(self, old: DBusStr, new: DBusStr) -> None:
+    async def ChangePassphrase(self, old: DBusStr, new: DBusStr) -> Void:
         self.agent.require(self.key_name)
         async with self.agent.limiter.attempt(self.key_name):
             await self.agent.blocking(self.agent.store.change_passphrase, self.key_name, old, new)

@@ -54,4 +54,6 @@ def operation(name: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Aw
 def _line(op: str, outcome: str) -> None:
     caller = CURRENT_CALLER.get()
     pid = caller.pid if caller is not None else None
-    log.info("%s pid=%s key=%s: %s", op, pid if pid is not None else "-", _KEY.get() or "-", outcome)
+    log.info(
+        "%s pid=%s key=%s: %s", op, pid if pid is not None else "-", _KEY.get() or "-", outcome
+    )

@@ -29,17 +29,17 @@ class Options:
     def __init__(self, values: dict[str, Any]) -> None:
         self._values = values
 
-    def str(self, name: str, default: str | None = None) -> str | None:
+    def text(self, name: str, default: str | None = None) -> str | None:
         value = self._values.get(name, default)
         assert value is None or isinstance(value, str)
         return value
 
-    def bool(self, name: str, default: bool = False) -> bool:
+    def flag(self, name: str, default: bool = False) -> bool:
         value = self._values.get(name, default)
         assert isinstance(value, bool)
         return value
 
-    def int(self, name: str) -> int | None:
+    def number(self, name: str) -> int | None:
         value = self._values.get(name)
         assert value is None or isinstance(value, int)
         return value

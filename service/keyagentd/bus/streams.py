@@ -110,9 +110,7 @@ class StreamRunner:
     def active(self) -> int:
         return sum(len(v) for v in self._running.values())
 
-    async def run(
-        self, caller: str, fds: list[int], job: Callable[[threading.Event], T]
-    ) -> T:
+    async def run(self, caller: str, fds: list[int], job: Callable[[threading.Event], T]) -> T:
         """Run ``job(cancel)`` in a worker; ``fds`` are closed when it ends (or is refused)."""
         events = self._running.setdefault(caller, [])
         if len(events) >= self.max_per_caller:

@@ -1,0 +1,173 @@
+"""keyagentd: the keyagent D-Bus service (normally started by D-Bus activation).
+
+Exit status: 0 after a clean stop (signal, idle, bus gone), 1 if the agent cannot serve
+(name already owned, no session bus, untrusted bus daemon, unusable keystore directory),
+2 for a bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import resource
+import sys
+from collections.abc import Callable, Sequence
+
+from keyagent.protocol import DEFAULT_MAX_PAYLOAD, KeyAgentError
+from keyagentd import __version__
+from keyagentd.kdf import MAX_MEMORY_KIB, MAX_PARALLELISM, MAX_TIME_COST, KdfParams
+
+PR_SET_DUMPABLE = 4
+M_ARENA_MAX = -8
+#: glibc arenas: each worker thread would otherwise get its own 64 MiB-reserving arena.
+ARENA_MAX = 2
+MAX_PAYLOAD_CAP = 64 * 1024 * 1024  # replies (armor adds a third) must fit a bus message
+MIN_PAYLOAD = 1024
+MAX_SCRYPT_WORK_FACTOR = 22  # what age (and this agent) accept when decrypting
+
+
+def _bounded(
+    kind: str, low: float, high: float, conv: Callable[[str], float] = int
+) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = conv(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="keyagentd",
+        description=(
+            "The keyagent service: keeps unlocked age keys for a bounded time and does all "
+            "encryption and decryption itself. Normally started by D-Bus activation."
+        ),
+        epilog="Exit status: 0 clean stop, 1 cannot serve, 2 bad command line.",
+    )
+    p.add_argument(
+        "--idle-exit",
+        type=_bounded("number of seconds", 0, 2**31, float),
+        default=300.0,
+        metavar="SECONDS",
+        help="exit after this long without calls while every key is locked; 0 never (default 300)",
+    )
+    p.add_argument(
+        "--argon2-memory",
+        type=_bounded("whole number", 8, MAX_MEMORY_KIB),
+        default=65536,
+        metavar="KIB",
+        help="Argon2id memory for newly sealed keys, KiB (default 65536; at least 8 per lane). "
+        "Lower only for tests or very slow machines.",
+    )
+    p.add_argument(
+        "--argon2-time",
+        type=_bounded("whole number", 1, MAX_TIME_COST),
+        default=3,
+        metavar="N",
+        help="Argon2id passes for newly sealed keys (default 3; test/slow-machine knob)",
+    )
+    p.add_argument(
+        "--argon2-parallelism",
+        type=_bounded("whole number", 1, MAX_PARALLELISM),
+        default=4,
+        metavar="N",
+        help="Argon2id lanes for newly sealed keys (default 4)",
+    )
+    p.add_argument(
+        "--max-payload",
+        type=_bounded("whole number", MIN_PAYLOAD, MAX_PAYLOAD_CAP),
+        default=DEFAULT_MAX_PAYLOAD,
+        metavar="BYTES",
+        help="largest data accepted inside a message by Encrypt/Decrypt (default 16 MiB); "
+        "bigger files go through EncryptFd/DecryptFd",
+    )
+    p.add_argument(
+        "--max-streams",
+        type=_bounded("whole number", 1, 64),
+        default=4,
+        metavar="N",
+        help="concurrent EncryptFd/DecryptFd/UnlockFromFd per caller (default 4)",
+    )
+    p.add_argument(
+        "--scrypt-work-factor",
+        type=_bounded("whole number", 1, MAX_SCRYPT_WORK_FACTOR),
+        default=None,
+        metavar="N",
+        help="log2 scrypt work factor for passphrase files (Export, Encrypt with a "
+        "passphrase); default: chosen to take about a second, like age",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug detail too")
+    p.add_argument("--version", action="version", version=f"keyagentd {__version__}")
+    return p
+
+
+def harden() -> None:
+    """No core dumps, no ptrace by other processes of ours, bounded malloc arenas."""
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    with contextlib.suppress(AttributeError):
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    with contextlib.suppress(AttributeError):  # glibc only
+        libc.mallopt(M_ARENA_MAX, ARENA_MAX)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    memory, lanes = int(args.argon2_memory), int(args.argon2_parallelism)
+    if memory < 8 * lanes:
+        build_parser().error(f"--argon2-memory must be at least {8 * lanes} KiB for {lanes} lanes")
+    harden()
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="keyagentd[%(process)d]: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verbose:
+        logging.getLogger("dbus_fast").setLevel(logging.WARNING)
+
+    from keyagentd.bus.service import Config
+    from keyagentd.keystore import KeyStore
+
+    config = Config(
+        home=KeyStore.default_root(),
+        kdf=KdfParams(memory, int(args.argon2_time), lanes),
+        idle_exit=float(args.idle_exit),
+        max_payload=int(args.max_payload),
+        max_streams=int(args.max_streams),
+        scrypt_work_factor=None
+        if args.scrypt_work_factor is None
+        else int(args.scrypt_work_factor),
+    )
+    return asyncio.run(_serve(config))
+
+
+async def _serve(config: object) -> int:
+    from keyagentd.bus.service import Agent, Config
+
+    assert isinstance(config, Config)
+    agent = Agent(config)
+    try:
+        await agent.start()
+    except KeyAgentError as exc:
+        print(f"keyagentd: error: {exc.message}", file=sys.stderr)
+        return 1
+    await agent.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""The manager object: /org/example/KeyAgent, interface org.example.KeyAgent."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, BinaryIO, cast
+
+from dbus_fast.annotations import (
+    DBusBytes,
+    DBusDict,
+    DBusSignature,
+    DBusStr,
+    DBusUInt64,
+    DBusUnixFd,
+)
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
+
+import keyagentd
+from keyagent.protocol import (
+    KEY_TYPE_X25519,
+    KEY_TYPES,
+    MANAGER_INTERFACE,
+    InvalidName,
+    KeyExists,
+    Locked,
+    TooLarge,
+    Unsupported,
+    is_valid_key_name,
+)
+from keyagentd import age
+from keyagentd.bus import crypto
+from keyagentd.bus import options as opts
+from keyagentd.bus.dbustypes import (
+    DBusPathList,
+    DBusStrList,
+    KeyAndCount,
+    KeyAndRecipient,
+    PlainAndKey,
+    Void,
+)
+from keyagentd.bus.gate import current_sender
+from keyagentd.bus.oplog import note_key, operation
+from keyagentd.bus.streams import FdSink, FdSource, close_fds
+from keyagentd.cache import KeyCache
+from keyagentd.keystore import KeyRecord
+from keyagentd.secrets import wipe
+
+if TYPE_CHECKING:
+    from keyagentd.bus.service import Agent
+
+
+def ciphertext_limit(max_payload: int) -> int:
+    """Decrypt accepts what Encrypt makes of a payload at the cap: armor adds a third,
+    chunk tags and the header a little more."""
+    return max_payload * 3 // 2 + 64 * 1024
+
+
+def _check_name(name: str) -> None:
+    if not is_valid_key_name(name):
+        raise InvalidName(f"Invalid key name {name[:80]!r}: use 1-64 letters, digits, '_' or '-'.")
+
+
+class Manager(ServiceInterface):
+    def __init__(self, agent: Agent) -> None:
+        super().__init__(MANAGER_INTERFACE)
+        self.agent = agent
+
+    # --- properties ----------------------------------------------------------------------
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Keys(self) -> DBusPathList:
+        return self.agent.key_paths()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Version(self) -> DBusStr:
+        return keyagentd.__version__
+
+    # --- keys ----------------------------------------------------------------------------
+
+    @dbus_method()
+    @operation("CreateKey")
+    async def CreateKey(
+        self, name: DBusStr, passphrase: DBusStr, options: DBusDict
+    ) -> KeyAndRecipient:
+        note_key(name[:64])
+        parsed = opts.parse(options, opts.CREATE_KEY)
+        _check_name(name)
+        key_type = parsed.text("type", KEY_TYPE_X25519) or KEY_TYPE_X25519
+        if key_type not in KEY_TYPES:
+            raise Unsupported(f"Unknown key type {key_type!r}: use {' or '.join(KEY_TYPES)}.")
+        self._check_free(name)
+        identity = age.generate_identity(key_type)
+        seed = bytearray(identity.seed)
+        recipient = identity.recipient().encode()
+        del identity
+        record = await self.agent.blocking(
+            _create,
+            self.agent,
+            name,
+            key_type,
+            seed,
+            recipient,
+            passphrase,
+            parsed.text("label", ""),
+        )
+        path = self.agent.key_added(record)
+        return (path, record.recipient)
+
+    @dbus_method()
+    @operation("ImportKey")
+    async def ImportKey(
+        self, name: DBusStr, identity: DBusStr, passphrase: DBusStr, options: DBusDict
+    ) -> Annotated[str, DBusSignature("o")]:
+        note_key(name[:64])
+        parsed = opts.parse(options, opts.IMPORT_KEY)
+        _check_name(name)
+        self._check_free(name)
+        parsed_identity = age.parse_identity(identity)
+        key_type = parsed_identity.key_type
+        seed = bytearray(parsed_identity.seed)
+        recipient = parsed_identity.recipient().encode()
+        del parsed_identity
+        record = await self.agent.blocking(
+            _create,
+            self.agent,
+            name,
+            key_type,
+            seed,
+            recipient,
+            passphrase,
+            parsed.text("label", ""),
+        )
+        return self.agent.key_added(record)
+
+    @dbus_method()
+    @operation("DeleteKey")
+    async def DeleteKey(self, name: DBusStr, options: DBusDict) -> Void:
+        note_key(name[:64])
+        parsed = opts.parse(options, opts.DELETE_KEY)
+        _check_name(name)
+        self.agent.require(name)
+        passphrase = parsed.text("passphrase")
+        if passphrase is not None:
+            async with self.agent.limiter.attempt(name):
+                seed = await self.agent.blocking(self.agent.store.unseal, name, passphrase)
+            wipe(seed)
+        elif not self.agent.cache.is_unlocked(name):
+            raise Locked(
+                f"Key '{name}' is locked: unlock it or give its passphrase to delete it.", (name,)
+            )
+        await self.agent.blocking(self.agent.store.delete, name)
+        self.agent.key_removed(name)
+
+    @dbus_method()
+    @operation("LockAll")
+    async def LockAll(self) -> Void:
+        for name in self.agent.cache.lock_all():
+            self.agent.key_changed(name)
+
+    def _check_free(self, name: str) -> None:
+        if name in self.agent.records:
+            raise KeyExists(f"A key named {name!r} already exists.")
+
+    # --- data in messages ----------------------------------------------------------------
+
+    @dbus_method()
+    @operation("Encrypt")
+    async def Encrypt(
+        self, recipients: DBusStrList, plaintext: DBusBytes, options: DBusDict
+    ) -> DBusBytes:
+        parsed = opts.parse(options, opts.ENCRYPT)
+        self._check_size(plaintext)
+        targets = crypto.resolve_recipients(
+            recipients,
+            self.agent.records,
+            parsed.text("passphrase"),
+            self.agent.config.scrypt_work_factor,
+        )
+        note_key(",".join(r for r in recipients if r in self.agent.records))
+        return await self.agent.blocking(
+            age.encrypt_bytes, targets, plaintext, armor=parsed.flag("armor")
+        )
+
+    @dbus_method()
+    @operation("Decrypt")
+    async def Decrypt(self, ciphertext: DBusBytes, options: DBusDict) -> PlainAndKey:
+        parsed = opts.parse(options, opts.DECRYPT)
+        self._check_size(ciphertext, ciphertext_limit(self.agent.config.max_payload))
+        name, plaintext = await self.agent.blocking(
+            _decrypt_bytes,
+            ciphertext,
+            self.agent.cache,
+            dict(self.agent.records),
+            parsed.text("key"),
+            parsed.text("passphrase"),
+        )
+        note_key(name)
+        return (plaintext, name)
+
+    def _check_size(self, data: bytes, limit: int | None = None) -> None:
+        limit = self.agent.config.max_payload if limit is None else limit
+        if len(data) > limit:
+            raise TooLarge(
+                f"The data is larger than {limit} bytes: use EncryptFd/DecryptFd for big files."
+            )
+
+    # --- streams -------------------------------------------------------------------------
+
+    @dbus_method()
+    @operation("EncryptFd")
+    async def EncryptFd(
+        self, recipients: DBusStrList, input: DBusUnixFd, output: DBusUnixFd, options: DBusDict
+    ) -> DBusUInt64:
+        fds = [input, output]
+        try:
+            parsed = opts.parse(options, opts.ENCRYPT)
+            targets = crypto.resolve_recipients(
+                recipients,
+                self.agent.records,
+                parsed.text("passphrase"),
+                self.agent.config.scrypt_work_factor,
+            )
+        except Exception:
+            close_fds(fds)
+            raise
+        armor = parsed.flag("armor")
+
+        def job(cancel: threading.Event) -> int:
+            src, dst = FdSource(input, cancel), FdSink(output, cancel)
+            return age.encrypt(targets, _io(src), _io(dst), armor=armor)
+
+        return await self.agent.stream(current_sender(), fds, job)
+
+    @dbus_method()
+    @operation("DecryptFd")
+    async def DecryptFd(
+        self, input: DBusUnixFd, output: DBusUnixFd, options: DBusDict
+    ) -> KeyAndCount:
+        fds = [input, output]
+        try:
+            parsed = opts.parse(options, opts.DECRYPT)
+        except Exception:
+            close_fds(fds)
+            raise
+        cache, records = self.agent.cache, dict(self.agent.records)
+        pin, passphrase = parsed.text("key"), parsed.text("passphrase")
+
+        def job(cancel: threading.Event) -> tuple[str, int]:
+            dec = age.Decryptor(_io(FdSource(input, cancel)))
+            name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
+            return name, dec.decrypt_to(_io(FdSink(output, cancel)))
+
+        name, written = await self.agent.stream(current_sender(), fds, job)
+        note_key(name)
+        return (name, written)
+
+
+def _io(obj: object) -> BinaryIO:
+    # The engine needs only readinto/write, which FdSource/FdSink provide.
+    return cast(BinaryIO, obj)
+
+
+def _create(
+    agent: Agent,
+    name: str,
+    key_type: str,
+    seed: bytearray,
+    recipient: str,
+    passphrase: str,
+    label: str | None,
+) -> KeyRecord:
+    try:
+        return agent.store.create(name, key_type, seed, recipient, passphrase, label or "")
+    finally:
+        wipe(seed)
+
+
+def _decrypt_bytes(
+    data: bytes,
+    cache: KeyCache,
+    records: Mapping[str, KeyRecord],
+    pin: str | None,
+    passphrase: str | None,
+) -> tuple[str, bytes]:
+    dec = age.Decryptor(io.BytesIO(data))
+    name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
+    out = io.BytesIO()
+    dec.decrypt_to(out)
+    return name, out.getvalue()

@@ -1,0 +1,335 @@
+"""The agent: wiring of store, cache, bus objects and gate, and its lifecycle.
+
+Start: check the keystore directory, connect to the session bus, check that the bus daemon
+runs as us or root (SO_PEERCRED), export the objects, install the gate, then claim the name
+(refusing if someone owns it). Stop: on SIGTERM/SIGINT, when the bus connection drops, or
+after `idle_exit` seconds without calls while every key is locked. Stopping releases the
+name first, so a caller arriving meanwhile activates a fresh agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar, cast
+
+from dbus_fast import RequestNameReply
+from dbus_fast.constants import NameFlag
+from dbus_fast.service import ServiceInterface
+
+from keyagent.protocol import (
+    BUS_NAME,
+    DEFAULT_MAX_PAYLOAD,
+    KEY_INTERFACE,
+    MANAGER_INTERFACE,
+    MANAGER_PATH,
+    Failed,
+    InvalidArgs,
+    NoSuchKey,
+)
+from keyagentd.auth import Caller, check_bus_peer
+from keyagentd.bus.fixes import FixedMessageBus
+from keyagentd.bus.gate import Gate, current_sender
+from keyagentd.bus.key import KeyObject
+from keyagentd.bus.manager import Manager
+from keyagentd.bus.options import Options
+from keyagentd.bus.streams import DEFAULT_MAX_STREAMS, StreamRunner
+from keyagentd.cache import KeyCache
+from keyagentd.kdf import KdfParams
+from keyagentd.keystore import KeyRecord, KeyStore
+from keyagentd.ratelimit import FailureLimiter
+from keyagentd.secrets import wipe
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_IDLE_EXIT: Final = 300.0
+#: How long a stopping agent waits for calls already running to answer.
+DRAIN_SECONDS: Final = 5.0
+
+
+@dataclass(frozen=True)
+class Config:
+    home: Path
+    kdf: KdfParams = KdfParams()  # noqa: RUF009 - frozen
+    idle_exit: float = DEFAULT_IDLE_EXIT  # 0: never exit when idle
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    max_streams: int = DEFAULT_MAX_STREAMS
+    scrypt_work_factor: int | None = None  # None: chosen by target time, like age
+    crypto_workers: int = 4
+    bus_address: str | None = None
+
+
+def _signatures(*interfaces: ServiceInterface) -> dict[tuple[str, str], str]:
+    """(interface, member) -> input signature of every method we export."""
+    table = {}
+    for iface in interfaces:
+        for method in ServiceInterface._get_methods(iface):
+            table[(iface.name, method.name)] = method.in_signature
+    return table
+
+
+class Agent:
+    def __init__(self, config: Config, *, uid: int | None = None) -> None:
+        self.config = config
+        self.uid = os.geteuid() if uid is None else uid
+        self.store = KeyStore(config.home, kdf=config.kdf)
+        self.cache = KeyCache()
+        self.limiter = FailureLimiter()
+        self.records: dict[str, KeyRecord] = {}
+        self.keys: dict[str, KeyObject] = {}
+        self.manager = Manager(self)
+        self._pool = ThreadPoolExecutor(config.crypto_workers, thread_name_prefix="crypto")
+        self._streams = StreamRunner(config.max_streams)
+        self._bus: FixedMessageBus | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._inflight = 0
+        self._last_activity = 0.0
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._expiry_handle: asyncio.TimerHandle | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Prepare everything and claim the bus name; ``Failed`` (one sentence) if we can't."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._last_activity = self._loop.time()
+        self.store.prepare()
+        for record in self.store.list():
+            self.records[record.name] = record
+        bus = FixedMessageBus(self.config.bus_address, negotiate_unix_fd=True)
+        try:
+            await bus.connect()
+        except Exception as exc:
+            raise Failed(f"Cannot connect to the session bus: {_reason(exc)}.") from None
+        self._bus = bus
+        try:
+            check_bus_peer(cast(socket.socket, bus._sock), self.uid)
+            bus.object_manager_path = MANAGER_PATH
+            bus.export(MANAGER_PATH, self.manager)
+            for record in self.records.values():
+                self._export_key(record)
+            sample = KeyObject(self, KeyRecord("x", "", "x25519", "", 0))
+            gate = Gate(
+                bus,
+                uid=self.uid,
+                max_payload=self.config.max_payload,
+                signatures=_signatures(self.manager, sample),
+                on_call=self._on_call,
+                on_gone=self._streams.cancel,
+            )
+            await gate.install()
+            reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+            if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+                raise Failed(f"{BUS_NAME} is already owned on this bus: another agent is running.")
+        except BaseException:
+            bus.disconnect()
+            raise
+        log.info("serving %s with %d key(s) from %s", BUS_NAME, len(self.records), self.config.home)
+        self._arm_idle()
+
+    async def run(self) -> None:
+        """Serve until a stop condition, then shut down cleanly."""
+        assert self._bus is not None and self._stop is not None and self._loop is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self.stop, f"signal {sig.name}")
+        disconnect = asyncio.ensure_future(_disconnected(self._bus))
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({disconnect, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if disconnect.done():
+            with contextlib.suppress(Exception):
+                disconnect.result()
+            log.info("the bus connection closed: exiting")
+        else:
+            disconnect.cancel()
+            await self._shutdown_bus()
+        stop.cancel()
+        self._close()
+
+    def stop(self, reason: str = "") -> None:
+        if self._stop is not None and not self._stop.is_set():
+            log.info("exiting (%s)", reason or "stop requested")
+            self._stop.set()
+
+    async def _shutdown_bus(self) -> None:
+        bus = self._bus
+        assert bus is not None and self._loop is not None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(bus.release_name(BUS_NAME), 2.0)
+        deadline = self._loop.time() + DRAIN_SECONDS
+        self._streams.shutdown()
+        while self._inflight and self._loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        bus.disconnect()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(_disconnected(bus), 2.0)
+
+    def _close(self) -> None:
+        for handle in (self._idle_handle, self._expiry_handle):
+            if handle is not None:
+                handle.cancel()
+        self._streams.shutdown()
+        self.cache.lock_all()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- activity and idle exit ----------------------------------------------------------
+
+    def _on_call(self, caller: Caller) -> None:
+        assert self._loop is not None
+        self._last_activity = self._loop.time()
+
+    def _touch(self) -> None:
+        if self._loop is not None:
+            self._last_activity = self._loop.time()
+            self._arm_idle()
+
+    def _arm_idle(self) -> None:
+        if self.config.idle_exit <= 0 or self._idle_handle is not None or self._loop is None:
+            return
+        when = self._last_activity + self.config.idle_exit
+        self._idle_handle = self._loop.call_at(when, self._idle_due)
+
+    def _idle_due(self) -> None:
+        assert self._loop is not None
+        self._idle_handle = None
+        if self.cache.unlocked_names():
+            return  # re-armed when the last key locks
+        if self._inflight or self._streams.active:
+            self._last_activity = self._loop.time()
+        elif self._loop.time() >= self._last_activity + self.config.idle_exit:
+            self.stop(f"idle for {self.config.idle_exit:g} s with every key locked")
+            return
+        self._arm_idle()
+
+    # --- key objects and timers ----------------------------------------------------------
+
+    def _export_key(self, record: KeyRecord) -> KeyObject:
+        assert self._bus is not None
+        obj = KeyObject(self, record)
+        self.keys[record.name] = obj
+        self.records[record.name] = record
+        self._bus.export(obj.path, obj)
+        return obj
+
+    def key_paths(self) -> list[str]:
+        return [self.keys[name].path for name in sorted(self.keys)]
+
+    def require(self, name: str) -> KeyRecord:
+        record = self.records.get(name)
+        if record is None:
+            raise NoSuchKey(f"There is no key named {name!r}.")
+        return record
+
+    def key_added(self, record: KeyRecord) -> str:
+        obj = self._export_key(record)
+        self.manager.emit_properties_changed({"Keys": self.key_paths()})
+        return obj.path
+
+    def key_removed(self, name: str) -> None:
+        assert self._bus is not None
+        self.cache.forget(name)
+        self.limiter.forget(name)
+        self.records.pop(name, None)
+        obj = self.keys.pop(name, None)
+        if obj is not None:
+            self._bus.unexport(obj.path)
+        self.manager.emit_properties_changed({"Keys": self.key_paths()})
+        self._schedule_expiry()
+        self._touch()
+
+    def key_changed(self, name: str) -> None:
+        """A key locked or unlocked: tell watchers, re-arm the expiry and idle timers."""
+        obj = self.keys.get(name)
+        if obj is not None:
+            obj.emit_properties_changed(obj.state())
+        self._schedule_expiry()
+        self._touch()
+
+    def _schedule_expiry(self) -> None:
+        if self._loop is None:
+            return
+        if self._expiry_handle is not None:
+            self._expiry_handle.cancel()
+            self._expiry_handle = None
+        deadline = self.cache.next_deadline()  # time.monotonic(), the loop's clock too
+        if deadline is not None:
+            self._expiry_handle = self._loop.call_at(deadline + 0.01, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry_handle = None
+        for name in self.cache.expire_due():
+            log.info("key %s locked: its timeout passed", name)
+            obj = self.keys.get(name)
+            if obj is not None:
+                obj.emit_properties_changed(obj.state())
+            self._touch()
+        self._schedule_expiry()
+
+    # --- operations shared by the objects ------------------------------------------------
+
+    async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run CPU or disk work (Argon2, crypto) in the worker pool, off the event loop."""
+        assert self._loop is not None
+        self._inflight += 1
+        try:
+            return await self._loop.run_in_executor(
+                self._pool, functools.partial(fn, *args, **kwargs)
+            )
+        finally:
+            self._inflight -= 1
+            self._touch()
+
+    async def stream(self, caller: str, fds: list[int], job: Callable[[threading.Event], T]) -> T:
+        self._inflight += 1
+        try:
+            return await self._streams.run(caller, fds, job)
+        finally:
+            self._inflight -= 1
+            self._touch()
+
+    async def read_fd(self, fd: int, reader: Callable[[int, threading.Event], T]) -> T:
+        """Run ``reader(fd, cancel)`` as a stream of the current caller; closes ``fd``."""
+        return await self.stream(current_sender(), [fd], lambda cancel: reader(fd, cancel))
+
+    async def unlock(self, name: str, passphrase: str, options: Options) -> None:
+        record = self.require(name)
+        idle, maximum = options.number("idle-timeout"), options.number("max-timeout")
+        for value, what in ((idle, "idle-timeout"), (maximum, "max-timeout")):
+            if value is not None and value < 1:
+                raise InvalidArgs(f"The {what} option must be at least 1 second.")
+        async with self.limiter.attempt(name):
+            seed = await self.blocking(self.store.unseal, name, passphrase)
+        if name not in self.records:  # deleted meanwhile
+            wipe(seed)
+            raise NoSuchKey(f"There is no key named {name!r}.")
+        self.cache.unlock(name, record.key_type, seed, idle, maximum)
+        self.key_changed(name)
+
+
+async def _disconnected(bus: FixedMessageBus) -> None:
+    # Shielded: cancelling a waiter must not cancel the bus's own disconnect future; the
+    # callback marks its error (a dropped connection) as seen.
+    task = asyncio.ensure_future(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    await asyncio.shield(task)
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return text.rstrip(".")
+
+
+__all__ = ["KEY_INTERFACE", "MANAGER_INTERFACE", "Agent", "Config"]

@@ -1,0 +1,409 @@
+"""The agent on a real private bus: activation, introspection, and every method and property."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyrage
+import pytest
+
+from agent_support import (
+    FAST_ARGS,
+    KI,
+    MANAGER,
+    MI,
+    CallError,
+    Client,
+    gdbus,
+    module_bus,
+)
+from conftest import ROOT, PrivateBus
+from keyagent import protocol
+
+MAX_PAYLOAD = 256 * 1024
+
+
+@pytest.fixture(scope="module")
+def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBus]:
+    args = (*FAST_ARGS, "--max-payload", str(MAX_PAYLOAD), "--max-streams", "2")
+    with module_bus(tmp_path_factory.mktemp("basics"), agent_args=args) as b:
+        yield b
+
+
+@pytest.fixture
+def client(bus: PrivateBus) -> Iterator[Client]:
+    with Client(bus.address) as c:
+        yield c
+
+
+def err(exc: pytest.ExceptionInfo[CallError]) -> str:
+    return exc.value.short
+
+
+# --- activation and introspection --------------------------------------------------------
+
+
+def test_activation_with_gdbus_busctl_and_dbus_send(bus: PrivateBus) -> None:
+    out = gdbus(
+        bus,
+        "--object-path",
+        MANAGER,
+        "--method",
+        "org.freedesktop.DBus.Properties.Get",
+        MI,
+        "Version",
+    )
+    assert out.stdout.strip() == "(<'0.1.0'>,)"
+    out = bus.run(["busctl", "--user", "get-property", protocol.BUS_NAME, MANAGER, MI, "Version"])
+    assert out.stdout.strip() == 's "0.1.0"'
+    out = bus.run(
+        [
+            "dbus-send",
+            "--session",
+            "--print-reply",
+            f"--dest={protocol.BUS_NAME}",
+            MANAGER,
+            "org.freedesktop.DBus.Properties.Get",
+            f"string:{MI}",
+            "string:Version",
+        ]
+    )
+    assert 'string "0.1.0"' in out.stdout
+
+
+def _interfaces(xml: str) -> dict[str, ET.Element]:
+    return {i.attrib["name"]: i for i in ET.fromstring(xml).findall("interface")}
+
+
+def _shape(iface: ET.Element) -> dict[str, object]:
+    """Methods (in-arg names and types, out types) and properties (type, access)."""
+    methods = {}
+    for m in iface.findall("method"):
+        args = m.findall("arg")
+        ins = [
+            (a.attrib.get("name"), a.attrib["type"])
+            for a in args
+            if a.attrib.get("direction", "in") == "in"
+        ]
+        outs = [a.attrib["type"] for a in args if a.attrib.get("direction") == "out"]
+        methods[m.attrib["name"]] = (ins, outs)
+    props = {
+        p.attrib["name"]: (p.attrib["type"], p.attrib["access"]) for p in iface.findall("property")
+    }
+    signals = sorted(s.attrib["name"] for s in iface.findall("signal"))
+    return {"methods": methods, "properties": props, "signals": signals}
+
+
+def test_introspection_matches_the_contract(client: Client) -> None:
+    contract = _interfaces((ROOT / "dbus" / "org.example.KeyAgent.xml").read_text())
+    client.create("introspected")
+    live_manager = _interfaces(
+        client.call(MANAGER, "org.freedesktop.DBus.Introspectable", "Introspect")[0]
+    )
+    live_key = _interfaces(
+        client.call(
+            protocol.KEYS_PATH_PREFIX + "introspected",
+            "org.freedesktop.DBus.Introspectable",
+            "Introspect",
+        )[0]
+    )
+    assert _shape(live_manager[MI]) == _shape(contract[MI])
+    assert _shape(live_key[KI]) == _shape(contract[KI])
+    assert "org.freedesktop.DBus.ObjectManager" in live_manager
+    assert KI not in live_manager and MI not in live_key
+
+
+# --- keys --------------------------------------------------------------------------------
+
+
+def test_create_key_and_its_properties(client: Client) -> None:
+    path, recipient = client.m("CreateKey", "ssa{sv}", "props", "pw", {"label": ("s", "My key")})
+    assert path == protocol.KEYS_PATH_PREFIX + "props"
+    assert recipient.startswith("age1") and pyrage.x25519.Recipient.from_str(recipient)
+    allp = dict(client.call(path, "org.freedesktop.DBus.Properties", "GetAll", "s", KI)[0])
+    values = {k: v[1] for k, v in allp.items()}
+    assert values["Name"] == "props" and values["Label"] == "My key"
+    assert values["Type"] == "x25519" and values["Recipient"] == recipient
+    assert values["Locked"] is True and values["UnlockedUntil"] == 0
+    assert values["IdleTimeout"] == 600 and values["MaxTimeout"] == 7200
+    assert values["Created"] > 1_600_000_000
+    keys = client.prop(MANAGER, MI, "Keys")
+    assert path in keys and keys == sorted(keys)
+    managed = client.call(MANAGER, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects")[0]
+    assert managed[path][KI]["Recipient"] == ("s", recipient)
+    with pytest.raises(CallError) as e:
+        client.create("props")
+    assert err(e) == "KeyExists"
+
+
+def test_create_refuses_bad_names_types_and_options(client: Client) -> None:
+    for bad in ["", "a b", "x" * 65, "../etc", "é"]:
+        with pytest.raises(CallError) as e:
+            client.create(bad)
+        assert err(e) == "InvalidName", bad
+    with pytest.raises(CallError) as e:
+        client.m("CreateKey", "ssa{sv}", "rsa", "pw", {"type": ("s", "rsa")})
+    assert err(e) == "Unsupported"
+    with pytest.raises(CallError) as e:
+        client.m("CreateKey", "ssa{sv}", "badopt", "pw", {"type": ("u", 1)})
+    assert e.value.name == protocol.INVALID_ARGS
+    with pytest.raises(CallError) as e:
+        client.m("CreateKey", "ssa{sv}", "badopt", "pw", {"colour": ("s", "red")})
+    assert e.value.name == protocol.INVALID_ARGS
+    with pytest.raises(CallError) as e:
+        client.m("CreateKey", "ss", "badsig", "pw")
+    assert e.value.name == protocol.INVALID_ARGS
+    with pytest.raises(CallError) as e:
+        client.create("emptypass", "")
+    assert err(e) == "BadPassphrase"
+
+
+def test_unlock_lock_and_properties_follow(client: Client) -> None:
+    path = protocol.KEYS_PATH_PREFIX + "ul"
+    client.create("ul")
+    with pytest.raises(CallError) as e:
+        client.unlock("ul", "wrong")
+    assert err(e) == "BadPassphrase"
+    client.unlock("ul", "pw", **{"idle-timeout": ("u", 100), "max-timeout": ("u", 200)})
+    assert client.prop(path, KI, "Locked") is False
+    assert client.prop(path, KI, "IdleTimeout") == 100
+    assert client.prop(path, KI, "MaxTimeout") == 200
+    assert client.prop(path, KI, "UnlockedUntil") > 1_600_000_000
+    client.k("ul", "Lock")
+    assert client.prop(path, KI, "Locked") is True
+    assert client.prop(path, KI, "UnlockedUntil") == 0
+    with pytest.raises(CallError) as e:
+        client.unlock("ul", "pw", **{"idle-timeout": ("u", 0)})
+    assert e.value.name == protocol.INVALID_ARGS
+    with pytest.raises(CallError) as e:
+        client.unlock("ul", "pw", **{"idle-timeout": ("s", "5")})
+    assert e.value.name == protocol.INVALID_ARGS
+
+
+def test_unlock_from_fd_reads_a_pipe(client: Client) -> None:
+    client.create("viafd", "secret words")
+    r, w = os.pipe()
+    os.write(w, b"secret words\n")
+    os.close(w)
+    client.k("viafd", "UnlockFromFd", "ha{sv}", r, {})
+    os.close(r)
+    assert client.prop(protocol.KEYS_PATH_PREFIX + "viafd", KI, "Locked") is False
+    r, w = os.pipe()
+    os.write(w, b"x" * 5000)
+    os.close(w)
+    with pytest.raises(CallError) as e:
+        client.k("viafd", "UnlockFromFd", "ha{sv}", r, {})
+    os.close(r)
+    assert err(e) == "TooLarge"
+
+
+def test_lock_all(client: Client) -> None:
+    for name in ("la1", "la2"):
+        client.create(name)
+        client.unlock(name)
+    client.m("LockAll")
+    for name in ("la1", "la2"):
+        assert client.prop(protocol.KEYS_PATH_PREFIX + name, KI, "Locked") is True
+
+
+def test_change_passphrase(client: Client) -> None:
+    client.create("cp", "old")
+    with pytest.raises(CallError) as e:
+        client.k("cp", "ChangePassphrase", "ss", "not it", "new")
+    assert err(e) == "BadPassphrase"
+    client.k("cp", "ChangePassphrase", "ss", "old", "new")
+    with pytest.raises(CallError):
+        client.unlock("cp", "old")
+    client.unlock("cp", "new")
+
+
+def test_delete_key(client: Client) -> None:
+    client.create("del1")
+    with pytest.raises(CallError) as e:
+        client.m("DeleteKey", "sa{sv}", "del1", {})
+    assert err(e) == "Locked" and "'del1'" in e.value.text
+    with pytest.raises(CallError) as e:
+        client.m("DeleteKey", "sa{sv}", "del1", {"passphrase": ("s", "bad")})
+    assert err(e) == "BadPassphrase"
+    client.m("DeleteKey", "sa{sv}", "del1", {"passphrase": ("s", "pw")})
+    assert protocol.KEYS_PATH_PREFIX + "del1" not in client.prop(MANAGER, MI, "Keys")
+    with pytest.raises(CallError) as e:
+        client.m("DeleteKey", "sa{sv}", "del1", {})
+    assert err(e) == "NoSuchKey"
+    with pytest.raises(CallError) as e:
+        client.unlock("del1")
+    assert e.value.name == "org.freedesktop.DBus.Error.UnknownMethod"
+    client.create("del2")
+    client.unlock("del2")
+    client.m("DeleteKey", "sa{sv}", "del2", {})  # unlocked: no passphrase needed
+    assert protocol.KEYS_PATH_PREFIX + "del2" not in client.prop(MANAGER, MI, "Keys")
+
+
+def test_import_and_export_interoperate_with_pyrage(client: Client) -> None:
+    ident = pyrage.x25519.Identity.generate()
+    path = client.m("ImportKey", "sssa{sv}", "imported", str(ident), "pw", {})[0]
+    assert client.prop(path, KI, "Recipient") == str(ident.to_public())
+    with pytest.raises(CallError) as e:
+        client.m("ImportKey", "sssa{sv}", "junk", "AGE-SECRET-KEY-1NOTAKEY", "pw", {})
+    assert err(e) == "Malformed"
+    with pytest.raises(CallError) as e:
+        client.k("imported", "Export", "s", "wrong")
+    assert err(e) == "BadPassphrase"
+    exported = bytes(client.k("imported", "Export", "s", "pw")[0])
+    assert exported.startswith(b"-----BEGIN AGE ENCRYPTED FILE-----")
+    assert pyrage.passphrase.decrypt(exported, "pw").decode().strip() == str(ident)
+
+
+def test_encrypt_decrypt_round_trips(client: Client) -> None:
+    recipient = client.create("rt")
+    client.unlock("rt")
+    for data in [b"", b"hello", os.urandom(200_000)]:
+        for target in ("rt", recipient):
+            for armor in (False, True):
+                ct = client.encrypt([target], data, armor=("b", armor))
+                assert ct.startswith(b"-----BEGIN AGE") == armor
+                assert client.decrypt(ct) == (data, "rt")
+    # interop: pyrage encrypts to the key, the agent decrypts; and the other way
+    ct = pyrage.encrypt(b"from pyrage", [pyrage.x25519.Recipient.from_str(recipient)])
+    assert client.decrypt(ct) == (b"from pyrage", "rt")
+    ident = pyrage.x25519.Identity.generate()
+    ct = client.encrypt([str(ident.to_public())], b"to pyrage")
+    assert pyrage.decrypt(ct, [ident]) == b"to pyrage"
+
+
+def test_hybrid_key(client: Client) -> None:
+    path, recipient = client.m(
+        "CreateKey", "ssa{sv}", "pq", "pw", {"type": ("s", "mlkem768x25519")}
+    )
+    assert recipient.startswith("age1pq1")
+    assert client.prop(path, KI, "Type") == "mlkem768x25519"
+    client.unlock("pq")
+    ct = client.encrypt(["pq"], b"post-quantum")
+    assert client.decrypt(ct) == (b"post-quantum", "pq")
+    with pytest.raises(CallError) as e:
+        client.encrypt(["pq", "age1" + "q" * 58], b"x")
+    assert err(e) in ("Malformed", "Unsupported")
+
+
+def test_passphrase_files(client: Client) -> None:
+    ct = client.encrypt([], b"by passphrase", passphrase=("s", "open sesame"))
+    assert pyrage.passphrase.decrypt(ct, "open sesame") == b"by passphrase"
+    with pytest.raises(CallError) as e:
+        client.decrypt(ct)
+    assert err(e) == "BadPassphrase" and "give the passphrase option" in e.value.text
+    with pytest.raises(CallError) as e:
+        client.decrypt(ct, passphrase=("s", "wrong"))
+    assert err(e) == "BadPassphrase"
+    assert client.decrypt(ct, passphrase=("s", "open sesame")) == (b"by passphrase", "")
+    with pytest.raises(CallError) as e:
+        client.encrypt(["age1x"], b"x", passphrase=("s", "p"))
+    assert e.value.name == protocol.INVALID_ARGS
+
+
+def test_decrypt_names_locked_candidates_and_pins(client: Client) -> None:
+    r1 = client.create("cand1")
+    client.create("cand2")
+    ct = client.encrypt([r1], b"for cand1")
+    with pytest.raises(CallError) as e:
+        client.decrypt(ct)
+    assert err(e) == "Locked"
+    names = protocol.parse_locked_names(e.value.text)
+    assert "cand1" in names and "cand2" in names  # every locked X25519 key could match
+    client.unlock("cand2")
+    with pytest.raises(CallError) as e:
+        client.decrypt(ct)
+    assert err(e) == "Locked" and "cand2" not in protocol.parse_locked_names(e.value.text)
+    with pytest.raises(CallError) as e:
+        client.decrypt(ct, key=("s", "cand2"))
+    assert err(e) == "NoMatch"
+    with pytest.raises(CallError) as e:
+        client.decrypt(ct, key=("s", "nosuch"))
+    assert err(e) == "NoSuchKey"
+    client.unlock("cand1")
+    assert client.decrypt(ct, key=("s", "cand1")) == (b"for cand1", "cand1")
+
+
+def test_no_match_when_every_candidate_is_unlocked(private_bus: PrivateBus) -> None:
+    with Client(private_bus.address) as client:
+        client.create("only")
+        other = pyrage.x25519.Identity.generate()
+        ct = client.encrypt([str(other.to_public())], b"nobody here")
+        with pytest.raises(CallError) as e:
+            client.decrypt(ct)
+        assert err(e) == "Locked" and protocol.parse_locked_names(e.value.text) == ("only",)
+        client.unlock("only")
+        with pytest.raises(CallError) as e:
+            client.decrypt(ct)
+        assert err(e) == "NoMatch"
+        # a hybrid file: no key of that type exists, so nothing locked could open it
+        client.m("LockAll")
+        pq = client.m("CreateKey", "ssa{sv}", "pq2", "pw", {"type": ("s", "mlkem768x25519")})[1]
+        client.m("DeleteKey", "sa{sv}", "pq2", {"passphrase": ("s", "pw")})
+        with pytest.raises(CallError) as e:
+            client.decrypt(client.encrypt([pq], b"pq"))
+        assert err(e) == "NoMatch"
+
+
+def test_malformed_inputs_get_named_errors(client: Client) -> None:
+    recipient = client.create("mal")
+    client.unlock("mal")
+    good = client.encrypt([recipient], b"payload " * 1000)
+    cases = {
+        b"": "Malformed",
+        os.urandom(500): "Malformed",
+        b"age-encryption.org/v1\n": "Malformed",
+        good[:40]: "Malformed",
+        b"-----BEGIN AGE ENCRYPTED FILE-----\n!!!!\n-----END AGE ENCRYPTED FILE-----\n": "Malformed",
+        good[:-10]: "Integrity",
+        good[:-1] + bytes([good[-1] ^ 1]): "Integrity",
+    }
+    for data, expected in cases.items():
+        with pytest.raises(CallError) as e:
+            client.decrypt(data)
+        assert err(e) == expected, data[:60]
+    assert client.decrypt(good)[0] == b"payload " * 1000  # still serving
+    with pytest.raises(CallError) as e:
+        client.encrypt(["age1notarecipient"], b"x")
+    assert err(e) == "Malformed"
+    with pytest.raises(CallError) as e:
+        client.encrypt(["no such key"], b"x")
+    assert err(e) == "InvalidName"
+    with pytest.raises(CallError) as e:
+        client.encrypt(["nosuchkey"], b"x")
+    assert err(e) == "NoSuchKey"
+    with pytest.raises(CallError) as e:
+        client.encrypt([], b"x")
+    assert e.value.name == protocol.INVALID_ARGS
+
+
+def test_payload_cap(client: Client) -> None:
+    recipient = client.create("cap")
+    client.unlock("cap")
+    assert len(client.encrypt([recipient], b"x" * MAX_PAYLOAD)) > MAX_PAYLOAD
+    with pytest.raises(CallError) as e:  # over the cap: refused by the method
+        client.encrypt([recipient], b"x" * (MAX_PAYLOAD + 1))
+    assert err(e) == "TooLarge"
+    with pytest.raises(CallError) as e:  # far over: refused by the gate before anything
+        client.encrypt([recipient], b"x" * (MAX_PAYLOAD * 2 + 2 * 1024 * 1024))
+    assert err(e) == "TooLarge"
+    armored = client.encrypt([recipient], b"x" * MAX_PAYLOAD, armor=("b", True))
+    assert client.decrypt(armored)[0] == b"x" * MAX_PAYLOAD
+    with pytest.raises(CallError) as e:
+        client.decrypt(b"x" * (MAX_PAYLOAD * 3 // 2 + 64 * 1024 + 1))
+    assert err(e) == "TooLarge"
+
+
+def test_keys_survive_a_restart(bus: PrivateBus, client: Client) -> None:
+    client.create("persist", label=("s", "kept"))
+    pid = bus.agent_pid()
+    assert pid is not None
+    os.kill(pid, 15)
+    assert bus.wait_agent_gone()
+    with Client(bus.address) as again:
+        path = protocol.KEYS_PATH_PREFIX + "persist"
+        assert again.prop(path, KI, "Label") == "kept"  # activated afresh, read from disk
+        assert again.prop(path, KI, "Locked") is True
+    assert Path(bus.home, "persist.key").exists() or any(Path(bus.home).iterdir())

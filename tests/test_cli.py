@@ -1,0 +1,319 @@
+"""The `keyagent` command, run as a subprocess against the real agent (no terminal here:
+passphrases come from --passphrase-fd; terminal prompting is in test_cli_tty.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pyrage
+import pytest
+
+from cli_support import PASSPHRASE, create_key, error_line, ka, ka_pw
+from conftest import PrivateBus
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    """A directory of this test's files only (the private bus lives in tmp_path too)."""
+    d = tmp_path / "files"
+    d.mkdir()
+    return d
+
+
+def test_init_list_status_recipient(private_bus: PrivateBus) -> None:
+    bus = private_bus
+    r1 = create_key(bus, "work", PASSPHRASE, "--label", "laptop key")
+    r2 = create_key(bus, "pq", PASSPHRASE, "--type", "mlkem768x25519")
+    assert r1.startswith("age1") and r2.startswith("age1pq1")
+    out = ka(bus, "recipient", "work", "pq")
+    assert out.returncode == 0 and out.stdout.decode().split() == [r1, r2]
+
+    r = ka_pw(bus, [PASSPHRASE], "init", "work")
+    assert r.returncode == 1
+    assert error_line(r).startswith("keyagent: error: ")
+    assert b"keyagent: hint: choose another name" in r.stderr
+
+    lines = ka(bus, "list").stdout.decode().splitlines()
+    assert [ln.split()[:3] for ln in lines] == [
+        ["pq", "mlkem768x25519", "locked"],
+        ["work", "x25519", "locked"],
+    ]
+    assert lines[1].endswith("laptop key")
+
+    r = ka_pw(bus, [PASSPHRASE], "unlock", "work", "--idle-timeout", "5m", "--max-timeout", "1h")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(ka(bus, "status", "--json").stdout)
+    assert doc["version"] == 1
+    assert doc["agent"]["pid"] == bus.agent_pid() and doc["agent"]["version"]
+    keys = {k["name"]: k for k in doc["keys"]}
+    assert keys["pq"]["locked"] is True and keys["pq"]["seconds_left"] is None
+    work = keys["work"]
+    assert work["locked"] is False and work["label"] == "laptop key" and work["recipient"] == r1
+    assert work["idle_timeout"] == 300 and work["max_timeout"] == 3600
+    assert 0 < work["seconds_left"] <= 3600 and work["unlocked_until"] > 0
+    text = ka(bus, "status").stdout.decode()
+    assert "key work: unlocked (" in text and "key pq: locked" in text and r2 in text
+    assert "unlocked (" in ka(bus, "list").stdout.decode()
+
+    assert ka(bus, "lock", "work").returncode == 0
+    assert all(k["locked"] for k in json.loads(ka(bus, "status", "--json").stdout)["keys"])
+    for args in (["lock", "--all"], ["lock"]):
+        assert ka_pw(bus, [PASSPHRASE], "unlock", "pq").returncode == 0
+        assert ka(bus, *args).returncode == 0
+        assert json.loads(ka(bus, "status", "--json").stdout)["keys"][0]["locked"] is True
+
+    r = ka(bus, "recipient", "nope")
+    assert r.returncode == 1 and b"nope" in r.stderr and b"keyagent list" in r.stderr
+
+
+def test_unlock_errors(private_bus: PrivateBus) -> None:
+    bus = private_bus
+    create_key(bus, "k")
+    r = ka_pw(bus, ["wrong"], "unlock", "k")
+    assert r.returncode == 1
+    assert error_line(r) == "keyagent: error: The passphrase is wrong."
+    r = ka(bus, "unlock", "k")
+    assert r.returncode == 2
+    assert error_line(r) == (
+        "keyagent: error: A passphrase is needed, but there is no terminal to ask on."
+    )
+    assert b"--passphrase-fd" in r.stderr
+    r = ka_pw(bus, [], "unlock", "k")
+    assert r.returncode == 1 and b"No more passphrases" in r.stderr
+    r = ka_pw(bus, [PASSPHRASE], "unlock", "missing")
+    assert r.returncode == 1 and b"missing" in r.stderr
+
+
+def test_encrypt_decrypt_files_and_armor(private_bus: PrivateBus, files: Path) -> None:
+    bus = private_bus
+    recipient = create_key(bus, "k")
+    data = os.urandom(200_000)
+    src = files / "plain"
+    src.write_bytes(data)
+    enc, arm, out = files / "enc.age", files / "enc.asc", files / "out"
+    assert ka(bus, "encrypt", "-k", "k", "-o", str(enc), str(src)).returncode == 0
+    assert stat.S_IMODE(enc.stat().st_mode) == 0o666 & ~_umask()
+    r = ka(bus, "encrypt", "-a", "-r", recipient, str(src))
+    assert r.returncode == 0 and r.stdout.startswith(b"-----BEGIN AGE ENCRYPTED FILE-----")
+    arm.write_bytes(r.stdout)
+
+    r = ka(bus, "decrypt", "-o", str(out), str(enc))  # the key is locked, no terminal
+    assert r.returncode == 1
+    assert error_line(r) == "keyagent: error: Key 'k' is locked: unlock it and retry."
+    assert b"keyagent: hint: run 'keyagent unlock k'" in r.stderr
+    assert not out.exists()
+
+    assert ka_pw(bus, [PASSPHRASE], "unlock", "k").returncode == 0
+    assert ka(bus, "decrypt", "-o", str(out), str(enc)).returncode == 0
+    assert out.read_bytes() == data
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    r = ka(bus, "decrypt", "-k", "k", str(arm))  # armored input detected
+    assert r.returncode == 0 and r.stdout == data
+    r = ka(bus, "decrypt", "-", input=enc.read_bytes())
+    assert r.returncode == 0 and r.stdout == data
+    assert sorted(os.listdir(files)) == ["enc.age", "enc.asc", "out", "plain"]
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def test_pipeline_of_several_mib(private_bus: PrivateBus) -> None:
+    bus = private_bus
+    create_key(bus, "k")
+    assert ka_pw(bus, [PASSPHRASE], "unlock", "k").returncode == 0
+    data = os.urandom(6 * 2**20 + 123)
+    enc = ka(bus, "encrypt", "-k", "k", input=data)
+    assert enc.returncode == 0 and len(enc.stdout) > len(data)
+    dec = ka(bus, "decrypt", input=enc.stdout)
+    assert dec.returncode == 0 and dec.stdout == data
+    # A real shell pipeline: encrypt | decrypt, stdout of one is the stdin of the other.
+    p1 = subprocess.Popen(
+        ["sh", "-c", 'head -c 5000000 /dev/zero | "$0" -m keyagent encrypt -k k', _python()],
+        env=bus.env,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    r = ka(bus, "decrypt", stdin=p1.stdout)  # type: ignore[arg-type]
+    assert p1.wait(timeout=60) == 0
+    assert r.returncode == 0 and r.stdout == bytes(5_000_000)
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable
+
+
+@pytest.mark.parametrize("damage", ["tamper", "truncate", "garbage"])
+def test_damaged_input_leaves_no_output(private_bus: PrivateBus, files: Path, damage: str) -> None:
+    bus = private_bus
+    create_key(bus, "k")
+    assert ka_pw(bus, [PASSPHRASE], "unlock", "k").returncode == 0
+    data = os.urandom(300_000)
+    enc = ka(bus, "encrypt", "-k", "k", input=data).stdout
+    if damage == "tamper":
+        bad = bytearray(enc)
+        bad[-1000] ^= 1
+        blob, message = bytes(bad), "integrity"
+    elif damage == "truncate":
+        blob, message = enc[: len(enc) - 70_000], "integrity"
+    else:
+        blob, message = b"this is not an age file at all\n" * 10, "age"
+    src = files / "in.age"
+    src.write_bytes(blob)
+    fresh, existing = files / "fresh", files / "existing"
+    existing.write_bytes(b"precious")
+    for target in (fresh, existing):
+        r = ka(bus, "decrypt", "-o", str(target), str(src))
+        assert r.returncode == 1
+        line = error_line(r)
+        assert message in line.lower(), line
+        assert b"Traceback" not in r.stderr
+    assert not fresh.exists()
+    assert existing.read_bytes() == b"precious"
+    assert sorted(os.listdir(files)) == ["existing", "in.age"]
+
+
+def test_passphrase_files(private_bus: PrivateBus, files: Path) -> None:
+    bus = private_bus
+    out = files / "p.age"
+    r = ka_pw(bus, ["file secret"], "encrypt", "-p", "-o", str(out), input=b"hello")
+    assert r.returncode == 0, r.stderr
+    assert pyrage.passphrase.decrypt(out.read_bytes(), "file secret") == b"hello"
+    r = ka_pw(bus, ["file secret"], "decrypt", str(out))
+    assert r.returncode == 0 and r.stdout == b"hello"
+    r = ka_pw(bus, ["wrong"], "decrypt", "-o", str(files / "x"), str(out))
+    assert r.returncode == 1 and error_line(r).startswith("keyagent: error: ")
+    assert not (files / "x").exists()
+    r = ka(bus, "decrypt", str(out))
+    assert r.returncode == 1
+    assert error_line(r) == "keyagent: error: This file is encrypted with a passphrase."
+    other = pyrage.passphrase.encrypt(b"from pyrage", "pyrage pw")
+    r = ka_pw(bus, ["pyrage pw"], "decrypt", input=other)  # a pipe cannot be read twice
+    assert r.returncode == 1 and b"cannot be read twice" in r.stderr
+    (files / "o.age").write_bytes(other)
+    r = ka_pw(bus, ["pyrage pw"], "decrypt", str(files / "o.age"))
+    assert r.returncode == 0 and r.stdout == b"from pyrage"
+
+
+def test_decrypt_unlocks_with_passphrase_fd(private_bus: PrivateBus, files: Path) -> None:
+    bus = private_bus
+    create_key(bus, "k")
+    enc = files / "f.age"
+    assert ka(bus, "encrypt", "-k", "k", "-o", str(enc), input=b"payload").returncode == 0
+    r = ka_pw(bus, [PASSPHRASE], "decrypt", input=enc.read_bytes())
+    assert r.returncode == 1  # a pipe cannot be read again after the Locked answer
+    assert error_line(r) == "keyagent: error: Key 'k' is locked: unlock it and retry."
+    assert b"run 'keyagent unlock k' first" in r.stderr
+    r = ka_pw(bus, ["wrong"], "decrypt", str(enc))
+    assert r.returncode == 1 and b"The passphrase is wrong." in r.stderr
+    r = ka_pw(bus, [PASSPHRASE], "decrypt", str(enc))
+    assert r.returncode == 0 and r.stdout == b"payload"
+    assert json.loads(ka(bus, "status", "--json").stdout)["keys"][0]["locked"] is False
+
+
+def test_encrypt_usage_and_recipient_files(private_bus: PrivateBus, files: Path) -> None:
+    bus = private_bus
+    a = pyrage.x25519.Identity.generate()
+    b = pyrage.x25519.Identity.generate()
+    rfile = files / "recipients.txt"
+    rfile.write_text(f"# team\n{a.to_public()}\n\n{b.to_public()}\n")
+    r = ka(bus, "encrypt", "-R", str(rfile), input=b"for both")
+    assert r.returncode == 0
+    assert pyrage.decrypt(r.stdout, [a]) == b"for both" == pyrage.decrypt(r.stdout, [b])
+    r = ka(bus, "encrypt", "-r", "age1notarecipient", input=b"x")
+    assert r.returncode == 1 and error_line(r)
+    r = ka(bus, "encrypt", "-r", str(a.to_public()), str(files / "missing"))
+    assert r.returncode == 1
+    assert (
+        error_line(r)
+        == f"keyagent: error: Cannot open '{files}/missing': No such file or directory."
+    )
+    r = ka(bus, "encrypt", "-k", "nokey", input=b"x")
+    assert r.returncode == 1 and b"nokey" in r.stderr
+
+
+def test_import_export_passwd_delete(private_bus: PrivateBus, files: Path) -> None:
+    bus = private_bus
+    keygen = subprocess.run(["age-keygen"], capture_output=True, text=True, check=True)
+    ident_file = files / "id.txt"
+    ident_file.write_text(keygen.stdout)  # with age-keygen's comment lines
+    identity = next(ln for ln in keygen.stdout.splitlines() if ln.startswith("AGE-SECRET-KEY-"))
+    public = str(pyrage.x25519.Identity.from_str(identity).to_public())
+    r = ka_pw(bus, ["imp pw"], "import", "imp", str(ident_file), "--label", "from age")
+    assert r.returncode == 0 and r.stdout.decode().strip() == public
+    r = ka_pw(bus, ["imp2 pw"], "import", "imp2", input=keygen.stdout.encode())
+    assert r.returncode == 0 and r.stdout.decode().strip() == public
+    r = ka_pw(bus, ["x"], "import", "bad", input=b"# nothing here\n")
+    assert r.returncode == 1 and b"holds no age identity" in r.stderr
+
+    out = files / "export.age"
+    r = ka_pw(bus, ["imp pw"], "export", "imp", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert pyrage.passphrase.decrypt(out.read_bytes(), "imp pw").decode().strip() == identity
+    r = ka_pw(bus, ["imp pw"], "export", "imp", "-a")
+    assert r.stdout.startswith(b"-----BEGIN AGE ENCRYPTED FILE-----")
+    r = ka_pw(bus, ["wrong"], "export", "imp", "-o", str(files / "e2"))
+    assert r.returncode == 1 and not (files / "e2").exists()
+
+    r = ka_pw(bus, ["imp pw", "changed pw"], "passwd", "imp")
+    assert r.returncode == 0, r.stderr
+    assert ka_pw(bus, ["imp pw"], "unlock", "imp").returncode == 1
+    assert ka_pw(bus, ["changed pw"], "unlock", "imp").returncode == 0
+    r = ka_pw(bus, ["wrong", "x"], "passwd", "imp2")
+    assert r.returncode == 1 and b"wrong" in r.stderr
+
+    r = ka(bus, "delete", "imp")
+    assert r.returncode == 2 and b"--yes" in r.stderr
+    assert ka(bus, "delete", "imp", "--yes").returncode == 0  # unlocked: no passphrase needed
+    r = ka_pw(bus, ["wrong"], "delete", "imp2", "--yes")
+    assert r.returncode == 1
+    assert ka_pw(bus, ["imp2 pw"], "delete", "imp2", "-y").returncode == 0
+    assert ka(bus, "list").stdout == b""
+
+
+def test_install_and_uninstall(private_bus: PrivateBus, files: Path) -> None:
+    bus = private_bus
+    r = ka(bus, "install", "--bindir", str(files / "bin"))
+    assert r.returncode == 0, r.stderr
+    written = [Path(line.split(" ", 1)[1]) for line in r.stdout.decode().splitlines()]
+    assert len(written) == 2 and all(p.exists() for p in written)
+    assert any(str(files / "bin") in p.read_text() for p in written)
+    r = ka(bus, "uninstall")
+    assert r.returncode == 0
+    assert [Path(line.split(" ", 1)[1]) for line in r.stdout.decode().splitlines()] == written
+    assert not any(p.exists() for p in written)
+    r = ka(bus, "uninstall")
+    assert r.returncode == 0 and b"nothing to remove" in r.stderr
+
+
+def test_debug_does_not_change_normal_errors(private_bus: PrivateBus) -> None:
+    r = ka(private_bus, "--debug", "recipient", "nope")
+    assert r.returncode == 1 and b"Traceback" not in r.stderr
+    r = ka(private_bus, "recipient", "nope", "--debug")
+    assert r.returncode == 1 and b"Traceback" not in r.stderr
+
+
+def test_hybrid_key_and_pinning(private_bus: PrivateBus) -> None:
+    bus = private_bus
+    pq = create_key(bus, "pq", PASSPHRASE, "--type", "mlkem768x25519")
+    create_key(bus, "classic")
+    for name in ("pq", "classic"):
+        assert ka_pw(bus, [PASSPHRASE], "unlock", name).returncode == 0
+    data = os.urandom(100_000)
+    enc = ka(bus, "encrypt", "-r", pq, input=data)
+    assert enc.returncode == 0, enc.stderr
+    dec = ka(bus, "decrypt", input=enc.stdout)
+    assert dec.returncode == 0 and dec.stdout == data
+    r = ka(bus, "decrypt", "-k", "classic", input=enc.stdout)  # pinned to the wrong key
+    assert r.returncode == 1 and error_line(r)
+    r = ka(bus, "encrypt", "-k", "pq", "-k", "classic", input=data)  # age refuses this mix
+    assert r.returncode == 1 and error_line(r)

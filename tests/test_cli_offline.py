@@ -1,0 +1,561 @@
+"""The `keyagent` command's own parts: argument handling, durations, status output, atomic output,
+progress, passphrase sources and prompting, and the failures that need no working agent
+(no bus, broken activation, a foreign owner of the bus name)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from io import StringIO
+from pathlib import Path
+
+import jeepney
+import pytest
+
+from cli_support import KEYAGENT, error_line, ka, passphrase_fd
+from conftest import (
+    OTHER_UID,
+    PrivateBus,
+    as_other_user,
+    requires_root,
+    start_private_bus,
+    stop_private_bus,
+)
+from keyagent import cli
+from keyagent.client import KeyInfo
+from keyagent.commands import armor, parse_identity_file
+from keyagent.context import CommandError
+from keyagent.durations import format_duration, parse_duration
+from keyagent.output import AtomicOutput, OutputError, Progress
+from keyagent.prompt import (
+    NoPassphraseSource,
+    PassphraseFdError,
+    PassphraseMismatch,
+    Passphrases,
+    read_tty,
+)
+from keyagent.status import list_text, status_document, status_json, status_text
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = [
+    "init", "list", "status", "unlock", "lock", "recipient", "encrypt", "decrypt",
+    "import", "export", "passwd", "delete", "install", "uninstall",
+]  # fmt: skip
+
+
+# -- arguments -------------------------------------------------------------------------------
+
+
+def test_version_and_help_exit_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == "keyagent 0.1.0"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    for command in COMMANDS:
+        assert f"    {command}" in out
+    assert "130  interrupted" in out and "4    access denied" in out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: keyagent {command}")
+    assert "exit status:" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bogus"], "invalid choice"),
+        ([], "required"),
+        (["unlock", "k", "--idle-timeout", "5x"], "invalid duration '5x'"),
+        (["unlock", "k", "--max-timeout", "0"], "invalid duration '0'"),
+        (["init", "k", "--type", "rsa"], "invalid choice"),
+        (["unlock", "k", "--passphrase-fd", "-1"], "not a file descriptor"),
+        (["encrypt", "--no-such-flag"], "unrecognized arguments"),
+    ],
+)
+def test_usage_errors_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("keyagent: error: ") and message in err
+    assert "keyagent: hint: see 'keyagent" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["unlock", "bad name"], "Invalid key name 'bad name'"),
+        (["encrypt", "-k", "x/y"], "Invalid key name"),
+        (["encrypt"], "Nothing to encrypt to."),
+        (["encrypt", "-p", "-r", "age1xyz"], "-p/--passphrase cannot be combined"),
+        (["lock", "k", "--all"], "not both"),
+        (["recipient", "a" * 65], "Invalid key name"),
+    ],
+)
+def test_checked_before_the_bus_exit_2(
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS", raising=False)  # no bus is ever reached
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_binary_output_to_a_terminal_is_refused() -> None:
+    master, slave = os.openpty()
+    try:
+        r = subprocess.run(
+            [*KEYAGENT, "encrypt", "-r", "age1whatever"],
+            stdin=subprocess.DEVNULL,
+            stdout=slave,
+            stderr=subprocess.PIPE,
+            env={
+                **os.environ,
+                "DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent",
+                "PYTHONPATH": str(ROOT / "cli"),
+            },
+            start_new_session=True,
+            check=False,
+            timeout=30,
+        )
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert r.returncode == 2
+    assert b"keyagent: error: Refusing to write binary data to the terminal." in r.stderr
+    assert b"use -a" in r.stderr
+
+
+def test_import_time_skips_heavy_modules() -> None:
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "keyagent", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "cli")},
+    )
+    assert r.stdout.strip() == "keyagent 0.1.0"
+    modules = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if "|" in line}
+    assert "keyagent.cli" in modules
+    for heavy in ("asyncio", "cryptography", "dbus_fast", "keyagentd"):
+        assert not any(m == heavy or m.startswith(heavy + ".") for m in modules), heavy
+
+
+def test_client_import_stays_light() -> None:
+    code = (
+        "import sys, keyagent; keyagent.Client; import keyagent.cli, keyagent.crypt,"
+        " keyagent.commands; bad = [m for m in sys.modules if m.split('.')[0] in"
+        " ('asyncio', 'cryptography', 'dbus_fast', 'keyagentd')]; print(bad)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "cli")},
+    )
+    assert r.stdout.strip() == "[]"
+
+
+# -- durations and status --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("10m", 600), ("2h", 7200), ("1d", 86400), ("1h30m", 5400),
+     (" 5M ", 300), ("1h0m5s", 3605)],
+)  # fmt: skip
+def test_parse_duration(text: str, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "-5", "5x", "m", "1.5h", "10 m", "5 5", "99999999999"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(text)
+
+
+def test_format_duration() -> None:
+    assert [format_duration(s) for s in (0, 45, 60, 545, 3600, 7140, 86400, 97200)] == [
+        "0s", "45s", "1m", "9m 5s", "1h", "1h 59m", "1d", "1d 3h"
+    ]  # fmt: skip
+
+
+def _key(name: str, locked: bool, until: int = 0, label: str = "") -> KeyInfo:
+    return KeyInfo(name, label, "x25519", f"age1{name}", 1700000000, locked, until, 600, 7200)
+
+
+def test_status_json_document() -> None:
+    now = 1_800_000_000.0
+    keys = [_key("a", True), _key("b", False, int(now) + 125, "laptop")]
+    doc = status_document("0.1.0", 4242, keys, now)
+    assert doc["version"] == 1
+    assert doc["agent"] == {"version": "0.1.0", "pid": 4242}
+    a, b = doc["keys"]
+    assert a["locked"] is True and a["unlocked_until"] is None and a["seconds_left"] is None
+    assert b["locked"] is False and b["unlocked_until"] == int(now) + 125
+    assert b["seconds_left"] == 125 and b["label"] == "laptop" and b["recipient"] == "age1b"
+    assert set(a) == {
+        "name", "label", "type", "recipient", "created", "locked", "unlocked_until",
+        "seconds_left", "idle_timeout", "max_timeout",
+    }  # fmt: skip
+    assert status_json(doc).endswith("}\n")
+    text = status_text(doc, keys, now)
+    assert "keyagentd 0.1.0 (pid 4242)" in text and "key b: unlocked (2m 5s left)" in text
+
+
+def test_list_text_aligned() -> None:
+    now = 1_800_000_000.0
+    out = list_text([_key("a", True), _key("long-name", False, int(now) + 60, "x")], now)
+    assert out.splitlines() == [
+        "a          x25519  locked",
+        "long-name  x25519  unlocked (1m left)  x",
+    ]
+    assert list_text([], now) == ""
+
+
+# -- identity files and armor -----------------------------------------------------------------
+
+
+def test_parse_identity_file() -> None:
+    text = "# created: 2024\n# public key: age1xyz\n\nAGE-SECRET-KEY-1ABC\n"
+    assert parse_identity_file(text, "f") == "AGE-SECRET-KEY-1ABC"
+    with pytest.raises(CommandError, match="holds no age identity"):
+        parse_identity_file("# nothing\n", "f")
+    with pytest.raises(CommandError, match="holds 2 identities"):
+        parse_identity_file("AGE-SECRET-KEY-1A\nAGE-SECRET-KEY-1B\n", "f")
+    with pytest.raises(CommandError, match="line 2 is not an age identity"):
+        parse_identity_file("# c\nhello\n", "f")
+
+
+def test_armor_is_age_pem() -> None:
+    data = bytes(range(256)) * 2
+    text = armor(data).decode()
+    lines = text.splitlines()
+    assert lines[0] == "-----BEGIN AGE ENCRYPTED FILE-----"
+    assert lines[-1] == "-----END AGE ENCRYPTED FILE-----"
+    assert all(len(line) == 64 for line in lines[1:-2]) and 0 < len(lines[-2]) <= 64
+    import base64
+
+    assert base64.b64decode("".join(lines[1:-1])) == data
+
+
+# -- atomic output and progress -----------------------------------------------------------------
+
+
+def test_atomic_output_commit(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with AtomicOutput(target, private=True) as out:
+        out.write(b"hello")
+        assert not target.exists()
+        out.commit()
+    assert target.read_bytes() == b"hello"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_atomic_output_public_follows_umask(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        with AtomicOutput(tmp_path / "pub", private=False) as out:
+            out.commit()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "pub").stat().st_mode) == 0o640
+
+
+def test_atomic_output_failure_leaves_nothing_and_keeps_old(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), AtomicOutput(target, private=True) as out:
+        out.write(b"partial")
+        raise RuntimeError("boom")
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_atomic_output_reset_and_errors(tmp_path: Path) -> None:
+    with AtomicOutput(tmp_path / "o", private=True) as out:
+        out.write(b"abc")
+        out.reset()
+        out.write(b"d")
+        assert out.size() == 1
+        out.commit()
+    assert (tmp_path / "o").read_bytes() == b"d"
+    with (
+        pytest.raises(OutputError, match="No such file"),
+        AtomicOutput(tmp_path / "missing" / "o", private=True),
+    ):
+        pass
+    with pytest.raises(OutputError, match="is a directory"), AtomicOutput(tmp_path, private=True):
+        pass
+
+
+def test_progress_render() -> None:
+    clock = iter([0.0, 2.0]).__next__
+    buf = StringIO()
+    bar = Progress(lambda: 50 * 2**20, 100 * 2**20, stream=buf, clock=clock)
+    bar()
+    line = buf.getvalue()
+    assert line.startswith("\r\x1b[K[##########..........]  50%")
+    assert "50.0 MiB / 100.0 MiB" in line and "25.0 MiB/s" in line and "ETA 0:02" in line
+    bar.finish()
+    assert buf.getvalue().endswith("\r\x1b[K")
+    unknown = Progress(lambda: None, None, stream=StringIO(), clock=lambda: 0.0)
+    assert unknown.render(None, 65) == "1:05"
+    assert unknown.render(3 * 2**30, 3) == "3.0 GiB  1.0 GiB/s  0:03"
+
+
+# -- passphrase sources --------------------------------------------------------------------------
+
+
+def test_passphrase_fd_lines() -> None:
+    with passphrase_fd("old one", "new\r") as fd:
+        p = Passphrases(fd)
+        assert p.from_fd and not p.interactive()
+        assert p.get("x") == "old one"
+        assert p.new("x", "y") == "new"  # CRLF tolerated
+        with pytest.raises(PassphraseFdError, match="No more passphrases"):
+            p.get("x")
+    with passphrase_fd("") as fd, pytest.raises(PassphraseMismatch, match="must not be empty"):
+        Passphrases(fd).new("x", "y")
+    r, w = os.pipe()
+    os.write(w, b"\xff\xfe\n")
+    os.close(w)
+    with pytest.raises(PassphraseFdError, match="UTF-8"):
+        Passphrases(r).get("x")
+    os.close(r)
+    with pytest.raises(PassphraseFdError, match="Cannot read file descriptor 9999"):
+        Passphrases(9999).get("x")
+
+
+def test_no_terminal_no_fd(tmp_path: Path) -> None:
+    p = Passphrases(None, tty_path=str(tmp_path / "no-tty"))
+    assert not p.interactive()
+    with pytest.raises(NoPassphraseSource):
+        p.get("Passphrase: ")
+
+
+def _pty_answer(master: int, answers: list[bytes], seen: list[bytes]) -> None:
+    for answer in answers:
+        buf = b""
+        while b": " not in buf:
+            buf += os.read(master, 1024)
+        seen.append(buf)
+        time.sleep(0.05)
+        os.write(master, answer)
+
+
+def test_read_tty_no_echo_and_confirmation() -> None:
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    seen: list[bytes] = []
+    try:
+        t = threading.Thread(target=_pty_answer, args=(master, [b"s3cret\n", b"s3cret\n"], seen))
+        t.start()
+        value = Passphrases(None, tty_path=name).new("New passphrase: ", "Confirm: ")
+        t.join()
+        assert value == "s3cret"
+        assert b"New passphrase: " in seen[0] and b"Confirm: " in seen[1]
+        os.set_blocking(master, False)
+        rest = b""
+        with contextlib.suppress(BlockingIOError):
+            rest = os.read(master, 4096)
+        assert b"s3cret" not in b"".join(seen) + rest  # echo was off
+        t = threading.Thread(target=_pty_answer, args=(master, [b"a\n", b"b\n"], []))
+        os.set_blocking(master, True)
+        t.start()
+        with pytest.raises(PassphraseMismatch, match="do not match"):
+            Passphrases(None, tty_path=name).new("New passphrase: ", "Confirm: ")
+        t.join()
+        t = threading.Thread(target=_pty_answer, args=(master, [b"x y\n"], []))
+        t.start()
+        assert read_tty("Passphrase: ", name) == "x y"
+        t.join()
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+# -- failures without a working agent ------------------------------------------------------------
+
+
+def test_no_session_bus_exit_3(private_bus: PrivateBus) -> None:
+    env = {**private_bus.env, "DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent/bus"}
+    r = ka(private_bus, "list", env=env)
+    assert r.returncode == 3
+    assert error_line(r).startswith("keyagent: error: Cannot connect to the session bus")
+    env.pop("DBUS_SESSION_BUS_ADDRESS")
+    r = ka(private_bus, "status", env=env)
+    assert r.returncode == 3 and b"DBUS_SESSION_BUS_ADDRESS is not set" in r.stderr
+
+
+def test_agent_that_fails_to_start_exit_3(private_bus: PrivateBus) -> None:
+    (private_bus.bindir / "keyagentd").write_text("#!/bin/sh\nexit 1\n")
+    r = ka(private_bus, "list")
+    assert r.returncode == 3, r.stderr
+    assert error_line(r).startswith("keyagent: error: The key agent failed to start")
+    assert b"keyagent: hint: " in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_agent_not_installed_exit_3(private_bus: PrivateBus) -> None:
+    for f in private_bus.service_dir.iterdir():
+        f.unlink()
+    r = ka(private_bus, "status", "--json")
+    assert r.returncode == 3, r.stderr
+    assert error_line(r).startswith("keyagent: error: The key agent is not installed")
+    assert b"keyagent install" in r.stderr
+
+
+FAKE_OWNER = r"""
+import sys
+from jeepney import HeaderFields, MessageType
+from jeepney.bus_messages import message_bus
+from jeepney.io.blocking import open_dbus_connection
+conn = open_dbus_connection(bus="SESSION", enable_fds=True)
+reply = conn.send_and_get_reply(message_bus.RequestName("org.example.KeyAgent", 4))
+print("owner", reply.body[0], flush=True)
+while True:
+    msg = conn.receive()
+    if msg.header.message_type == MessageType.method_call:
+        print("CALL", msg.header.fields.get(HeaderFields.member), flush=True)
+"""
+
+
+@pytest.fixture
+def open_bus() -> Iterator[PrivateBus]:
+    """A permissive bus that uid 65534 can reach.
+
+    conftest's `permissive_bus` lives under pytest's basetemp, which is 0700: other uids cannot
+    reach its socket. This one lives in a fresh 0755 directory under /tmp.
+    """
+    top = Path(tempfile.mkdtemp(prefix="keyagent-cli-"))
+    top.chmod(0o755)
+    bus = start_private_bus(top / "bus", any_user=True)
+    try:
+        yield bus
+    finally:
+        stop_private_bus(bus)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@requires_root
+def test_refuses_an_agent_of_another_uid(open_bus: PrivateBus) -> None:
+    """A process of uid 65534 owns the name: the client must not send it anything."""
+    # The venv's interpreter lives under /root: uid 65534 runs the system one with our jeepney.
+    site = str(Path(jeepney.__file__).resolve().parent.parent)
+    fake = subprocess.Popen(
+        ["/usr/bin/python3", "-c", FAKE_OWNER],
+        env={**open_bus.env, "PYTHONPATH": site},
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=as_other_user,
+        cwd="/",
+    )
+    open_bus.extra_pids.append(fake.pid)
+    try:
+        assert fake.stdout is not None
+        assert fake.stdout.readline().strip() == "owner 1"  # primary owner
+        with passphrase_fd("secret") as fd:
+            r = ka(open_bus, "unlock", "work", "--passphrase-fd", str(fd), pass_fds=(fd,))
+        assert r.returncode == 4, r.stderr
+        assert error_line(r) == (
+            f"keyagent: error: The service org.example.KeyAgent on this bus runs as uid"
+            f" {OTHER_UID}, not as you."
+        )
+        r = ka(open_bus, "encrypt", "-r", "age1x", input=b"data")
+        assert r.returncode == 4
+        assert ka(open_bus, "list").returncode == 4
+    finally:
+        fake.kill()
+        out, _ = fake.communicate(timeout=10)
+    assert "CALL" not in out  # not one message reached the impostor
+
+
+# -- completions and man page stay in step with the parser ---------------------------------------
+
+
+def _options_by_command() -> dict[str, set[str]]:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {
+        name: {s for a in p._actions for s in a.option_strings if s.startswith("--")}
+        for name, p in sub.choices.items()
+    }
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "data/completions/keyagent.bash",
+        "data/completions/_keyagent",
+        "data/completions/keyagent.fish",
+        "data/keyagent.1",
+    ],
+)
+def test_completions_and_man_page_know_every_command_and_option(path: str) -> None:
+    text = (ROOT / path).read_text()
+    if path.endswith(".1"):
+        text = text.replace("\\-", "-")
+    for command, options in _options_by_command().items():
+        assert command in text, command
+        for opt in options - {"--help"}:
+            bare = opt[2:] if path.endswith(".fish") else opt
+            assert bare in text, (command, opt)
+
+
+def test_bash_completion_completes_commands_and_options() -> None:
+    script = f"""
+source {ROOT}/data/completions/keyagent.bash
+COMP_WORDS=(keyagent enc); COMP_CWORD=1; _keyagent; echo "${{COMPREPLY[*]}}"
+COMP_WORDS=(keyagent unlock --idle); COMP_CWORD=2; _keyagent; echo "${{COMPREPLY[*]}}"
+COMP_WORDS=(keyagent init x --type m); COMP_CWORD=4; _keyagent; echo "${{COMPREPLY[*]}}"
+"""
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    assert r.stdout.splitlines() == ["encrypt", "--idle-timeout", "mlkem768x25519"]
+
+
+def test_a_crash_prints_one_line_and_debug_shows_the_trace(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from keyagent import commands
+
+    def boom(ctx: object) -> int:
+        raise ZeroDivisionError("internal detail")
+
+    monkeypatch.setattr(commands, "cmd_list", boom)
+    assert cli.main(["list"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "keyagent: error: Internal error (ZeroDivisionError).",
+        f"keyagent: hint: this is a bug: please report it to {cli.REPORT_TO},"
+        " with the output of --debug",
+    ]
+    assert cli.main(["--debug", "list"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "internal detail" in err
+    assert cli.main(["list", "--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err
