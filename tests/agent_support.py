@@ -7,7 +7,9 @@ the wire contract, not against our own client library.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +28,7 @@ MI = protocol.MANAGER_INTERFACE
 KI = protocol.KEY_INTERFACE
 PROPS = "org.freedesktop.DBus.Properties"
 #: Export uses scrypt; a small work factor keeps the tests fast.
+PASS = "pw"
 FAST_ARGS = (*TEST_AGENT_ARGS, "--scrypt-work-factor", "10")
 
 
@@ -90,10 +93,10 @@ class Client:
     def prop(self, path: str, interface: str, name: str) -> Any:
         return self.call(path, PROPS, "Get", "ss", interface, name)[0][1]
 
-    def create(self, name: str, passphrase: str = "pw", **options: tuple[str, Any]) -> str:
+    def create(self, name: str, passphrase: str = PASS, **options: tuple[str, Any]) -> str:
         return str(self.m("CreateKey", "ssa{sv}", name, passphrase, options)[1])
 
-    def unlock(self, name: str, passphrase: str = "pw", **options: tuple[str, Any]) -> None:
+    def unlock(self, name: str, passphrase: str = PASS, **options: tuple[str, Any]) -> None:
         self.k(name, "Unlock", "sa{sv}", passphrase, options)
 
     def encrypt(self, recipients: list[str], data: bytes, **options: tuple[str, Any]) -> bytes:
@@ -144,3 +147,17 @@ def module_bus(tmp: Path, **kw: Any) -> Iterator[PrivateBus]:
         yield bus
     finally:
         stop_private_bus(bus)
+
+
+@contextmanager
+def reachable_bus(prefix: str = "keyagent-agent-", **kw: Any) -> Iterator[PrivateBus]:
+    """A permissive bus in a fresh 0755 directory under /tmp, so uid 65534 can reach its
+    socket (pytest's basetemp is 0700)."""
+    top = Path(tempfile.mkdtemp(prefix=prefix))
+    top.chmod(0o755)
+    bus = start_private_bus(top / "bus", any_user=True, **kw)
+    try:
+        yield bus
+    finally:
+        stop_private_bus(bus)
+        shutil.rmtree(top, ignore_errors=True)

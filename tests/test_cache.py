@@ -32,6 +32,10 @@ class FakeIdentity:
         self.key_type = key_type
         self.seed = bytes(seed)
         self.buffer = seed  # the transient buffer itself, to check it is wiped
+        self.wiped = 0
+
+    def wipe(self) -> None:
+        self.wiped += 1
 
 
 @pytest.fixture
@@ -295,3 +299,25 @@ def test_default_factory_identity_decrypts_age_files() -> None:
     cache.unlock("k", "x25519", bytearray(SEED))
     with cache.use("k") as ident:
         assert decrypt_bytes([ident], ciphertext) == b"hello"
+
+
+def test_use_wipes_the_identity_on_exit_and_on_error(cache: KeyCache) -> None:
+    unlock(cache)
+    with cache.use("k") as ident:
+        assert isinstance(ident, FakeIdentity) and ident.wiped == 0
+    assert ident.wiped == 1
+    with pytest.raises(RuntimeError), cache.use("k") as ident:
+        raise RuntimeError("the operation failed")
+    assert ident.wiped == 1 and ident.buffer == bytes(32)
+
+
+@pytest.mark.parametrize("key_type", ["x25519", "mlkem768x25519"])
+def test_real_identity_is_wiped_after_use(key_type: str) -> None:
+    cache = KeyCache()
+    cache.unlock("k", key_type, bytearray(SEED))
+    with cache.use("k") as ident:
+        buffer = ident.seed  # the identity's own buffer
+        assert buffer == SEED
+    assert buffer == bytes(32)
+    with pytest.raises(ValueError):
+        ident.unwrap([])

@@ -559,3 +559,54 @@ def test_a_crash_prints_one_line_and_debug_shows_the_trace(
     assert "Traceback (most recent call last)" in err and "internal detail" in err
     assert cli.main(["list", "--debug"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+# -- replaying a pipe ----------------------------------------------------------------------------
+
+
+def _drain(fd: int, limit: int | None = None) -> bytes:
+    out = b""
+    while limit is None or len(out) < limit:
+        chunk = os.read(fd, 65536 if limit is None else min(65536, limit - len(out)))
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_replayable_input_replays_what_was_read() -> None:
+    from keyagent.replay import ReplayableInput
+
+    data = os.urandom(300_000)
+    src_r, src_w = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(src_w, data), os.close(src_w)))
+    writer.start()
+    replay = ReplayableInput(src_r, keep=1_000_000)
+    first = replay.start()
+    head = _drain(first, 1000)  # a reader that gives up early, like the agent after a header
+    os.close(first)
+    replay.finish()
+    assert replay.can_replay()
+    second = replay.start()
+    again = _drain(second)
+    os.close(second)
+    replay.finish()
+    writer.join()
+    os.close(src_r)
+    assert head == data[:1000] and again == data
+
+
+def test_replayable_input_gives_up_past_its_limit() -> None:
+    from keyagent.replay import ReplayableInput
+
+    src_r, src_w = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(src_w, bytes(200_000)), os.close(src_w)))
+    writer.start()
+    replay = ReplayableInput(src_r, keep=50_000)
+    first = replay.start()
+    assert len(_drain(first)) == 200_000
+    os.close(first)
+    replay.finish()
+    writer.join()
+    os.close(src_r)
+    assert not replay.can_replay()

@@ -15,7 +15,7 @@ import pyrage
 import pytest
 
 from cli_support import PASSPHRASE, TtyRun, create_key, ka, ka_pw
-from conftest import PrivateBus
+from conftest import TEST_AGENT_ARGS, BusFactory, PrivateBus
 
 
 @pytest.fixture
@@ -76,10 +76,12 @@ def test_decrypt_prompts_for_the_locked_key(private_bus: PrivateBus, files: Path
     assert sorted(os.listdir(files)) == ["f.age", "out"]
 
 
-def test_decrypt_prompts_for_a_file_passphrase(private_bus: PrivateBus, files: Path) -> None:
+def test_decrypt_prompts_for_a_file_passphrase(bus_factory: BusFactory, files: Path) -> None:
+    bus = bus_factory(agent_args=(*TEST_AGENT_ARGS, "--scrypt-work-factor", "10"))
     enc = files / "p.age"
-    enc.write_bytes(pyrage.passphrase.encrypt(b"by passphrase", "file pw"))
-    run = TtyRun.start(private_bus, "decrypt", str(enc))
+    r = ka_pw(bus, ["file pw"], "encrypt", "-p", "-o", str(enc), input=b"by passphrase")
+    assert r.returncode == 0, r.stderr
+    run = TtyRun.start(bus, "decrypt", str(enc))
     run.answer("Enter passphrase: ", "nope")
     run.answer("Wrong passphrase, try again: ", "file pw")
     code, out, err = run.finish()
@@ -182,3 +184,43 @@ def test_interrupt_at_a_prompt_restores_the_terminal(private_bus: PrivateBus) ->
     assert code == 130
     assert b"keyagent: error: Interrupted." in err and b"Traceback" not in err
     assert echo_after  # echo is back on
+
+
+def test_quiet_suppresses_the_progress_bar(private_bus: PrivateBus, files: Path) -> None:
+    create_key(private_bus, "k")
+    r, w = os.pipe()
+    run = TtyRun.start(
+        private_bus,
+        "encrypt",
+        "-q",
+        "-k",
+        "k",
+        "-o",
+        str(files / "q.age"),
+        stdin=r,
+        stderr_tty=True,
+    )
+    os.close(r)
+    with open(w, "wb") as f:
+        f.write(os.urandom(2**20))
+        f.flush()
+        for _ in range(10):  # the bar would be redrawn every 0.2 s meanwhile
+            run.read_some(0.1)
+    code, _, _ = run.finish()
+    assert code == 0
+    assert b"B/s" not in run.seen and b"\x1b[K" not in run.seen
+
+
+def test_decrypt_from_a_pipe_prompts_and_replays(private_bus: PrivateBus) -> None:
+    create_key(private_bus, "k")
+    data = os.urandom(500_000)
+    enc = ka(private_bus, "encrypt", "-k", "k", input=data).stdout
+    run = TtyRun.start(private_bus, "decrypt", stdin=subprocess.PIPE)
+    assert run.proc.stdin is not None
+    feeder = threading.Thread(target=lambda: (run.proc.stdin.write(enc), run.proc.stdin.close()))  # type: ignore[union-attr]
+    feeder.start()
+    run.answer("Key 'k' is locked. Passphrase for 'k': ", PASSPHRASE)
+    code, out, err = run.finish()
+    feeder.join()
+    assert code == 0, err
+    assert out == data

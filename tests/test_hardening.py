@@ -81,7 +81,7 @@ def test_memory_not_locked_under_a_finite_limit_says_so() -> None:
     report = run_child(REPORT, SYSTEM_PYTHON, preexec_fn=_small_memlock_other_user, cwd="/")
     line = next(m for m in report["messages"] if "memory" in m)
     assert "memory not locked: RLIMIT_MEMLOCK is 64 KiB" in line
-    assert "LimitMEMLOCK=infinity" in line
+    assert "raise the memlock limit" in line
     assert report["vmlck_kib"] == 0
     assert report["after"] is False  # the rest of the hardening still applied
 

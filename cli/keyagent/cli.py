@@ -308,16 +308,16 @@ def _run(args: argparse.Namespace) -> int:
         _report(str(e))
         return EXIT_FAILED
     except AgentUnavailable as e:
-        _report(e.message, hint_for(e))
+        _report(e.message, hint_for(e, args.command))
         return EXIT_UNAVAILABLE
     except AccessDenied as e:
-        _report(e.message, hint_for(e))
+        _report(e.message, hint_for(e, args.command))
         return EXIT_DENIED
     except InvalidName as e:
-        _report(e.message, hint_for(e))
+        _report(e.message, hint_for(e, args.command))
         return EXIT_USAGE
     except KeyAgentError as e:
-        _report(e.message, hint_for(e))
+        _report(e.message, hint_for(e, args.command))
         return EXIT_FAILED
     finally:
         ctx.close()

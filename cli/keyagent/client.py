@@ -113,7 +113,7 @@ class KeyInfo:
         )
 
     def seconds_left(self, now: float | None = None) -> int | None:
-        """Seconds until the key locks by its hard limit, None when locked."""
+        """Seconds until the key locks unless used (the agent's UnlockedUntil), None when locked."""
         if self.locked or not self.unlocked_until:
             return None
         now = time.time() if now is None else now

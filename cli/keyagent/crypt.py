@@ -2,11 +2,13 @@
 
 Decrypting a file whose key is locked prompts for that key's passphrase, unlocks it through a
 pipe and tries again from the start of the input; a passphrase-encrypted file prompts for the
-file's passphrase. Both need an input that can be read twice (a file, not a pipe).
+file's passphrase. Both read the input a second time: a file is rewound, a pipe is replayed
+(keyagent.replay), a terminal cannot be.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from keyagent.context import (
 from keyagent.output import PROGRESS_THRESHOLD, Progress, fd_position, input_size
 from keyagent.prompt import NoPassphraseSource
 from keyagent.protocol import BadPassphrase, Locked
+from keyagent.replay import ReplayableInput
 
 T = TypeVar("T")
 #: Tries for a passphrase typed at the terminal (the agent also slows down guessing).
@@ -46,9 +49,7 @@ def read_recipients_file(path: str) -> list[str]:
     return out
 
 
-def _with_progress(
-    ctx: Context, in_fd: int, sink: Sink, call: Callable[[Callable[[], None] | None], T]
-) -> T:
+def _with_progress(ctx: Context, in_fd: int, sink: Sink, call: Callable[..., T]) -> T:
     """Run a streaming call, with a progress line on a terminal for big or unknown input."""
     total = input_size(in_fd)
     wanted = (
@@ -58,7 +59,7 @@ def _with_progress(
         and not ctx.args.quiet
     )
     if not wanted:
-        return call(None)
+        return call(progress=None)
     seekable = fd_position(in_fd) is not None
     start = fd_position(in_fd) or 0
 
@@ -70,7 +71,7 @@ def _with_progress(
 
     bar = Progress(done, None if total is None else total - start)
     try:
-        return call(bar)
+        return call(progress=bar)
     finally:
         bar.finish()
 
@@ -95,14 +96,10 @@ def cmd_encrypt(ctx: Context) -> int:
     if a.passphrase:
         passphrase = ctx.passphrases.new("Enter passphrase: ", "Confirm passphrase: ")
     with open_input(a.input) as in_fd, open_output(a.output, private=False) as sink:
-        _with_progress(
-            ctx,
-            in_fd,
-            sink,
-            lambda progress: client.encrypt_fd(
-                recipients, in_fd, sink.fd, armor=a.armor, passphrase=passphrase, progress=progress
-            ),
+        call = functools.partial(
+            client.encrypt_fd, recipients, in_fd, sink.fd, armor=a.armor, passphrase=passphrase
         )
+        _with_progress(ctx, in_fd, sink, call)
         sink.commit()
     return 0
 
@@ -158,23 +155,29 @@ def cmd_decrypt(ctx: Context) -> int:
     pin = key_name(a.key) if a.key else None
     client = ctx.client()
     with open_input(a.input) as in_fd, open_output(a.output, private=True) as sink:
-        rewind = _rewinder(in_fd)
+        can_ask = ctx.passphrases.from_fd or ctx.passphrases.interactive()
+        replay: ReplayableInput | None = None
+        if fd_position(in_fd) is None and can_ask and not os.isatty(in_fd):
+            replay = ReplayableInput(in_fd)  # a pipe: keep its start for a retry
+        rewind = _rewinder(in_fd) if replay is None else replay.can_replay
         passphrase: str | None = None
         tried: set[str] = set()
         file_tries = 0
         while True:
+            source = in_fd if replay is None else replay.start()
             try:
-                _with_progress(
-                    ctx,
-                    in_fd,
-                    sink,
-                    lambda progress, pw=passphrase: client.decrypt_fd(  # type: ignore[misc]
-                        in_fd, sink.fd, key=pin, passphrase=pw, progress=progress
-                    ),
-                )
+                try:
+                    call = functools.partial(
+                        client.decrypt_fd, source, sink.fd, key=pin, passphrase=passphrase
+                    )
+                    _with_progress(ctx, in_fd, sink, call)
+                finally:
+                    if replay is not None:
+                        os.close(source)  # the feeder sees EPIPE if the agent stopped early
+                        replay.finish()
                 break
             except Locked as e:
-                if not (ctx.passphrases.from_fd or ctx.passphrases.interactive()):
+                if not can_ask:
                     hint = f"run 'keyagent unlock {e.names[0]}'" if e.names else ""
                     raise CommandError(e.message, hint) from None
                 if not rewind():

@@ -15,7 +15,8 @@ from keyagent.protocol import (
 )
 
 
-def hint_for(err: KeyAgentError) -> str:
+def hint_for(err: KeyAgentError, command: str = "") -> str:
+    """What to do next after ``err`` in ``command`` ("" when nothing useful comes to mind)."""
     if isinstance(err, Locked):
         return (
             f"run 'keyagent unlock {err.names[0]}'" if err.names else "run 'keyagent unlock NAME'"
@@ -27,7 +28,9 @@ def hint_for(err: KeyAgentError) -> str:
     if isinstance(err, NoMatch):
         return "the file is for a key this agent does not hold; 'keyagent list' shows your keys"
     if isinstance(err, Malformed):
-        return "is this an age-encrypted file?"
+        if command == "encrypt":
+            return "recipients are age1... strings (-r), files of them (-R) or key names (-k)"
+        return "is this an age-encrypted file?" if command == "decrypt" else ""
     if isinstance(err, RateLimited):
         return "too many attempts: wait a little and try again"
     if isinstance(err, AgentUnavailable):

@@ -5,10 +5,12 @@ and ``max-cache-ttl`` (counted from unlock, never extended; default 7200 s).
 
 Hardening: a cached seed is kept sealed (ChaCha20-Poly1305) under a random key
 that exists only in this process's memory, bound to the key's name and type.
-``use()`` opens it into a transient ``bytearray`` for one operation and wipes
-that on exit; locking wipes the sealed bytes. This keeps plaintext seeds out of
-long-lived memory (and out of most core dumps and swap); it is not a defence
-against code running inside the agent.
+``use()`` opens it into a transient ``bytearray`` for one operation and, on
+exit, wipes that and the identity built from it (``identity.wipe()``: its own
+seed buffer, and its OpenSSL keys, which OpenSSL cleanses when freed); locking
+wipes the sealed bytes. An identity is good only inside its ``with`` block.
+This keeps plaintext seeds out of long-lived memory (and out of most core
+dumps and swap); it is not a defence against code running inside the agent.
 
 Expiry is evaluated against an injectable monotonic clock. A key whose deadline
 passed counts as locked everywhere at once, and its bytes are wiped the first
@@ -198,8 +200,12 @@ class KeyCache:
 
     @contextmanager
     def use(self, name: str) -> Iterator[Identity]:
-        """The key's identity for one operation; resets its idle timer. ``Locked`` if locked."""
+        """The key's identity for one operation (wiped on exit); resets its idle timer.
+
+        ``Locked`` if locked.
+        """
         seed = bytearray(SEED_LEN)
+        identity: Identity | None = None
         try:
             with self._mutex:
                 self._reap()
@@ -216,6 +222,9 @@ class KeyCache:
             yield identity
         finally:
             wipe(seed)
+            # Also on exceptions: the identity holds its own copy of the seed.
+            if identity is not None:
+                identity.wipe()
 
     def lock(self, name: str) -> bool:
         """Wipe ``name``; True if it was unlocked."""

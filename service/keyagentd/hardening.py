@@ -89,7 +89,7 @@ def _lock_memory() -> str:
     if not unlimited and not has_capability(CAP_IPC_LOCK):
         return (
             f"hardening: memory not locked: RLIMIT_MEMLOCK is {soft // 1024} KiB "
-            "(set LimitMEMLOCK=infinity to keep secrets out of swap)"
+            "(raise the memlock limit to unlimited to keep secrets out of swap)"
         )
     libc = _libc()
     if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:

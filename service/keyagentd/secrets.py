@@ -9,9 +9,33 @@ own copies); it is cheap and it makes locking mean something.
 
 from __future__ import annotations
 
+import ctypes
+
 
 def wipe(buf: bytearray | memoryview) -> None:
     """Overwrite ``buf`` with zeros in place (a memoryview cannot be resized, so no realloc)."""
     view = memoryview(buf).cast("B")
     view[:] = bytes(len(view))
     view.release()
+
+
+# Our own prototype, so the process-wide ``ctypes.pythonapi`` attributes are left alone.
+_bytes_buffer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object)(
+    ("PyBytes_AsString", ctypes.pythonapi)
+)
+
+
+def scrub_bytes(data: bytes) -> None:
+    """Zero an immutable ``bytes`` object in place (CPython only).
+
+    For the rare library call that can return a secret only as ``bytes``
+    (``hashlib``'s SHAKE ``digest``). Only for an object the caller has just
+    received and alone references: ``bytes`` may otherwise be shared, and every
+    holder assumes they never change. Empty and one-byte objects are shared
+    singletons, and are left alone.
+    """
+    if type(data) is not bytes or len(data) < 2:
+        return
+    address = _bytes_buffer(data)
+    if address:
+        ctypes.memset(address, 0, len(data))

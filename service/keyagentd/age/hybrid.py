@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from keyagent.protocol import Malformed
+from keyagentd.secrets import scrub_bytes
+from keyagentd.secrets import wipe as wipe_buffer
 
 from . import bech32
 from .format import FILE_KEY_SIZE, Stanza, b64decode, b64encode
@@ -78,37 +80,75 @@ class HybridRecipient:
 
 
 class HybridIdentity:
-    """A hybrid identity: a 32-byte seed. ``repr`` shows only part of the public key."""
+    """A hybrid identity: a 32-byte seed. ``repr`` shows only part of the public key.
+
+    The seed lives only in a ``bytearray`` this object owns and in OpenSSL's key
+    objects (cleansed when freed); the SHAKE256 expansion is zeroed as soon as
+    the keys are built. ``wipe()`` zeroes the seed and drops the keys; it also
+    runs when the identity is collected. After it, ``seed``, ``encode()`` and
+    ``unwrap()`` raise ValueError; ``recipient()`` still works.
+    """
 
     __slots__ = ("_key", "_recipient", "_seed", "_x25519")
 
     key_type: Final[Literal["mlkem768x25519"]] = "mlkem768x25519"
     stanza_type: Final = STANZA_TYPE
 
-    def __init__(self, seed: bytes | bytearray) -> None:
+    def __init__(self, seed: bytes | bytearray | memoryview) -> None:
         if len(seed) != 32:
             raise Malformed("A post-quantum identity is 32 bytes.")
-        self._seed = bytes(seed)
+        self._seed: bytearray | None = bytearray(seed)
+        # hashlib can only return the expansion as bytes: it is never sliced into
+        # copies (cryptography reads views in place) and is zeroed right after.
         expanded = hashlib.shake_256(self._seed).digest(96)
-        mlkem = MLKEM768PrivateKey.from_seed_bytes(expanded[:64])
-        self._x25519 = X25519PrivateKey.from_private_bytes(expanded[64:])
-        self._key = hpke.MLKEM768X25519PrivateKey(mlkem, self._x25519)
+        try:
+            with memoryview(expanded) as view:
+                mlkem = MLKEM768PrivateKey.from_seed_bytes(view[:64])
+                x25519 = X25519PrivateKey.from_private_bytes(view[64:])
+        finally:
+            scrub_bytes(expanded)
+        self._x25519: X25519PrivateKey | None = x25519
+        self._key: hpke.MLKEM768X25519PrivateKey | None = hpke.MLKEM768X25519PrivateKey(
+            mlkem, x25519
+        )
         self._recipient = HybridRecipient(
-            mlkem.public_key().public_bytes_raw() + self._x25519.public_key().public_bytes_raw()
+            mlkem.public_key().public_bytes_raw() + x25519.public_key().public_bytes_raw()
         )
 
+    def _live(self) -> tuple[bytearray, X25519PrivateKey, hpke.MLKEM768X25519PrivateKey]:
+        if self._seed is None or self._x25519 is None or self._key is None:
+            raise ValueError("This identity has been wiped.")
+        return self._seed, self._x25519, self._key
+
     @property
-    def seed(self) -> bytes:
-        return self._seed
+    def seed(self) -> bytearray:
+        """The identity's own seed buffer, zeroed by ``wipe()``: copy it to keep it."""
+        return self._live()[0]
+
+    def wipe(self) -> None:
+        """Zero the seed and release the keys (idempotent)."""
+        seed = getattr(self, "_seed", None)  # unset if __init__ failed early
+        self._seed, self._x25519, self._key = None, None, None
+        if seed is not None:
+            wipe_buffer(seed)
+
+    def __del__(self) -> None:
+        self.wipe()
 
     def recipient(self) -> HybridRecipient:
         return self._recipient
 
     def encode(self) -> str:
-        """The ``AGE-SECRET-KEY-PQ-1...`` string: secret."""
-        return bech32.encode(IDENTITY_HRP, self._seed).upper()
+        """The ``AGE-SECRET-KEY-PQ-1...`` string: secret, and an immutable ``str`` that
+        cannot be wiped; for Export only, never on the decrypt path."""
+        data = bytes(self._live()[0])  # bech32 takes bytes: a copy, zeroed below
+        try:
+            return bech32.encode(IDENTITY_HRP, data).upper()
+        finally:
+            scrub_bytes(data)
 
     def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
+        _, x25519, key = self._live()
         for s in stanzas:
             if s.type != STANZA_TYPE:
                 continue
@@ -120,15 +160,13 @@ class HybridIdentity:
             # The library reports a low-order X25519 share as a plain tag failure;
             # the spec makes it a header failure, so check it first.
             try:
-                shared = self._x25519.exchange(
-                    X25519PublicKey.from_public_bytes(enc[MLKEM_CT_SIZE:])
-                )
+                shared = x25519.exchange(X25519PublicKey.from_public_bytes(enc[MLKEM_CT_SIZE:]))
             except ValueError:
                 shared = bytes(32)
             if shared == bytes(32):
                 raise Malformed("A post-quantum stanza has a low-order X25519 share.")
             try:
-                return _SUITE.decrypt(enc + s.body, self._key, info=_INFO)
+                return _SUITE.decrypt(enc + s.body, key, info=_INFO)
             except (InvalidTag, ValueError):  # a failed open is "not for us"
                 continue
         return None

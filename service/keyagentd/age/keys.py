@@ -25,7 +25,10 @@ class Recipient(Protocol):
 
 class Identity(Protocol):
     """Something that can open files: ``unwrap`` returns the file key, None if no
-    stanza is for it, and raises Malformed on a malformed stanza of its type."""
+    stanza is for it, and raises Malformed on a malformed stanza of its type.
+
+    The key-pair identities (X25519, hybrid) also have ``wipe()``: after it, their
+    secret buffers are zeroed and ``unwrap`` raises ValueError."""
 
     @property
     def stanza_type(self) -> str: ...
@@ -72,7 +75,11 @@ def parse_identities(text: str) -> list[X25519Identity | HybridIdentity]:
     return out
 
 
-def identity_from_seed(key_type: str, seed: bytes | bytearray) -> X25519Identity | HybridIdentity:
+def identity_from_seed(
+    key_type: str, seed: bytes | bytearray | memoryview
+) -> X25519Identity | HybridIdentity:
+    """The identity of a 32-byte seed. It copies the seed into its own ``bytearray``
+    (the caller still wipes ``seed``); call its ``wipe()`` when the operation is done."""
     if key_type == "x25519":
         return X25519Identity(seed)
     if key_type == "mlkem768x25519":
@@ -85,4 +92,6 @@ def generate_identity(
 ) -> X25519Identity | HybridIdentity:
     if key_type not in KEY_TYPES:
         raise Unsupported(f"Unknown key type {key_type!r}: use x25519 or mlkem768x25519.")
+    # ``rng`` returns bytes, a copy that cannot be wiped: generating is rare (CreateKey),
+    # and the decrypt path never comes here.
     return identity_from_seed(key_type, rng(32))

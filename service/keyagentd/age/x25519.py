@@ -10,6 +10,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from keyagent.protocol import Malformed
+from keyagentd.secrets import scrub_bytes
+from keyagentd.secrets import wipe as wipe_buffer
 
 from . import bech32
 from .format import FILE_KEY_SIZE, Stanza, b64decode, b64encode, hkdf
@@ -71,32 +73,61 @@ class X25519Recipient:
 
 
 class X25519Identity:
-    """An X25519 identity: a 32-byte seed. ``repr`` shows only the public key."""
+    """An X25519 identity: a 32-byte seed (the scalar). ``repr`` shows only the public key.
+
+    The seed lives only in a ``bytearray`` this object owns and OpenSSL's key
+    object (cleansed when freed). ``wipe()`` zeroes the one and drops the other;
+    it also runs when the identity is collected. After it, ``seed``,
+    ``encode()`` and ``unwrap()`` raise ValueError; ``recipient()`` still works.
+    """
 
     __slots__ = ("_key", "_recipient", "_seed")
 
     key_type: Final[Literal["x25519"]] = "x25519"
     stanza_type: Final = STANZA_TYPE
 
-    def __init__(self, seed: bytes | bytearray) -> None:
+    def __init__(self, seed: bytes | bytearray | memoryview) -> None:
         if len(seed) != 32:
             raise Malformed("An X25519 identity is 32 bytes.")
-        self._seed = bytes(seed)
-        self._key = X25519PrivateKey.from_private_bytes(self._seed)
+        self._seed: bytearray | None = bytearray(seed)
+        # cryptography reads the buffer in place: no ``bytes`` copy of the scalar.
+        self._key: X25519PrivateKey | None = X25519PrivateKey.from_private_bytes(self._seed)
         self._recipient = X25519Recipient(self._key.public_key().public_bytes_raw())
 
+    def _live(self) -> tuple[bytearray, X25519PrivateKey]:
+        if self._seed is None or self._key is None:
+            raise ValueError("This identity has been wiped.")
+        return self._seed, self._key
+
     @property
-    def seed(self) -> bytes:
-        return self._seed
+    def seed(self) -> bytearray:
+        """The identity's own seed buffer, zeroed by ``wipe()``: copy it to keep it."""
+        return self._live()[0]
+
+    def wipe(self) -> None:
+        """Zero the seed and release the key (idempotent)."""
+        seed = getattr(self, "_seed", None)  # unset if __init__ failed early
+        self._seed, self._key = None, None
+        if seed is not None:
+            wipe_buffer(seed)
+
+    def __del__(self) -> None:
+        self.wipe()
 
     def recipient(self) -> X25519Recipient:
         return self._recipient
 
     def encode(self) -> str:
-        """The ``AGE-SECRET-KEY-1...`` string: secret."""
-        return bech32.encode(IDENTITY_HRP, self._seed).upper()
+        """The ``AGE-SECRET-KEY-1...`` string: secret, and an immutable ``str`` that
+        cannot be wiped; for Export only, never on the decrypt path."""
+        data = bytes(self._live()[0])  # bech32 takes bytes: a copy, zeroed below
+        try:
+            return bech32.encode(IDENTITY_HRP, data).upper()
+        finally:
+            scrub_bytes(data)
 
     def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
+        key = self._live()[1]
         for s in stanzas:
             if s.type != STANZA_TYPE:
                 continue
@@ -105,7 +136,7 @@ class X25519Identity:
                 raise Malformed("An X25519 stanza is malformed.")
             if len(s.body) != _BODY_SIZE:
                 raise Malformed("An X25519 stanza body has the wrong size.")
-            shared = _shared(self._key, share)
+            shared = _shared(key, share)
             wrap_key = hkdf(shared, share + self._recipient.public_bytes, _INFO)
             try:
                 file_key = ChaCha20Poly1305(wrap_key).decrypt(_ZERO_NONCE, s.body, None)

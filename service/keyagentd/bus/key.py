@@ -21,7 +21,7 @@ from keyagent.protocol import KEY_INTERFACE, BadPassphrase, TooLarge, key_path
 from keyagentd import age
 from keyagentd.bus import options as opts
 from keyagentd.bus.dbustypes import Void
-from keyagentd.bus.oplog import operation
+from keyagentd.bus.oplog import operation, sync_operation
 from keyagentd.bus.streams import FdSource, close_fds
 from keyagentd.keystore import KeyRecord
 from keyagentd.secrets import wipe
@@ -137,8 +137,8 @@ class KeyObject(ServiceInterface):
         await self.agent.unlock(self.key_name, passphrase, parsed)
 
     @dbus_method()
-    @operation("Lock")
-    async def Lock(self) -> Void:
+    @sync_operation("Lock")
+    def Lock(self) -> Void:
         self.agent.require(self.key_name)
         if self.agent.cache.lock(self.key_name):
             self.agent.key_changed(self.key_name)

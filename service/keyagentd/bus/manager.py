@@ -42,7 +42,7 @@ from keyagentd.bus.dbustypes import (
     Void,
 )
 from keyagentd.bus.gate import current_sender
-from keyagentd.bus.oplog import note_key, operation
+from keyagentd.bus.oplog import note_key, operation, sync_operation
 from keyagentd.bus.streams import FdSink, FdSource, close_fds
 from keyagentd.cache import KeyCache
 from keyagentd.keystore import KeyRecord
@@ -155,8 +155,8 @@ class Manager(ServiceInterface):
         self.agent.key_removed(name)
 
     @dbus_method()
-    @operation("LockAll")
-    async def LockAll(self) -> Void:
+    @sync_operation("LockAll")
+    def LockAll(self) -> Void:
         for name in self.agent.cache.lock_all():
             self.agent.key_changed(name)
 

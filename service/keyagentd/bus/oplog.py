@@ -34,11 +34,31 @@ def operation(name: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Aw
     def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            key = getattr(args[0], "key_name", "") if args else ""
-            if key:
-                note_key(key)
+            _KEY.set(getattr(args[0], "key_name", "") if args else "")
             try:
                 result = await fn(*args, **kwargs)
+            except Exception as exc:  # every error is mapped; none escapes raw
+                outcome = exc.short_name if isinstance(exc, KeyAgentError) else "error"
+                _line(name, outcome)
+                raise convert(exc) from None
+            _line(name, "ok")
+            return result
+
+        return wrapper
+
+    return decorate
+
+
+def sync_operation(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """`operation` for a method that runs to completion at once: it takes effect before
+    the next message of the same caller is dispatched (LockAll then Get sees it locked)."""
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            _KEY.set(getattr(args[0], "key_name", "") if args else "")
+            try:
+                result = fn(*args, **kwargs)
             except Exception as exc:  # every error is mapped; none escapes raw
                 outcome = exc.short_name if isinstance(exc, KeyAgentError) else "error"
                 _line(name, outcome)

@@ -1,0 +1,274 @@
+"""EncryptFd/DecryptFd: streaming through fds in worker threads, and every fd closed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyrage
+import pytest
+from jeepney import DBusAddress, new_method_call
+
+from agent_support import (
+    FAST_ARGS,
+    MANAGER,
+    MI,
+    CallError,
+    Client,
+    agent_pid,
+    fd_count,
+    module_bus,
+    settle_fds,
+)
+from conftest import ROOT, PrivateBus
+from keyagent import protocol
+
+MAX_STREAMS = 2
+
+
+@pytest.fixture(scope="module")
+def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBus]:
+    args = (*FAST_ARGS, "--max-streams", str(MAX_STREAMS))
+    with module_bus(tmp_path_factory.mktemp("streams"), agent_args=args) as b:
+        with Client(b.address) as c:
+            c.create("s")
+            c.unlock("s")
+        yield b
+
+
+def _feed(fd: int, data: bytes) -> threading.Thread:
+    def run() -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view[: 1 << 20])
+                view = view[n:]
+        except BrokenPipeError:
+            pass
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _drain(fd: int, sink: bytearray) -> threading.Thread:
+    def run() -> None:
+        try:
+            while chunk := os.read(fd, 1 << 20):
+                sink.extend(chunk)
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def stream(c: Client, member: str, data: bytes, *args: object) -> tuple[tuple[object, ...], bytes]:
+    """Run EncryptFd (args: recipients, options) or DecryptFd (args: options) over pipes."""
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    out = bytearray()
+    feeder, drainer = _feed(in_w, data), _drain(out_r, out)
+    try:
+        if member == "EncryptFd":
+            recipients, options = args
+            reply = c.m(member, "ashha{sv}", recipients, in_r, out_w, options, timeout=120)
+        else:
+            (options,) = args
+            reply = c.m(member, "hha{sv}", in_r, out_w, options, timeout=120)
+    finally:
+        os.close(in_r)
+        os.close(out_w)
+        feeder.join(60)
+        drainer.join(60)
+    return reply, bytes(out)
+
+
+def test_stream_round_trip_and_interop(bus: PrivateBus) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    with Client(bus.address) as c:
+        recipient = c.prop(protocol.KEYS_PATH_PREFIX + "s", protocol.KEY_INTERFACE, "Recipient")
+        (written,), ct = stream(c, "EncryptFd", data, ["s"], {})
+        assert written == len(ct) > len(data)
+        (key, count), plain = stream(c, "DecryptFd", ct, {})
+        assert (key, count, plain) == ("s", len(data), data)
+        (written,), armored = stream(
+            c, "EncryptFd", data[:1000], [recipient], {"armor": ("b", True)}
+        )
+        assert armored.startswith(b"-----BEGIN AGE ENCRYPTED FILE-----")
+        assert stream(c, "DecryptFd", armored, {})[1] == data[:1000]
+        ident = pyrage.x25519.Identity.generate()
+        ct = stream(c, "EncryptFd", data, [str(ident.to_public())], {})[1]
+        assert pyrage.decrypt(ct, [ident]) == data
+        (_written,), ct = stream(c, "EncryptFd", b"pass", [], {"passphrase": ("s", "pp")})
+        assert stream(c, "DecryptFd", ct, {"passphrase": ("s", "pp")})[0] == ("", 4)
+
+
+def test_stream_errors_are_named_and_leave_no_fds(bus: PrivateBus) -> None:
+    with Client(bus.address) as c:
+        c.prop(MANAGER, MI, "Version")
+        pid = agent_pid(bus)
+        base = fd_count(pid)
+        ct = stream(c, "EncryptFd", b"z" * 200_000, ["s"], {})[1]
+        for data, expected in [
+            (b"", "Malformed"),
+            (b"not age at all" * 100, "Malformed"),
+            (ct[:-100], "Integrity"),
+        ]:
+            with pytest.raises(CallError) as e:
+                stream(c, "DecryptFd", data, {})
+            assert e.value.short == expected
+        # the reader of the output went away: EPIPE
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        os.close(out_r)
+        feeder = _feed(in_w, ct)
+        with pytest.raises(CallError) as e:
+            c.m("DecryptFd", "hha{sv}", in_r, out_w, {})
+        assert e.value.short == "Failed"
+        os.close(in_r)
+        os.close(out_w)
+        feeder.join(10)
+        with pytest.raises(CallError) as e:  # a bad option: InvalidArgs, fds closed too
+            stream(c, "DecryptFd", ct, {"armor": ("b", True)})
+        assert e.value.name == protocol.INVALID_ARGS
+        assert settle_fds(pid, base) <= base
+
+
+def test_parallel_streams_keep_the_bus_responsive(bus: PrivateBus) -> None:
+    data = os.urandom(8 * 1024 * 1024)
+    with Client(bus.address) as c:
+        ct = stream(c, "EncryptFd", data, ["s"], {})[1]
+    results: list[bytes] = []
+
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with Client(bus.address) as own:
+                results.append(stream(own, "DecryptFd", ct, {})[1])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    with Client(bus.address) as c:
+        pings = 0
+        while any(t.is_alive() for t in threads):
+            assert c.prop(MANAGER, MI, "Version") == "0.1.0"
+            pings += 1
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert results == [data] * 4
+    assert pings > 0
+
+
+def test_too_many_streams_per_caller(bus: PrivateBus) -> None:
+    with Client(bus.address) as c:
+        held = []
+        addr = DBusAddress(MANAGER, bus_name=protocol.BUS_NAME, interface=MI)
+        for _ in range(MAX_STREAMS):  # streams that wait for input
+            in_r, in_w = os.pipe()
+            out_r, out_w = os.pipe()
+            c.conn.send(new_method_call(addr, "DecryptFd", "hha{sv}", (in_r, out_w, {})))
+            os.close(in_r)
+            os.close(out_w)
+            held.append((in_w, out_r))
+        time.sleep(0.2)
+        with pytest.raises(CallError) as e:
+            stream(c, "DecryptFd", b"", {})
+        assert e.value.short == "RateLimited"
+        with Client(bus.address) as other:  # the limit is per caller
+            with pytest.raises(CallError) as e:
+                stream(other, "DecryptFd", b"", {})
+            assert e.value.short == "Malformed"
+        for in_w, out_r in held:
+            os.close(in_w)  # EOF: the waiting streams end (Malformed)
+            os.close(out_r)
+
+
+def test_streams_of_a_caller_that_leaves_are_cancelled(bus: PrivateBus) -> None:
+    with Client(bus.address) as c:
+        c.prop(MANAGER, MI, "Version")
+    pid = agent_pid(bus)
+    base = fd_count(pid)
+    in_r, in_w = os.pipe()  # we keep the write end open: the stream would wait forever
+    out_r, out_w = os.pipe()
+    leaving = Client(bus.address)
+    addr = DBusAddress(MANAGER, bus_name=protocol.BUS_NAME, interface=MI)
+    leaving.conn.send(new_method_call(addr, "DecryptFd", "hha{sv}", (in_r, out_w, {})))
+    os.close(in_r)
+    os.close(out_w)
+    time.sleep(0.3)
+    assert fd_count(pid) >= base + 2  # the stream holds its two fds
+    leaving.close()
+    assert settle_fds(pid, base) <= base  # cancelled when its caller left the bus
+    with pytest.raises(BrokenPipeError):
+        os.write(in_w, b"x")  # nobody reads the input any more
+    os.close(in_w)
+    os.close(out_r)
+
+
+KILLED_CLIENT = """
+import os, sys, time
+from jeepney import DBusAddress, new_method_call
+from jeepney.io.blocking import open_dbus_connection
+conn = open_dbus_connection(bus=sys.argv[1], enable_fds=True)
+src = os.open(sys.argv[2], os.O_RDONLY)
+r, w = os.pipe()
+addr = DBusAddress("/org/example/KeyAgent", bus_name="org.example.KeyAgent",
+                   interface="org.example.KeyAgent")
+conn.send(new_method_call(addr, "DecryptFd", "hha{sv}", (src, w, {})))
+os.close(w)
+got = 0
+while got < 4 * 1024 * 1024:
+    got += len(os.read(r, 1 << 16))
+print("reading", flush=True)
+time.sleep(60)
+"""
+
+
+def test_client_killed_mid_stream(bus: PrivateBus, tmp_path: Path) -> None:
+    big = tmp_path / "big.age"
+    with Client(bus.address) as c:
+        c.prop(MANAGER, MI, "Version")
+        src = os.open("/dev/zero", os.O_RDONLY)
+        reader = subprocess.Popen(
+            ["head", "-c", str(64 * 1024 * 1024)], stdin=src, stdout=subprocess.PIPE
+        )
+        os.close(src)
+        assert reader.stdout is not None
+        out = os.open(big, os.O_WRONLY | os.O_CREAT, 0o600)
+        c.m("EncryptFd", "ashha{sv}", ["s"], reader.stdout.fileno(), out, {}, timeout=120)
+        os.close(out)
+        reader.stdout.close()
+        reader.wait()
+    pid = agent_pid(bus)
+    base = fd_count(pid)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'service'}:{ROOT / 'cli'}"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CLIENT, bus.address, str(big)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "reading"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+    assert settle_fds(pid, base) <= base
+    with Client(bus.address) as c:
+        assert c.prop(MANAGER, MI, "Version") == "0.1.0"
+    assert bus.agent_pid() == pid
