@@ -8,6 +8,7 @@ tests), not an installed copy.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -97,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
             groups=only,
         )
         print(machine.header_text(header), flush=True)
+        # Measure as installed: with a bytecode cache (an install compiles .pyc files), kept
+        # outside the source tree. Some shells export PYTHONDONTWRITEBYTECODE=1, which would
+        # make every `keyagent` start and every activation recompile the package.
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        os.environ["PYTHONPYCACHEPREFIX"] = str(
+            Path(tempfile.gettempdir()) / "keyagent-bench-pycache"
+        )
+        header["pycache"] = os.environ["PYTHONPYCACHEPREFIX"]
         harness = Harness(workdir)
         log = Path(tempfile.gettempdir()) / "keyagent-bench-agent.log"
         log.unlink(missing_ok=True)
@@ -115,10 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             harness.stop()
     header["elapsed_s"] = round(time.perf_counter() - t_run, 1)
+    header["loadavg_end"] = machine.loadavg()
     print()
     print(table(rows))
     print()
-    print(f"{summary(rows)}")
+    print(f"{summary(rows)}; {header['elapsed_s']} s; load average at end {header['loadavg_end']}")
     results = ROOT / "bench" / "results"
     path = args.json or results / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     write_json(path, header, rows)

@@ -63,6 +63,13 @@ def openssl_version() -> str:
         return "unknown"
 
 
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def describe(tmpdir: Path) -> dict[str, Any]:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
@@ -82,6 +89,7 @@ def describe(tmpdir: Path) -> dict[str, Any]:
         "dbus-daemon": tool_version(["dbus-daemon", "--version"]),
         "tmpdir": str(tmpdir),
         "tmpdir_fs": fs_type(tmpdir),
+        "loadavg_start": loadavg(),
     }
 
 
@@ -96,5 +104,6 @@ def header_text(h: dict[str, Any]) -> str:
             f"pyrage {h['pyrage']}, age {h['age']}",
             f"files in {h['tmpdir']} ({h['tmpdir_fs']}); stream size {h['stream_mib']} MiB, "
             f"memory stream {h['memory_stream_mib']} MiB",
+            f"load average at start: {h['loadavg_start']} (other work skews figures)",
         ]
     )

@@ -99,6 +99,13 @@ class Client:
     def unlock(self, name: str, passphrase: str = PASS, **options: tuple[str, Any]) -> None:
         self.k(name, "Unlock", "sa{sv}", passphrase, options)
 
+    def unlock_for(self, name: str, idle: int, maximum: int | None = None) -> None:
+        """Unlock with the idle-timeout (and max-timeout) options."""
+        options: dict[str, tuple[str, Any]] = {"idle-timeout": ("u", idle)}
+        if maximum is not None:
+            options["max-timeout"] = ("u", maximum)
+        self.k(name, "Unlock", "sa{sv}", PASS, options)
+
     def encrypt(self, recipients: list[str], data: bytes, **options: tuple[str, Any]) -> bytes:
         return bytes(self.m("Encrypt", "asaya{sv}", recipients, data, options)[0])
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from conftest import PrivateBus
+from conftest import TEST_AGENT_ARGS, PrivateBus
 
 KEYAGENT = (sys.executable, "-m", "keyagent")
 
@@ -155,8 +155,8 @@ class TtyRun:
     def finish(self, timeout: float = 60) -> tuple[int, bytes, bytes]:
         """Wait; returns (exit code, stdout, stderr); the terminal output is in .seen."""
         result: list[tuple[bytes, bytes]] = []
-        if self.proc.stdin is not None and self.proc.stdin.closed:
-            self.proc.stdin = None  # communicate() would flush it
+        # stdin belongs to the test (it may still be writing): communicate() must not close it.
+        self.proc.stdin = None
         # Pipes drain in a thread while this one keeps the terminal drained: neither can block.
         t = threading.Thread(target=lambda: result.append(self.proc.communicate(timeout=timeout)))
         t.start()
@@ -170,3 +170,8 @@ class TtyRun:
         os.close(self.master)
         out, err = result[0] if result else (b"", b"")
         return self.proc.returncode, out or b"", err or b""
+
+
+#: The agent as the tests run it, with a cheap scrypt for passphrase files and exports
+#: (the default targets about a second per file, which would dominate these tests).
+FAST_AGENT_ARGS = (*TEST_AGENT_ARGS, "--scrypt-work-factor", "10")

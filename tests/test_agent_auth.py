@@ -97,7 +97,7 @@ def test_first_calls_of_a_new_caller_are_answered_in_order(private_bus: PrivateB
             for s in serials
         )
         fresh.conn.sock.sendall(data)
-        order = []
+        order: list[int] = []
         while len(order) < len(serials):
             msg = fresh.conn.receive(timeout=10)
             if msg.header.message_type.name == "signal":

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyrage
 import pytest
+from jeepney import DBusAddress, new_method_call
 
 from agent_support import (
     FAST_ARGS,
@@ -24,6 +26,7 @@ from conftest import ROOT, PrivateBus
 from keyagent import protocol
 
 MAX_PAYLOAD = 256 * 1024
+MANAGER_ADDR = DBusAddress(MANAGER, bus_name=protocol.BUS_NAME, interface=MI)
 BAD_ARMOR = b"-----BEGIN AGE ENCRYPTED FILE-----\n!!!!\n-----END AGE ENCRYPTED FILE-----\n"
 
 
@@ -169,7 +172,7 @@ def test_unlock_lock_and_properties_follow(client: Client) -> None:
     with pytest.raises(CallError) as e:
         client.unlock("ul", "wrong")
     assert err(e) == "BadPassphrase"
-    client.unlock("ul", "pw", **{"idle-timeout": ("u", 100), "max-timeout": ("u", 200)})
+    client.unlock_for("ul", 100, 200)
     assert client.prop(path, KI, "Locked") is False
     assert client.prop(path, KI, "IdleTimeout") == 100
     assert client.prop(path, KI, "MaxTimeout") == 200
@@ -178,10 +181,10 @@ def test_unlock_lock_and_properties_follow(client: Client) -> None:
     assert client.prop(path, KI, "Locked") is True
     assert client.prop(path, KI, "UnlockedUntil") == 0
     with pytest.raises(CallError) as e:
-        client.unlock("ul", "pw", **{"idle-timeout": ("u", 0)})
+        client.unlock_for("ul", 0)
     assert e.value.name == protocol.INVALID_ARGS
     with pytest.raises(CallError) as e:
-        client.unlock("ul", "pw", **{"idle-timeout": ("s", "5")})
+        client.k("ul", "Unlock", "sa{sv}", "pw", {"idle-timeout": ("s", "5")})
     assert e.value.name == protocol.INVALID_ARGS
 
 
@@ -409,3 +412,55 @@ def test_keys_survive_a_restart(bus: PrivateBus, client: Client) -> None:
         assert again.prop(path, KI, "Label") == "kept"  # activated afresh, read from disk
         assert again.prop(path, KI, "Locked") is True
     assert Path(bus.home, "persist.key").exists() or any(Path(bus.home).iterdir())
+
+
+def test_every_error_name_is_reachable(client: Client) -> None:
+    """Each of protocol.AGENT_ERROR_NAMES, provoked over the bus."""
+    seen: set[str] = set()
+
+    def expect(short: str, fn: object, *args: object, **kw: object) -> None:
+        with pytest.raises(CallError) as e:
+            fn(*args, **kw)  # type: ignore[operator]
+        assert e.value.short == short, e.value
+        seen.add(e.value.name)
+
+    recipient = client.create("errs")
+    ct = client.encrypt([recipient], b"secret")
+    expect("Locked", client.decrypt, ct, key=("s", "errs"))
+    expect("NoSuchKey", client.decrypt, ct, key=("s", "nope"))
+    expect("KeyExists", client.create, "errs")
+    expect("BadPassphrase", client.unlock, "errs", "wrong")
+    client.unlock("errs")
+    other = pyrage.x25519.Identity.generate()
+    expect(
+        "NoMatch", client.decrypt, client.encrypt([str(other.to_public())], b"x"), key=("s", "errs")
+    )
+    expect("Malformed", client.decrypt, b"garbage")
+    expect("Integrity", client.decrypt, ct[:-1])
+    expect("Unsupported", client.m, "CreateKey", "ssa{sv}", "u", "pw", {"type": ("s", "rsa")})
+    expect("TooLarge", client.encrypt, [recipient], b"x" * (MAX_PAYLOAD + 1))
+    expect("InvalidName", client.create, "not/a/name")
+    # RateLimited: more concurrent streams than --max-streams (2) from one caller
+    held = []
+    for _ in range(2):
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        client.conn.send(new_method_call(MANAGER_ADDR, "DecryptFd", "hha{sv}", (in_r, out_w, {})))
+        os.close(in_r)
+        os.close(out_w)
+        held.append((in_w, out_r))
+    time.sleep(0.2)
+    r, w = os.pipe()
+    expect("RateLimited", client.m, "DecryptFd", "hha{sv}", r, w, {})
+    for fd in (r, w, *(fd for pair in held for fd in pair)):
+        os.close(fd)
+    # Failed: the output of a stream is closed before anything is written
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    os.close(out_r)
+    os.write(in_w, ct)
+    os.close(in_w)
+    expect("Failed", client.m, "DecryptFd", "hha{sv}", in_r, out_w, {})
+    os.close(in_r)
+    os.close(out_w)
+    assert seen == set(protocol.AGENT_ERROR_NAMES)

@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from dbus_fast import Message, MessageType
@@ -132,14 +133,14 @@ async def _write_into_a_full_socket(patient: bool) -> tuple[list[object], bytes]
     writer = _aio._MessageWriter(fake_bus)  # type: ignore[arg-type]
     if patient:
         writer.__class__ = PatientWriter
-        writer._waiting = False
+        cast(PatientWriter, writer)._waiting = False
     msg = Message.new_signal("/t", "test.T", "Big", "ay", [b"\x07" * 300_000])
     msg.serial = 1
     writer.schedule_write(msg)
     received = bytearray()
 
     def drain() -> None:
-        peer.settimeout(2)
+        peer.settimeout(0.5)
         with contextlib.suppress(TimeoutError):
             while chunk := peer.recv(1 << 20):
                 received.extend(chunk)

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyrage
 import pytest
@@ -30,6 +31,7 @@ from conftest import ROOT, PrivateBus
 from keyagent import protocol
 
 MAX_STREAMS = 2
+PROPS = "org.freedesktop.DBus.Properties"
 
 
 @pytest.fixture(scope="module")
@@ -272,3 +274,33 @@ def test_client_killed_mid_stream(bus: PrivateBus, tmp_path: Path) -> None:
     with Client(bus.address) as c:
         assert c.prop(MANAGER, MI, "Version") == "0.1.0"
     assert bus.agent_pid() == pid
+
+
+def test_fds_of_a_new_callers_queued_calls_stay_with_their_call(bus: PrivateBus) -> None:
+    """A new caller's calls are held until its uid is known. dbus-fast gives every fd-less
+    message one shared list and appends the next message's fds to it: a held Get would
+    grow the DecryptFd's fds (and lose them to the stray-fd cleanup) without a copy.
+    (Whether the DecryptFd arrives while the Get is held is a race: five tries.)"""
+    with Client(bus.address) as c:
+        ct = stream(c, "EncryptFd", b"queued", ["s"], {})[1]
+    props = DBusAddress(MANAGER, bus_name=protocol.BUS_NAME, interface=PROPS)
+    manager = DBusAddress(MANAGER, bus_name=protocol.BUS_NAME, interface=MI)
+    for _ in range(5):
+        with Client(bus.address) as fresh:
+            in_r, in_w = os.pipe()
+            out_r, out_w = os.pipe()
+            fresh.conn.send(new_method_call(props, "Get", "ss", (MI, "Version")))
+            fresh.conn.send(new_method_call(manager, "DecryptFd", "hha{sv}", (in_r, out_w, {})))
+            os.close(in_r)
+            os.close(out_w)
+            os.write(in_w, ct)
+            os.close(in_w)
+            replies: list[Any] = []
+            while len(replies) < 2:
+                msg = fresh.conn.receive(timeout=10)
+                if msg.header.message_type.name != "signal":
+                    replies.append(msg)
+            assert [m.header.message_type.name for m in replies] == ["method_return"] * 2
+            assert replies[1].body == ("s", 6)
+            assert os.read(out_r, 100) == b"queued"
+            os.close(out_r)

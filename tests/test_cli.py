@@ -3,6 +3,7 @@ passphrases come from --passphrase-fd; terminal prompting is in test_cli_tty.py)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -12,8 +13,8 @@ from pathlib import Path
 import pyrage
 import pytest
 
-from cli_support import PASSPHRASE, create_key, error_line, ka, ka_pw
-from conftest import TEST_AGENT_ARGS, BusFactory, PrivateBus
+from cli_support import FAST_AGENT_ARGS, PASSPHRASE, create_key, error_line, ka, ka_pw
+from conftest import ROOT, BusFactory, PrivateBus
 
 
 @pytest.fixture
@@ -22,6 +23,12 @@ def files(tmp_path: Path) -> Path:
     d = tmp_path / "files"
     d.mkdir()
     return d
+
+
+@pytest.fixture
+def private_bus(bus_factory: BusFactory) -> PrivateBus:
+    """conftest's private bus, with FAST_AGENT_ARGS."""
+    return bus_factory(agent_args=FAST_AGENT_ARGS)
 
 
 def test_init_list_status_recipient(private_bus: PrivateBus) -> None:
@@ -183,7 +190,7 @@ def test_damaged_input_leaves_no_output(private_bus: PrivateBus, files: Path, da
 
 def test_passphrase_files(bus_factory: BusFactory, files: Path) -> None:
     # A cheap scrypt work factor for the agent's own files keeps this test fast.
-    bus = bus_factory(agent_args=(*TEST_AGENT_ARGS, "--scrypt-work-factor", "10"))
+    bus = bus_factory(agent_args=FAST_AGENT_ARGS)
     out = files / "p.age"
     r = ka_pw(bus, ["file secret"], "encrypt", "-p", "-o", str(out), input=b"hello")
     assert r.returncode == 0, r.stderr
@@ -198,9 +205,13 @@ def test_passphrase_files(bus_factory: BusFactory, files: Path) -> None:
     assert error_line(r) == "keyagent: error: This file is encrypted with a passphrase."
     r = ka_pw(bus, ["file secret"], "decrypt", input=out.read_bytes())  # a pipe, replayed
     assert r.returncode == 0 and r.stdout == b"hello"
-    (files / "o.age").write_bytes(pyrage.passphrase.encrypt(b"from pyrage", "pyrage pw"))
-    r = ka_pw(bus, ["pyrage pw"], "decrypt", str(files / "o.age"))
-    assert r.returncode == 0 and r.stdout == b"from pyrage"
+    # A passphrase file made by the reference age (a C2SP vector: pyrage's would cost seconds).
+    vector = (ROOT / "tests/vectors/age/scrypt").read_bytes()
+    head, _, body = vector.partition(b"\n\n")
+    (files / "o.age").write_bytes(body)
+    r = ka_pw(bus, ["password"], "decrypt", str(files / "o.age"))
+    assert r.returncode == 0, r.stderr
+    assert f"payload: {hashlib.sha256(r.stdout).hexdigest()}".encode() in head
 
 
 def test_decrypt_unlocks_with_passphrase_fd(private_bus: PrivateBus, files: Path) -> None:
@@ -330,3 +341,12 @@ def test_hybrid_key_and_pinning(private_bus: PrivateBus) -> None:
     assert r.returncode == 1 and error_line(r)
     r = ka(bus, "encrypt", "-k", "pq", "-k", "classic", input=data)  # age refuses this mix
     assert r.returncode == 1 and error_line(r)
+
+
+def test_lock_all_does_not_start_the_agent(private_bus: PrivateBus) -> None:
+    assert ka(private_bus, "lock").returncode == 0
+    assert private_bus.agent_pid() is None
+    assert ka(private_bus, "lock", "--all").returncode == 0
+    assert private_bus.agent_pid() is None
+    assert ka(private_bus, "list").returncode == 0  # this one does
+    assert private_bus.agent_pid() is not None

@@ -9,8 +9,8 @@ from pathlib import Path
 import pyrage
 import pytest
 
-from cli_support import ka, ka_pw
-from conftest import PrivateBus, have
+from cli_support import FAST_AGENT_ARGS, ka, ka_pw
+from conftest import BusFactory, PrivateBus, have
 
 pytestmark = pytest.mark.skipif(not have("age"), reason="the age command is not installed")
 
@@ -22,6 +22,12 @@ def files(tmp_path: Path) -> Path:
     d = tmp_path / "files"
     d.mkdir()
     return d
+
+
+@pytest.fixture
+def private_bus(bus_factory: BusFactory) -> PrivateBus:
+    """conftest's private bus, with FAST_AGENT_ARGS."""
+    return bus_factory(agent_args=FAST_AGENT_ARGS)
 
 
 def _known_identity(bus: PrivateBus, files: Path) -> tuple[Path, str]:

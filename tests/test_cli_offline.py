@@ -564,6 +564,11 @@ def test_a_crash_prints_one_line_and_debug_shows_the_trace(
 # -- replaying a pipe ----------------------------------------------------------------------------
 
 
+def _write_and_close(fd: int, data: bytes) -> None:
+    os.write(fd, data)
+    os.close(fd)
+
+
 def _drain(fd: int, limit: int | None = None) -> bytes:
     out = b""
     while limit is None or len(out) < limit:
@@ -579,7 +584,7 @@ def test_replayable_input_replays_what_was_read() -> None:
 
     data = os.urandom(300_000)
     src_r, src_w = os.pipe()
-    writer = threading.Thread(target=lambda: (os.write(src_w, data), os.close(src_w)))
+    writer = threading.Thread(target=_write_and_close, args=(src_w, data))
     writer.start()
     replay = ReplayableInput(src_r, keep=1_000_000)
     first = replay.start()
@@ -600,7 +605,7 @@ def test_replayable_input_gives_up_past_its_limit() -> None:
     from keyagent.replay import ReplayableInput
 
     src_r, src_w = os.pipe()
-    writer = threading.Thread(target=lambda: (os.write(src_w, bytes(200_000)), os.close(src_w)))
+    writer = threading.Thread(target=_write_and_close, args=(src_w, bytes(200_000)))
     writer.start()
     replay = ReplayableInput(src_r, keep=50_000)
     first = replay.start()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pyrage
 import pytest
 
-from cli_support import PASSPHRASE, TtyRun, create_key, ka, ka_pw
-from conftest import TEST_AGENT_ARGS, BusFactory, PrivateBus
+from cli_support import FAST_AGENT_ARGS, PASSPHRASE, TtyRun, create_key, ka, ka_pw
+from conftest import BusFactory, PrivateBus
 
 
 @pytest.fixture
@@ -24,6 +24,12 @@ def files(tmp_path: Path) -> Path:
     d = tmp_path / "files"
     d.mkdir()
     return d
+
+
+@pytest.fixture
+def private_bus(bus_factory: BusFactory) -> PrivateBus:
+    """conftest's private bus, with FAST_AGENT_ARGS."""
+    return bus_factory(agent_args=FAST_AGENT_ARGS)
 
 
 def test_init_prompts_twice_without_echo(private_bus: PrivateBus) -> None:
@@ -77,7 +83,7 @@ def test_decrypt_prompts_for_the_locked_key(private_bus: PrivateBus, files: Path
 
 
 def test_decrypt_prompts_for_a_file_passphrase(bus_factory: BusFactory, files: Path) -> None:
-    bus = bus_factory(agent_args=(*TEST_AGENT_ARGS, "--scrypt-work-factor", "10"))
+    bus = bus_factory(agent_args=FAST_AGENT_ARGS)
     enc = files / "p.age"
     r = ka_pw(bus, ["file pw"], "encrypt", "-p", "-o", str(enc), input=b"by passphrase")
     assert r.returncode == 0, r.stderr
@@ -216,8 +222,9 @@ def test_decrypt_from_a_pipe_prompts_and_replays(private_bus: PrivateBus) -> Non
     data = os.urandom(500_000)
     enc = ka(private_bus, "encrypt", "-k", "k", input=data).stdout
     run = TtyRun.start(private_bus, "decrypt", stdin=subprocess.PIPE)
-    assert run.proc.stdin is not None
-    feeder = threading.Thread(target=lambda: (run.proc.stdin.write(enc), run.proc.stdin.close()))  # type: ignore[union-attr]
+    stdin = run.proc.stdin
+    assert stdin is not None
+    feeder = threading.Thread(target=lambda: (stdin.write(enc), stdin.close()))
     feeder.start()
     run.answer("Key 'k' is locked. Passphrase for 'k': ", PASSPHRASE)
     code, out, err = run.finish()

@@ -11,7 +11,8 @@ from pathlib import Path
 import pyrage
 import pytest
 
-from conftest import PrivateBus
+from cli_support import FAST_AGENT_ARGS
+from conftest import BusFactory, PrivateBus
 from keyagent import AgentUnavailable, Client, KeyInfo
 from keyagent.protocol import (
     BadPassphrase,
@@ -32,6 +33,12 @@ def files(tmp_path: Path) -> Path:
     d = tmp_path / "files"
     d.mkdir()
     return d
+
+
+@pytest.fixture
+def private_bus(bus_factory: BusFactory) -> PrivateBus:
+    """conftest's private bus, with FAST_AGENT_ARGS."""
+    return bus_factory(agent_args=FAST_AGENT_ARGS)
 
 
 @pytest.fixture
@@ -197,7 +204,9 @@ def test_restarts_an_agent_that_went_away(client: Client, private_bus: PrivateBu
     client.version()
     os.kill(first, signal.SIGTERM)
     assert private_bus.wait_agent_gone()
+    assert not client.agent_running()
     assert client.version()  # re-activated and checked again
+    assert client.agent_running()
     assert client.agent_pid() != first
 
 

@@ -8,9 +8,12 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from keyagent import __version__
+
+if TYPE_CHECKING:
+    from keyagent.context import Context
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -34,10 +37,6 @@ Passphrases are read from the terminal (/dev/tty, no echo) or, with
 See keyagent(1) for details."""
 
 REPORT_TO: Final = "the keyagent issue tracker"
-
-
-def _prog() -> str:
-    return "keyagent"
 
 
 class Parser(argparse.ArgumentParser):
@@ -68,7 +67,7 @@ def _fd(text: str) -> int:
     return fd
 
 
-Command = Callable[..., int]
+Command = Callable[["Context"], int]
 
 
 def build_parser() -> Parser:

@@ -218,6 +218,13 @@ class Client:
                 raise AgentUnavailable(f"The key agent failed to start: {e.message}") from None
             raise e.to_exception() from None
 
+    def agent_running(self) -> bool:
+        """Whether the agent runs now (never starts it)."""
+        try:
+            return bool(self._bus_call("NameHasOwner", "s", protocol.BUS_NAME)[0])
+        except _BusError as e:
+            raise e.to_exception() from None
+
     def agent_pid(self) -> int:
         try:
             return int(self._bus_call("GetConnectionUnixProcessID", "s", self.owner())[0])

@@ -157,7 +157,7 @@ def cmd_lock(ctx: Context) -> int:
         raise UsageError("Give a key name or --all, not both.")
     if a.name:
         ctx.client().lock(key_name(a.name))
-    else:
+    elif ctx.client().agent_running():  # no agent, no unlocked key: nothing to start
         ctx.client().lock_all()
     return 0
 

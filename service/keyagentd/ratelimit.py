@@ -63,9 +63,9 @@ class FailureLimiter:
     def delay(self, key: str) -> float:
         """Seconds the next attempt on ``key`` waits before it is checked."""
         excess = self._state(key).failures - self.policy.free_failures
-        if excess <= 0:
+        if excess < 0:
             return 0.0
-        return float(min(self.policy.max_delay, self.policy.base_delay * 2 ** (excess - 1)))
+        return float(min(self.policy.max_delay, self.policy.base_delay * 2**excess))
 
     def check(self, key: str) -> None:
         """Raise ``RateLimited`` if ``key`` has failed too often lately."""

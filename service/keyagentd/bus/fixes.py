@@ -10,7 +10,9 @@
    that match no exported method (or signature), nor of signals and replies: every such
    message leaks its fds. `FixedMessageBus._process_message` closes them after processing
    unless a method handler taking `h` arguments received them, or the caller gate queued
-   the message for replay (`keep_fds`).
+   the message for replay (`keep_fds`). Related: the unmarshaller shares one list object
+   between all fd-less messages and appends the next message's fds to it, which matters
+   once a message is held for later; each message gets its own copy first.
 
 And one conformance fix: dbus-fast sends ObjectManager's InterfacesAdded/InterfacesRemoved
 from the added object's own path, while the D-Bus specification (and GDBus's object manager
@@ -228,7 +230,10 @@ class FixedMessageBus(MessageBus):
         self._fds_taken = True
 
     def _process_message(self, msg: Message) -> None:
-        fds = msg.unix_fds
+        # The unmarshaller hands every fd-less message the same empty list and later appends
+        # the next message's fds to it: a message kept for replay (the gate's queue) would
+        # grow someone else's fds. Each message gets a list of its own.
+        msg.unix_fds = fds = list(msg.unix_fds)
         if not fds:
             super()._process_message(msg)
             return

@@ -110,8 +110,10 @@ class Agent:
         self.store.prepare()
         for record in self.store.list():
             self.records[record.name] = record
-        bus = FixedMessageBus(self.config.bus_address, negotiate_unix_fd=True)
         try:
+            bus = FixedMessageBus(
+                session_bus_address(self.config.bus_address), negotiate_unix_fd=True
+            )
             await bus.connect()
         except Exception as exc:
             raise Failed(f"Cannot connect to the session bus: {_reason(exc)}.") from None
@@ -317,6 +319,19 @@ class Agent:
             raise NoSuchKey(f"There is no key named {name!r}.")
         self.cache.unlock(name, record.key_type, seed, idle, maximum)
         self.key_changed(name)
+
+
+def session_bus_address(configured: str | None) -> str | None:
+    """The configured address, else $DBUS_SESSION_BUS_ADDRESS, else $XDG_RUNTIME_DIR/bus (the
+    systemd user bus, as GDBus and sd-bus find it); None lets dbus-fast explain."""
+    if configured:
+        return configured
+    if os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
+        return None
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.exists(os.path.join(runtime, "bus")):
+        return "unix:path=" + os.path.join(runtime, "bus")
+    return None
 
 
 async def _disconnected(bus: FixedMessageBus) -> None:
