@@ -169,9 +169,7 @@ def _candidates(
 
 def stream_rows(ctx: Context, direction: str) -> list[Row]:
     size = ctx.cfg.stream_bytes
-    group = (
-        f"streaming {direction}, {size // MIB} MiB file to file (median of {ctx.cfg.stream_reps})"
-    )
+    group = f"streaming {direction}, {size // MIB} MiB file to file (best of {ctx.cfg.stream_reps})"
     fns, missing = _candidates(ctx, direction)
     out = ctx.out("stream")
     stats: dict[str, Stats] = interleaved(

@@ -25,7 +25,7 @@ step gdbus call --session --dest org.example.KeyAgent --object-path /org/example
 step busctl --user get-property org.example.KeyAgent /org/example/KeyAgent org.example.KeyAgent Version \
   2>/dev/null || true
 
-printf '%s\n%s\n' "$pass" "$pass" > "$work/pass"
+printf "%s\n" "$pass" > "$work/pass"
 step keyagent init demo --label "demo key" --passphrase-fd 3 3<"$work/pass"
 step keyagent recipient demo
 step keyagent unlock demo --idle-timeout 10m --passphrase-fd 3 3<"$work/pass"

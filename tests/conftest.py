@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -217,6 +218,7 @@ BusFactory = Callable[..., PrivateBus]
 def bus_factory(tmp_path: Path) -> Iterator[BusFactory]:
     """Start private buses on demand: `bus_factory(any_user=False, agent_args=(...))`."""
     started: list[PrivateBus] = []
+    reachable: list[Path] = []
 
     def make(
         *,
@@ -224,8 +226,13 @@ def bus_factory(tmp_path: Path) -> Iterator[BusFactory]:
         agent_args: tuple[str, ...] = TEST_AGENT_ARGS,
         standard_dirs: bool = False,
     ) -> PrivateBus:
+        # Other uids must reach the socket, and pytest's basetemp is 0700: use /tmp then.
+        top = tmp_path if not any_user else Path(tempfile.mkdtemp(prefix="keyagent-bus-"))
+        if any_user:
+            top.chmod(0o755)
+            reachable.append(top)
         bus = start_private_bus(
-            tmp_path / f"bus{len(started)}",
+            top / f"bus{len(started)}",
             any_user=any_user,
             agent_args=agent_args,
             standard_dirs=standard_dirs,
@@ -236,6 +243,8 @@ def bus_factory(tmp_path: Path) -> Iterator[BusFactory]:
     yield make
     for bus in started:
         stop_private_bus(bus)
+    for top in reachable:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.fixture
