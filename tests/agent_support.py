@@ -88,7 +88,7 @@ class Client:
         return self.call(MANAGER, MI, member, signature, *args, **kw)
 
     def k(self, name: str, member: str, signature: str = "", *args: Any) -> tuple[Any, ...]:
-        return self.call(protocol.KEYS_PATH_PREFIX + name, KI, member, signature, *args)
+        return self.call(protocol.key_path(name), KI, member, signature, *args)
 
     def prop(self, path: str, interface: str, name: str) -> Any:
         return self.call(path, PROPS, "Get", "ss", interface, name)[0][1]

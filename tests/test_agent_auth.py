@@ -12,7 +12,7 @@ from conftest import PrivateBus, as_other_user, requires_root
 from keyagent import protocol
 
 DENIED = "org.freedesktop.DBus.Error.AccessDenied"
-KEY = protocol.KEYS_PATH_PREFIX + "mine"
+KEY = protocol.key_path("mine")
 OM = "org.freedesktop.DBus.ObjectManager"
 PEER = "org.freedesktop.DBus.Peer"
 PROPS = "org.freedesktop.DBus.Properties"
@@ -124,4 +124,4 @@ def test_one_way_calls_from_the_owner_run_in_order(private_bus: PrivateBus) -> N
         msg.header.flags |= MessageFlag.no_reply_expected
         fresh.conn.send(msg)
         # the same connection asks next: the replay keeps the order
-        assert fresh.prop(protocol.KEYS_PATH_PREFIX + "nr", KI, "Locked") is True
+        assert fresh.prop(protocol.key_path("nr"), KI, "Locked") is True

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyrage
 import pytest
-from jeepney import DBusAddress, new_method_call
+from jeepney import DBusAddress, HeaderFields, MatchRule, message_bus, new_method_call
 
 from agent_support import (
     FAST_ARGS,
@@ -24,6 +24,7 @@ from agent_support import (
 )
 from conftest import ROOT, PrivateBus
 from keyagent import protocol
+from keyagentd import age
 
 MAX_PAYLOAD = 256 * 1024
 MANAGER_ADDR = DBusAddress(MANAGER, bus_name=protocol.BUS_NAME, interface=MI)
@@ -110,7 +111,7 @@ def test_introspection_matches_the_contract(client: Client) -> None:
     )
     live_key = _interfaces(
         client.call(
-            protocol.KEYS_PATH_PREFIX + "introspected",
+            protocol.key_path("introspected"),
             "org.freedesktop.DBus.Introspectable",
             "Introspect",
         )[0]
@@ -126,7 +127,7 @@ def test_introspection_matches_the_contract(client: Client) -> None:
 
 def test_create_key_and_its_properties(client: Client) -> None:
     path, recipient = client.m("CreateKey", "ssa{sv}", "props", "pw", {"label": ("s", "My key")})
-    assert path == protocol.KEYS_PATH_PREFIX + "props"
+    assert path == protocol.key_path("props")
     assert recipient.startswith("age1") and pyrage.x25519.Recipient.from_str(recipient)
     allp = dict(client.call(path, "org.freedesktop.DBus.Properties", "GetAll", "s", KI)[0])
     values = {k: v[1] for k, v in allp.items()}
@@ -167,7 +168,7 @@ def test_create_refuses_bad_names_types_and_options(client: Client) -> None:
 
 
 def test_unlock_lock_and_properties_follow(client: Client) -> None:
-    path = protocol.KEYS_PATH_PREFIX + "ul"
+    path = protocol.key_path("ul")
     client.create("ul")
     with pytest.raises(CallError) as e:
         client.unlock("ul", "wrong")
@@ -195,7 +196,7 @@ def test_unlock_from_fd_reads_a_pipe(client: Client) -> None:
     os.close(w)
     client.k("viafd", "UnlockFromFd", "ha{sv}", r, {})
     os.close(r)
-    assert client.prop(protocol.KEYS_PATH_PREFIX + "viafd", KI, "Locked") is False
+    assert client.prop(protocol.key_path("viafd"), KI, "Locked") is False
     r, w = os.pipe()
     os.write(w, b"x" * 5000)
     os.close(w)
@@ -211,7 +212,7 @@ def test_lock_all(client: Client) -> None:
         client.unlock(name)
     client.m("LockAll")
     for name in ("la1", "la2"):
-        assert client.prop(protocol.KEYS_PATH_PREFIX + name, KI, "Locked") is True
+        assert client.prop(protocol.key_path(name), KI, "Locked") is True
 
 
 def test_change_passphrase(client: Client) -> None:
@@ -234,7 +235,7 @@ def test_delete_key(client: Client) -> None:
         client.m("DeleteKey", "sa{sv}", "del1", {"passphrase": ("s", "bad")})
     assert err(e) == "BadPassphrase"
     client.m("DeleteKey", "sa{sv}", "del1", {"passphrase": ("s", "pw")})
-    assert protocol.KEYS_PATH_PREFIX + "del1" not in client.prop(MANAGER, MI, "Keys")
+    assert protocol.key_path("del1") not in client.prop(MANAGER, MI, "Keys")
     with pytest.raises(CallError) as e:
         client.m("DeleteKey", "sa{sv}", "del1", {})
     assert err(e) == "NoSuchKey"
@@ -244,7 +245,7 @@ def test_delete_key(client: Client) -> None:
     client.create("del2")
     client.unlock("del2")
     client.m("DeleteKey", "sa{sv}", "del2", {})  # unlocked: no passphrase needed
-    assert protocol.KEYS_PATH_PREFIX + "del2" not in client.prop(MANAGER, MI, "Keys")
+    assert protocol.key_path("del2") not in client.prop(MANAGER, MI, "Keys")
 
 
 def test_import_and_export_interoperate_with_pyrage(client: Client) -> None:
@@ -291,6 +292,19 @@ def test_hybrid_key(client: Client) -> None:
     with pytest.raises(CallError) as e:
         client.encrypt(["pq", "age1" + "q" * 58], b"x")
     assert err(e) in ("Malformed", "Unsupported")
+
+
+def test_import_and_export_a_hybrid_identity(client: Client) -> None:
+    identity = age.generate_identity("mlkem768x25519")
+    path = client.m("ImportKey", "sssa{sv}", "pqimport", identity.encode(), "pw", {})[0]
+    assert client.prop(path, KI, "Type") == "mlkem768x25519"
+    assert client.prop(path, KI, "Recipient") == identity.recipient().encode()
+    client.unlock("pqimport")
+    ct = age.encrypt_bytes([identity.recipient()], b"pq import")
+    assert client.decrypt(ct, key=("s", "pqimport")) == (b"pq import", "pqimport")
+    exported = bytes(client.k("pqimport", "Export", "s", "pw")[0])
+    text = age.decrypt_bytes([age.ScryptIdentity("pw")], exported).decode()
+    assert text.strip() == identity.encode()
 
 
 def test_passphrase_files(client: Client) -> None:
@@ -408,7 +422,7 @@ def test_keys_survive_a_restart(bus: PrivateBus, client: Client) -> None:
     os.kill(pid, 15)
     assert bus.wait_agent_gone()
     with Client(bus.address) as again:
-        path = protocol.KEYS_PATH_PREFIX + "persist"
+        path = protocol.key_path("persist")
         assert again.prop(path, KI, "Label") == "kept"  # activated afresh, read from disk
         assert again.prop(path, KI, "Locked") is True
     assert Path(bus.home, "persist.key").exists() or any(Path(bus.home).iterdir())
@@ -464,3 +478,20 @@ def test_every_error_name_is_reachable(client: Client) -> None:
     os.close(in_r)
     os.close(out_w)
     assert seen == set(protocol.AGENT_ERROR_NAMES)
+
+
+def test_object_manager_signals_come_from_the_manager_path(client: Client) -> None:
+    om = "org.freedesktop.DBus.ObjectManager"
+    rule = MatchRule(type="signal", interface=om, path=MANAGER)
+    client.conn.send_and_get_reply(message_bus.AddMatch(rule))
+    with client.conn.filter(rule, bufsize=10) as signals:
+        _path, recipient = client.m("CreateKey", "ssa{sv}", "omkey", "pw", {})
+        added = client.conn.recv_until_filtered(signals, timeout=10)
+        assert added.header.fields[HeaderFields.member] == "InterfacesAdded"
+        path, interfaces = added.body
+        assert path == protocol.key_path("omkey")
+        assert interfaces[KI]["Recipient"] == ("s", recipient)
+        client.m("DeleteKey", "sa{sv}", "omkey", {"passphrase": ("s", "pw")})
+        removed = client.conn.recv_until_filtered(signals, timeout=10)
+        assert removed.header.fields[HeaderFields.member] == "InterfacesRemoved"
+        assert removed.body == (protocol.key_path("omkey"), [KI])

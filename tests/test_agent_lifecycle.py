@@ -16,9 +16,10 @@ import pytest
 from jeepney import MatchRule, message_bus
 
 import conftest
-from agent_support import FAST_ARGS, KI, MANAGER, MI, Client, agent_pid, wait_until
+from agent_support import FAST_ARGS, KI, MANAGER, MI, CallError, Client, agent_pid, wait_until
 from conftest import OTHER_UID, PrivateBus, as_other_user, requires_root
 from keyagent import protocol
+from keyagentd import age
 
 
 def keyagentd(
@@ -213,7 +214,7 @@ def test_idle_exit_waits_for_unlocked_keys(bus_factory: conftest.BusFactory) -> 
     assert bus.agent_pid() == pid  # an unlocked key keeps it alive past --idle-exit
     assert bus.wait_agent_gone(10)  # the key locks at 2 s, then 1 s idle
     with Client(bus.address) as c:  # activation brings it back, key still there
-        assert c.prop(protocol.KEYS_PATH_PREFIX + "idle", KI, "Locked") is True
+        assert c.prop(protocol.key_path("idle"), KI, "Locked") is True
         assert bus.agent_pid() != pid
 
 
@@ -233,7 +234,7 @@ def test_idle_exit_after_calls_stop(bus_factory: conftest.BusFactory) -> None:
 
 
 def test_timeouts_lock_keys_and_emit_properties_changed(private_bus: PrivateBus) -> None:
-    path = protocol.KEYS_PATH_PREFIX + "timed"
+    path = protocol.key_path("timed")
     with Client(private_bus.address) as c:
         c.create("timed")
         rule = MatchRule(
@@ -265,3 +266,49 @@ def test_timeouts_lock_keys_and_emit_properties_changed(private_bus: PrivateBus)
             locked = c.conn.recv_until_filtered(changes, timeout=10)
             assert locked.body[1]["Locked"] == ("b", True)
             c.k("timed", "Lock")  # locking a locked key: no error, no signal
+
+
+def test_log_lines_name_operations_but_never_secrets(
+    private_bus: PrivateBus, tmp_path: Path
+) -> None:
+    identity = "AGE-SECRET-KEY-1" + "Q" * 58
+
+    real = age.generate_identity("x25519")
+    identity = real.encode()
+    passphrase = "correct horse battery staple"
+    log_path = tmp_path / "agent.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "keyagentd", *FAST_ARGS],
+            env=private_bus.env,
+            stderr=log_file,
+        )
+        pid = proc.pid
+        try:
+            assert wait_until(lambda: private_bus.agent_pid() == pid)
+            with Client(private_bus.address) as c:
+                c.m("ImportKey", "sssa{sv}", "logged", identity, passphrase, {})
+                c.unlock("logged", passphrase)
+                ct = c.encrypt(["logged"], b"plaintext never logged")
+                c.decrypt(ct)
+                with pytest.raises(CallError):
+                    c.unlock("logged", "a wrong passphrase")
+                c.k("logged", "Export", "s", passphrase)
+        finally:
+            proc.terminate()
+            proc.wait(15)
+    text = log_path.read_text()
+    for secret in (identity, passphrase, "a wrong passphrase", "plaintext never logged"):
+        assert secret not in text
+    assert f"Unlock pid={os.getpid()} key=logged: ok" in text
+    assert f"Unlock pid={os.getpid()} key=logged: BadPassphrase" in text
+    assert f"Decrypt pid={os.getpid()} key=logged: ok" in text
+    assert f"Encrypt pid={os.getpid()} key=logged: ok" in text
+
+
+def test_core_dumps_are_off(private_bus: PrivateBus) -> None:
+    with Client(private_bus.address) as c:
+        c.prop(MANAGER, MI, "Version")
+    limits = Path(f"/proc/{agent_pid(private_bus)}/limits").read_text()
+    core = next(ln for ln in limits.splitlines() if ln.startswith("Max core file size"))
+    assert core.split()[4:6] == ["0", "0"]

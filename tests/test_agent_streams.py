@@ -98,7 +98,7 @@ def stream(c: Client, member: str, data: bytes, *args: object) -> tuple[tuple[ob
 def test_stream_round_trip_and_interop(bus: PrivateBus) -> None:
     data = os.urandom(3 * 1024 * 1024 + 17)
     with Client(bus.address) as c:
-        recipient = c.prop(protocol.KEYS_PATH_PREFIX + "s", protocol.KEY_INTERFACE, "Recipient")
+        recipient = c.prop(protocol.key_path("s"), protocol.KEY_INTERFACE, "Recipient")
         (written,), ct = stream(c, "EncryptFd", data, ["s"], {})
         assert written == len(ct) > len(data)
         (key, count), plain = stream(c, "DecryptFd", ct, {})

@@ -36,15 +36,28 @@ def is_valid_key_name(name: str) -> bool:
 
 
 def key_path(name: str) -> str:
+    """The object path of a key.
+
+    D-Bus path elements allow only [A-Za-z0-9_], so like sd_bus_path_encode every other byte
+    (here '-', and '_' itself, to keep the mapping reversible) becomes '_' and two hex digits:
+    `work` -> .../keys/work, `my-key` -> .../keys/my_2dkey, `a_b` -> .../keys/a_5fb.
+    """
     if not is_valid_key_name(name):
         raise InvalidName(f"Invalid key name {name!r}: use 1-64 letters, digits, '_' or '-'.")
-    return KEYS_PATH_PREFIX + name
+    return KEYS_PATH_PREFIX + "".join(c if c.isalnum() else f"_{ord(c):02x}" for c in name)
+
+
+_ESCAPE_RE: Final = re.compile(r"_([0-9a-f]{2})")
 
 
 def key_name_from_path(path: str) -> str:
+    """The key name a key object path stands for (the inverse of `key_path`)."""
     if not path.startswith(KEYS_PATH_PREFIX):
         raise ValueError(f"not a key object path: {path}")
-    return path[len(KEYS_PATH_PREFIX) :]
+    name = _ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 16)), path[len(KEYS_PATH_PREFIX) :])
+    if not is_valid_key_name(name) or key_path(name) != path:
+        raise ValueError(f"not a key object path: {path}")
+    return name
 
 
 class KeyAgentError(Exception):

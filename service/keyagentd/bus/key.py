@@ -147,6 +147,8 @@ class KeyObject(ServiceInterface):
     @operation("ChangePassphrase")
     async def ChangePassphrase(self, old: DBusStr, new: DBusStr) -> Void:
         self.agent.require(self.key_name)
+        if not new:  # checked first: a bad new passphrase is not a wrong guess of the old one
+            raise BadPassphrase("The new passphrase must not be empty.")
         async with self.agent.limiter.attempt(self.key_name):
             await self.agent.blocking(self.agent.store.change_passphrase, self.key_name, old, new)
 

@@ -157,8 +157,7 @@ class Manager(ServiceInterface):
     @dbus_method()
     @sync_operation("LockAll")
     def LockAll(self) -> Void:
-        for name in self.agent.cache.lock_all():
-            self.agent.key_changed(name)
+        self.agent.lock_all()
 
     def _check_free(self, name: str) -> None:
         if name in self.agent.records:

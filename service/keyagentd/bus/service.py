@@ -122,8 +122,13 @@ class Agent:
             check_bus_peer(cast(socket.socket, bus._sock), self.uid)
             bus.object_manager_path = MANAGER_PATH
             bus.export(MANAGER_PATH, self.manager)
-            for record in self.records.values():
-                self._export_key(record)
+            for record in list(self.records.values()):
+                try:
+                    self._export_key(record)
+                except Exception as exc:  # one odd file must not keep the others from service
+                    log.warning("Skipping key %r: %s", record.name, exc)
+                    self.records.pop(record.name, None)
+            # A stand-in key object, only to read the Key interface's method signatures.
             sample = KeyObject(self, KeyRecord("x", "", "x25519", "", 0))
             gate = Gate(
                 bus,
@@ -251,6 +256,15 @@ class Agent:
         self.manager.emit_properties_changed({"Keys": self.key_paths()})
         self._schedule_expiry()
         self._touch()
+
+    def lock_all(self, reason: str = "LockAll") -> list[str]:
+        """Wipe every unlocked key (LockAll, or a desktop lock trigger); the names locked."""
+        names = self.cache.lock_all()
+        if names:
+            log.info("locked %s (%s)", ", ".join(names), reason)
+        for name in names:
+            self.key_changed(name)
+        return names
 
     def key_changed(self, name: str) -> None:
         """A key locked or unlocked: tell watchers, re-arm the expiry and idle timers."""
