@@ -417,6 +417,10 @@ def test_payload_cap(client: Client) -> None:
 
 def test_keys_survive_a_restart(bus: PrivateBus, client: Client) -> None:
     client.create("persist", label=("s", "kept"))
+    for odd in ("my-key", "a_b", "-"):  # '-' and '_' are escaped in object paths
+        client.create(odd)
+        assert protocol.key_path(odd) in client.prop(MANAGER, MI, "Keys")
+        assert client.prop(protocol.key_path(odd), KI, "Name") == odd
     pid = bus.agent_pid()
     assert pid is not None
     os.kill(pid, 15)
@@ -425,6 +429,7 @@ def test_keys_survive_a_restart(bus: PrivateBus, client: Client) -> None:
         path = protocol.key_path("persist")
         assert again.prop(path, KI, "Label") == "kept"  # activated afresh, read from disk
         assert again.prop(path, KI, "Locked") is True
+        assert again.prop(protocol.key_path("my-key"), KI, "Name") == "my-key"
     assert Path(bus.home, "persist.key").exists() or any(Path(bus.home).iterdir())
 
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from jeepney import DBusAddress, HeaderFields, Message, MessageType, new_method_call
 from jeepney.io.blocking import DBusConnection, open_dbus_connection
@@ -27,6 +26,19 @@ from keyagent.protocol import (
     key_name_from_path,
     key_path,
 )
+
+if TYPE_CHECKING:
+    from keyagent.keyinfo import KeyInfo as KeyInfo
+
+
+def __getattr__(name: str) -> Any:
+    # KeyInfo loads on first use: `dataclasses` is too slow to import on the command's hot path.
+    if name == "KeyInfo":
+        from keyagent.keyinfo import KeyInfo
+
+        return KeyInfo
+    raise AttributeError(f"module 'keyagent.client' has no attribute {name!r}")
+
 
 DEFAULT_TIMEOUT: Final = 30.0
 #: Starting the agent includes Python start-up and the keystore scan; be generous.
@@ -78,46 +90,6 @@ class AgentUnavailable(KeyAgentError):
 
 
 Options = Mapping[str, tuple[str, Any]]
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    """The public properties of one key (org.example.KeyAgent.Key)."""
-
-    name: str
-    label: str
-    type: str
-    recipient: str
-    created: int
-    locked: bool
-    unlocked_until: int
-    idle_timeout: int
-    max_timeout: int
-
-    @classmethod
-    def from_properties(cls, props: Mapping[str, tuple[str, Any]]) -> KeyInfo:
-        def get(prop: str, default: Any) -> Any:
-            item = props.get(prop)
-            return default if item is None else item[1]
-
-        return cls(
-            name=str(get("Name", "")),
-            label=str(get("Label", "")),
-            type=str(get("Type", "")),
-            recipient=str(get("Recipient", "")),
-            created=int(get("Created", 0)),
-            locked=bool(get("Locked", True)),
-            unlocked_until=int(get("UnlockedUntil", 0)),
-            idle_timeout=int(get("IdleTimeout", 0)),
-            max_timeout=int(get("MaxTimeout", 0)),
-        )
-
-    def seconds_left(self, now: float | None = None) -> int | None:
-        """Seconds until the key locks unless used (the agent's UnlockedUntil), None when locked."""
-        if self.locked or not self.unlocked_until:
-            return None
-        now = time.time() if now is None else now
-        return max(0, int(self.unlocked_until - now))
 
 
 def _unlock_options(
@@ -186,22 +158,40 @@ class Client:
         return self._send(msg, timeout=self.timeout if timeout is None else timeout)
 
     def _resolve_owner(self) -> str:
-        try:
-            owner = str(self._bus_call("GetNameOwner", "s", protocol.BUS_NAME)[0])
-        except _BusError as e:
-            if e.name not in _NOT_DELIVERED:
-                raise e.to_exception() from None
+        # One round trip: the owner, the uid of the name's owner, the owner again. The bus
+        # answers one connection's calls in order, so when both owners agree the uid is theirs.
+        name = protocol.BUS_NAME
+        first, uid_reply, last = self._exchange(
+            [
+                new_method_call(_DBUS, "GetNameOwner", "s", (name,)),
+                new_method_call(_DBUS, "GetConnectionUnixUser", "s", (name,)),
+                new_method_call(_DBUS, "GetNameOwner", "s", (name,)),
+            ],
+            timeout=self.timeout,
+        )
+        if isinstance(first, _BusError):
+            if first.name not in _NOT_DELIVERED:
+                raise first.to_exception() from None
             owner = self._activate()
-        try:
-            uid = int(self._bus_call("GetConnectionUnixUser", "s", owner)[0])
-        except _BusError as e:
-            raise e.to_exception() from None
+            uid = self._uid_of(owner)
+        elif isinstance(uid_reply, _BusError) or isinstance(last, _BusError) or last != first:
+            # The name changed hands meanwhile (rare): ask about one owner by its unique name.
+            owner = str(last[0]) if not isinstance(last, _BusError) else str(first[0])
+            uid = self._uid_of(owner)
+        else:
+            owner, uid = str(first[0]), int(uid_reply[0])
         if uid != os.getuid():
             # Never send a passphrase or data to a service run by someone else.
             raise AccessDenied(
                 f"The service {protocol.BUS_NAME} on this bus runs as uid {uid}, not as you."
             )
         return owner
+
+    def _uid_of(self, unique_name: str) -> int:
+        try:
+            return int(self._bus_call("GetConnectionUnixUser", "s", unique_name)[0])
+        except _BusError as e:
+            raise e.to_exception() from None
 
     def _activate(self) -> str:
         try:
@@ -241,11 +231,28 @@ class Client:
         progress: Callable[[], None] | None = None,
     ) -> tuple[Any, ...]:
         """Send and wait for the reply; raise _BusError for an error reply."""
+        (reply,) = self._exchange([msg], timeout=timeout, progress=progress)
+        if isinstance(reply, _BusError):
+            raise reply
+        return reply
+
+    def _exchange(
+        self,
+        msgs: Sequence[Message],
+        *,
+        timeout: float | None,
+        progress: Callable[[], None] | None = None,
+    ) -> list[tuple[Any, ...] | _BusError]:
+        """Send every message at once, then wait for every reply (a _BusError for an error)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        replies: dict[int, Message] = {}
         try:
-            serial = next(self._conn.outgoing_serial)
-            self._conn.send(msg, serial=serial)
-            while True:
+            serials = []
+            for msg in msgs:
+                serial = next(self._conn.outgoing_serial)
+                self._conn.send(msg, serial=serial)
+                serials.append(serial)
+            while len(replies) < len(serials):
                 wait = POLL_INTERVAL if progress is not None else None
                 if deadline is not None:
                     left = deadline - time.monotonic()
@@ -260,21 +267,18 @@ class Client:
                     if progress is not None:
                         progress()
                     continue
-                if reply.header.fields.get(HeaderFields.reply_serial) != serial:
+                serial = reply.header.fields.get(HeaderFields.reply_serial, 0)
+                if serial not in serials or serial in replies:
                     _close_fds(reply)  # signals and strays: nothing of ours
                     continue
-                break
+                replies[serial] = reply
         except TimeoutError:
             raise AgentUnavailable(
                 f"The key agent did not answer within {timeout:g} seconds."
             ) from None
         except (OSError, RuntimeError) as e:
             raise AgentUnavailable("The connection to the session bus was lost.") from e
-        if reply.header.message_type == MessageType.error:
-            name = str(reply.header.fields.get(HeaderFields.error_name, ""))
-            text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
-            raise _BusError(name, text)
-        return tuple(reply.body)
+        return [_unpack(replies[serial]) for serial in serials]
 
     def _call(
         self,
@@ -344,6 +348,8 @@ class Client:
 
     def keys(self) -> list[KeyInfo]:
         """Every key with its properties, sorted by name (one round trip)."""
+        from keyagent.keyinfo import KeyInfo
+
         reply = self._call(protocol.MANAGER_PATH, _OBJECT_MANAGER, "GetManagedObjects")
         infos = [
             KeyInfo.from_properties(ifaces[protocol.KEY_INTERFACE])
@@ -354,6 +360,8 @@ class Client:
 
     def key(self, name: str) -> KeyInfo:
         """One key's properties."""
+        from keyagent.keyinfo import KeyInfo
+
         reply = self._key_props(name)
         return KeyInfo.from_properties(reply)
 
@@ -528,6 +536,14 @@ def _decrypt_options(key: str | None, passphrase: str | None) -> dict[str, tuple
     if passphrase is not None:
         opts["passphrase"] = ("s", passphrase)
     return opts
+
+
+def _unpack(reply: Message) -> tuple[Any, ...] | _BusError:
+    if reply.header.message_type == MessageType.error:
+        name = str(reply.header.fields.get(HeaderFields.error_name, ""))
+        text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
+        return _BusError(name, text)
+    return tuple(reply.body)
 
 
 def _close_fds(msg: Message) -> None:

@@ -9,7 +9,6 @@ import os
 import stat
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from types import TracebackType
 
 from keyagent.client import Client
@@ -34,11 +33,15 @@ class CommandError(Exception):
         self.hint = hint
 
 
-@dataclass
 class Context:
-    args: argparse.Namespace
-    passphrases: Passphrases
-    _client: Client | None = field(default=None, repr=False)
+    """A plain class, not a dataclass: `dataclasses` costs milliseconds at start-up."""
+
+    def __init__(
+        self, args: argparse.Namespace, passphrases: Passphrases, client: Client | None = None
+    ) -> None:
+        self.args = args
+        self.passphrases = passphrases
+        self._client = client
 
     def client(self) -> Client:
         if self._client is None:

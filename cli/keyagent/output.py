@@ -1,56 +1,99 @@
-"""Where results go: complete files only (temporary file, fsync, rename), and progress on stderr."""
+"""Where results go: complete files only (unnamed file, fsync, link + rename), and progress on
+stderr.
+
+Imported on every `encrypt`/`decrypt`: no pathlib, no tempfile on this path (start-up time).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import TracebackType
 from typing import Final, TextIO
 
 #: Inputs larger than this (or of unknown size) get a progress bar on a terminal.
 PROGRESS_THRESHOLD: Final = 16 * 1024 * 1024
 
+#: open(O_TMPFILE) errors that mean "not here" (filesystem or kernel): use a named file instead.
+_NO_TMPFILE: Final = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOSYS})
+
 
 class OutputError(Exception):
     """The output file could not be created or completed (text names the file, not data)."""
 
 
+def _tmp_name(directory: str, base: str) -> str:
+    return os.path.join(directory, f".{base}.{os.urandom(6).hex()}.tmp")
+
+
 class AtomicOutput:
     """An output file that appears only complete.
 
-    The data is written to a temporary file in the target's directory (so the final rename
-    stays on one filesystem); :meth:`commit` fsyncs and renames it over the target. Leaving the
-    ``with`` block without a commit removes the temporary file: an existing target is untouched.
-    ``private`` output (plaintext, key exports) is created 0600, other output 0666 less umask.
+    The data goes to an unnamed file (``O_TMPFILE``) in the target's directory, so a killed
+    command leaves nothing behind; :meth:`commit` fsyncs it, links it in under a fresh
+    temporary name and renames that over the target (one filesystem, atomic). Where the
+    filesystem has no ``O_TMPFILE``, a named temporary file is used instead (removed on any
+    failure, but left behind by ``kill -9``). Leaving the ``with`` block without a commit
+    leaves an existing target untouched. ``private`` output (plaintext, key exports) is
+    created 0600, other output 0666 less umask.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, private: bool) -> None:
-        self.path = Path(path)
+        self.path = os.fspath(path)
         self.private = private
         self.fd = -1
-        self.tmp: Path | None = None
+        #: The named temporary file (fallback only; None while the file has no name).
+        self.tmp: str | None = None
         self.committed = False
 
+    @property
+    def directory(self) -> str:
+        return os.path.dirname(self.path) or "."
+
     def __enter__(self) -> AtomicOutput:
-        directory = self.path.parent
-        if self.path.is_dir():
+        if os.path.isdir(self.path):
             raise OutputError(f"Cannot write to '{self.path}': it is a directory.")
+        mode = 0o600 if self.private else 0o666  # the umask applies
         try:
-            fd, name = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
+            self.fd = self._open_unnamed(mode)
         except OSError as e:
-            raise OutputError(f"Cannot create a file in '{directory}': {e.strerror}.") from None
-        self.fd, self.tmp = fd, Path(name)
-        if not self.private:  # mkstemp makes 0600; public output follows the umask like age
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
+            if e.errno not in _NO_TMPFILE:
+                raise OutputError(
+                    f"Cannot create a file in '{self.directory}': {e.strerror}."
+                ) from None
+            self.fd = self._open_named(mode)
         return self
+
+    def _open_unnamed(self, mode: int) -> int:
+        fd = os.open(self.directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode)
+        try:
+            os.stat(f"/proc/self/fd/{fd}")  # commit links through /proc: it must be there
+        except OSError:
+            os.close(fd)
+            raise OSError(errno.EOPNOTSUPP, "no /proc/self/fd") from None
+        return fd
+
+    def _open_named(self, mode: int) -> int:
+        base = os.path.basename(self.path)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        for _ in range(100):
+            name = _tmp_name(self.directory, base)
+            try:
+                fd = os.open(name, flags, mode)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise OutputError(
+                    f"Cannot create a file in '{self.directory}': {e.strerror}."
+                ) from None
+            self.tmp = name
+            return fd
+        raise OutputError(f"Cannot create a file in '{self.directory}': too many names taken.")
 
     def reset(self) -> None:
         """Empty the file again (before a retry)."""
@@ -66,16 +109,33 @@ class AtomicOutput:
             n = os.write(self.fd, view)
             view = view[n:]
 
+    def _link(self) -> None:
+        """Give the unnamed file a (temporary) name next to the target."""
+        base = os.path.basename(self.path)
+        # linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH; following the /proc link does not.
+        src = f"/proc/self/fd/{self.fd}"
+        for _ in range(100):
+            name = _tmp_name(self.directory, base)
+            try:
+                os.link(src, name, follow_symlinks=True)
+            except FileExistsError:
+                continue
+            self.tmp = name
+            return
+        raise OSError(errno.EEXIST, "too many temporary names taken")
+
     def commit(self) -> None:
-        assert self.tmp is not None
         try:
             os.fsync(self.fd)
+            if self.tmp is None:
+                self._link()
+            assert self.tmp is not None
             os.replace(self.tmp, self.path)
         except OSError as e:
             raise OutputError(f"Cannot write '{self.path}': {e.strerror}.") from None
         self.committed = True
         with contextlib.suppress(OSError):  # the rename's durability; best effort
-            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 os.fsync(dfd)
             finally:
@@ -92,7 +152,7 @@ class AtomicOutput:
             self.fd = -1
         if not self.committed and self.tmp is not None:
             with contextlib.suppress(OSError):
-                self.tmp.unlink()
+                os.unlink(self.tmp)
 
 
 def input_size(fd: int) -> int | None:

@@ -11,8 +11,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-from keyagent.client import KeyInfo
 from keyagent.durations import format_duration
+from keyagent.keyinfo import KeyInfo
 
 #: Version of the status JSON document.
 STATUS_JSON_VERSION: Final = 1

@@ -100,6 +100,12 @@ class Agent:
         self._idle_handle: asyncio.TimerHandle | None = None
         self._expiry_handle: asyncio.TimerHandle | None = None
 
+    @property
+    def bus(self) -> FixedMessageBus:
+        """The connected session bus (after `start`), e.g. for desktop lock triggers."""
+        assert self._bus is not None, "the agent has not started"
+        return self._bus
+
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -226,9 +232,9 @@ class Agent:
     def _export_key(self, record: KeyRecord) -> KeyObject:
         assert self._bus is not None
         obj = KeyObject(self, record)
+        self._bus.export(obj.path, obj)
         self.keys[record.name] = obj
         self.records[record.name] = record
-        self._bus.export(obj.path, obj)
         return obj
 
     def key_paths(self) -> list[str]:
