@@ -104,42 +104,63 @@ class AtomicOutput:
         return os.fstat(self.fd).st_size
 
     def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
+        AtomicOutput._write_fd(self.fd, data)
 
-    def _link(self) -> None:
-        """Give the unnamed file a (temporary) name next to the target."""
+    def _link(self, dfd: int) -> None:
+        """Give the unnamed file a temporary name next to the target (``dfd``: its directory)."""
         base = os.path.basename(self.path)
-        # linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH; following the /proc link does not.
+        # linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH; linkat(AT_SYMLINK_FOLLOW) of the
+        # /proc link does not. (os.link only calls linkat, not link, when given a dir fd.)
         src = f"/proc/self/fd/{self.fd}"
         for _ in range(100):
             name = _tmp_name(self.directory, base)
             try:
-                os.link(src, name, follow_symlinks=True)
+                os.link(src, os.path.basename(name), dst_dir_fd=dfd, follow_symlinks=True)
             except FileExistsError:
                 continue
             self.tmp = name
             return
         raise OSError(errno.EEXIST, "too many temporary names taken")
 
+    def _copy_to_named(self) -> None:
+        """The link failed (an unusual /proc): copy the data to a named temporary file."""
+        fd = self._open_named(0o600 if self.private else 0o666)
+        try:
+            offset = 0
+            while chunk := os.pread(self.fd, 1 << 20, offset):
+                AtomicOutput._write_fd(fd, chunk)
+                offset += len(chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _write_fd(fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
     def commit(self) -> None:
         try:
             os.fsync(self.fd)
-            if self.tmp is None:
-                self._link()
-            assert self.tmp is not None
-            os.replace(self.tmp, self.path)
+            dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise OutputError(f"Cannot write '{self.path}': {e.strerror}.") from None
-        self.committed = True
-        with contextlib.suppress(OSError):  # the rename's durability; best effort
-            dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
+        try:
+            if self.tmp is None:
+                try:
+                    self._link(dfd)
+                except OSError:
+                    self._copy_to_named()
+            assert self.tmp is not None
+            os.replace(self.tmp, self.path)
+            self.committed = True
+            with contextlib.suppress(OSError):  # the rename's durability; best effort
                 os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        except OSError as e:
+            raise OutputError(f"Cannot write '{self.path}': {e.strerror}.") from None
+        finally:
+            os.close(dfd)
 
     def __exit__(
         self,
