@@ -8,12 +8,13 @@ import json
 import os
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pyrage
 import pytest
 
-from cli_support import FAST_AGENT_ARGS, PASSPHRASE, create_key, error_line, ka, ka_pw
+from cli_support import FAST_AGENT_ARGS, KEYAGENT, PASSPHRASE, create_key, error_line, ka, ka_pw
 from conftest import ROOT, BusFactory, PrivateBus
 
 
@@ -350,3 +351,56 @@ def test_lock_all_does_not_start_the_agent(private_bus: PrivateBus) -> None:
     assert private_bus.agent_pid() is None
     assert ka(private_bus, "list").returncode == 0  # this one does
     assert private_bus.agent_pid() is not None
+
+
+def _open_output_size(pid: int, directory: Path) -> int | None:
+    """The size of the file the command `pid` has open in `directory` (None: none yet)."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in os.listdir(fd_dir):
+        try:
+            target = os.readlink(fd_dir / fd)
+            if target.startswith(f"{directory}/"):  # also "DIR/#123 (deleted)" (O_TMPFILE)
+                return (fd_dir / fd).stat().st_size
+        except OSError:
+            continue
+    return None
+
+
+def test_kill_9_mid_stream_leaves_only_the_old_output(private_bus: PrivateBus, files: Path) -> None:
+    """`kill -9` while the agent writes -o OUT: no temporary file stays, OUT is untouched."""
+    bus = private_bus
+    create_key(bus, "k")
+    assert ka_pw(bus, [PASSPHRASE], "unlock", "k").returncode == 0
+    enc = ka(bus, "encrypt", "-k", "k", input=os.urandom(2 * 2**20)).stdout
+    out = files / "out"
+    out.write_bytes(b"precious")
+    for _ in range(3):
+        p = subprocess.Popen(
+            [*KEYAGENT, "decrypt", "-o", str(out)],
+            env=bus.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        assert p.stdin is not None
+        try:
+            p.stdin.write(enc[: len(enc) // 2])  # half the file; the pipe stays open
+            p.stdin.flush()
+            deadline = time.monotonic() + 30
+            while not _open_output_size(p.pid, files) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _open_output_size(p.pid, files), "the agent wrote no output"
+            assert p.poll() is None  # mid-stream: still waiting for the rest of the input
+            p.kill()
+            assert p.wait(timeout=10) == -9
+        finally:
+            p.stdin.close()  # the agent sees a cut-short input and gives up
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        assert os.listdir(files) == ["out"]
+        assert out.read_bytes() == b"precious"
+    r = ka(bus, "decrypt", "-o", str(out), input=enc)  # and the command still works
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(files) == ["out"] and stat.S_IMODE(out.stat().st_mode) == 0o600

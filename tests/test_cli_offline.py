@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -17,9 +18,13 @@ import time
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import jeepney
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jeepney import HeaderFields
 
 from cli_support import KEYAGENT, error_line, ka, passphrase_fd
 from conftest import (
@@ -43,6 +48,7 @@ from keyagent.prompt import (
     Passphrases,
     read_tty,
 )
+from keyagent.protocol import AccessDenied
 from keyagent.status import list_text, status_document, status_json, status_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,6 +168,140 @@ def test_import_time_skips_heavy_modules() -> None:
     assert "keyagent.cli" in modules
     for heavy in ("asyncio", "cryptography", "dbus_fast", "keyagentd"):
         assert not any(m == heavy or m.startswith(heavy + ".") for m in modules), heavy
+
+
+def test_decrypt_hot_path_skips_slow_modules(tmp_path: Path) -> None:
+    """`keyagent decrypt -o OUT FILE` loads none of the modules that cost milliseconds at each
+    start (the command's start-up goal): it gets as far as the bus, which is missing here."""
+    src = tmp_path / "in.age"
+    src.write_bytes(b"x")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DBUS_")}
+    env["PYTHONPATH"] = str(ROOT / "cli")
+
+    def imported(*args: str) -> set[str]:
+        r = subprocess.run(
+            [sys.executable, "-X", "importtime", *args], capture_output=True, text=True, env=env
+        )
+        return {line.split("|")[-1].strip() for line in r.stderr.splitlines() if "|" in line}
+
+    baseline = imported("-c", "pass")
+    loaded = imported("-m", "keyagent", "decrypt", "-o", str(tmp_path / "out"), str(src))
+    # (keyagent.crypt is not listed: -X importtime misses importlib.import_module)
+    assert {"keyagent.client", "keyagent.context", "keyagent.output", "jeepney"} <= loaded
+    slow = ["dataclasses", "inspect", "pathlib", "tempfile", "shutil", "threading", "traceback"]
+    slow += ["argparse", "gettext", "locale"]  # cli.fast_args reads this command line
+    assert not [m for m in slow if m in loaded - baseline]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["decrypt", "-o", "out", "in"],
+        ["--debug", "decrypt", "-k", "work", "--passphrase-fd", "3"],
+        ["--deb", "encrypt", "-r", "age1x", "-k", "a", "-k", "b", "-a", "-q"],
+        ["unlock", "work", "--idle-timeout", "10m"],
+        ["lock", "--all"],
+        ["status", "--json"],
+    ],
+)
+def test_one_command_parser_parses_like_the_whole(argv: list[str]) -> None:
+    assert cli._command_in(argv) == next(a for a in argv if not a.startswith("-"))
+    assert cli.build_parser(cli._command_in(argv)).parse_args(argv) == (
+        cli.build_parser().parse_args(argv)
+    )
+
+
+_FAST_TOKENS = [
+    *("-o", "--output", "-q", "--quiet", "--debug", "--passphrase-fd", "-k", "--key"),
+    *("-r", "--recipient", "-R", "--recipients-file", "-p", "--passphrase", "-a", "--armor"),
+    *("--out", "-oOUT", "--output=o", "-qa", "-h", "--help", "--", "-x", "--bogus"),
+    *("in", "out", "-", "", "-1", "3", "03", "+3", "3x", "\u0663", "age1abc", "a b", "decrypt"),
+]
+
+
+def _argparse_or_none(argv: list[str]) -> dict[str, object] | None:
+    try:
+        with contextlib.redirect_stdout(StringIO()), contextlib.redirect_stderr(StringIO()):
+            return vars(cli.build_parser().parse_args(argv))
+    except SystemExit:
+        return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.just("--debug"), max_size=2),
+    st.sampled_from(["decrypt", "encrypt"]),
+    st.lists(st.sampled_from(_FAST_TOKENS), max_size=7),
+)
+def test_fast_args_agree_with_argparse(lead: list[str], command: str, rest: list[str]) -> None:
+    """The fast path reads a line only as argparse does; anything else it leaves to argparse."""
+    argv = [*lead, command, *rest]
+    fast = cli.fast_args(argv)
+    if fast is not None:
+        assert vars(fast) == _argparse_or_none(argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["decrypt", "-o", "out", "in"],
+        ["--debug", "decrypt", "in", "-k", "work", "-q", "--passphrase-fd", "3"],
+        ["decrypt"],
+        ["encrypt", "-r", "age1x", "-k", "a", "--key", "b", "-R", "f", "-a", "-o", "o", "-"],
+        ["encrypt", "-p", "--armor", "--output", "o", "--quiet", "--debug", "in"],
+    ],
+)
+def test_fast_args_read_the_usual_lines(argv: list[str]) -> None:
+    fast = cli.fast_args(argv)
+    assert fast is not None and vars(fast) == _argparse_or_none(argv)
+
+
+def test_top_level_help_lists_every_command_even_before_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli._command_in(["-h", "decrypt"]) is None
+    assert cli._command_in(["--bogus", "decrypt"]) is None
+    assert cli._command_in(["nope"]) is None
+    with pytest.raises(SystemExit) as e:
+        cli.main(["-h", "decrypt"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert all(c in out for c in COMMANDS)
+
+
+def test_owner_check_is_one_round_trip_and_handles_a_changing_owner() -> None:
+    """GetNameOwner, GetConnectionUnixUser, GetNameOwner go out together; when the owner
+    changed in between, the uid of the current owner is asked by its unique name."""
+    from keyagent.client import Client
+
+    class Fake(Client):
+        def __init__(self, replies: list[Any]) -> None:
+            self.timeout = 1.0
+            self._owner = None
+            self.replies = replies
+            self.batches: list[list[str]] = []
+            self.asked: list[str] = []
+
+        def _exchange(self, msgs: Any, **kw: Any) -> list[Any]:
+            self.batches.append([str(m.header.fields[HeaderFields.member]) for m in msgs])
+            return self.replies
+
+        def _uid_of(self, unique_name: str) -> int:
+            self.asked.append(unique_name)
+            return os.getuid() if unique_name == ":1.9" else OTHER_UID
+
+    me = os.getuid()
+    c = Fake([(":1.5",), (me,), (":1.5",)])
+    assert c.owner() == ":1.5" and c.asked == []
+    assert c.batches == [["GetNameOwner", "GetConnectionUnixUser", "GetNameOwner"]]
+    c = Fake([(":1.5",), (OTHER_UID,), (":1.5",)])
+    with pytest.raises(AccessDenied):
+        c.owner()
+    c = Fake([(":1.5",), (me,), (":1.9",)])  # changed hands: trust neither answer blindly
+    assert c.owner() == ":1.9" and c.asked == [":1.9"]
+    c = Fake([(":1.5",), (me,), (":1.7",)])
+    with pytest.raises(AccessDenied):
+        c.owner()
 
 
 def test_client_import_stays_light() -> None:
@@ -312,6 +452,61 @@ def test_atomic_output_reset_and_errors(tmp_path: Path) -> None:
         pass
     with pytest.raises(OutputError, match="is a directory"), AtomicOutput(tmp_path, private=True):
         pass
+
+
+def test_atomic_output_has_no_name_until_commit(tmp_path: Path) -> None:
+    """O_TMPFILE: while the data is written the directory shows nothing (kill -9 leaves none)."""
+    target = tmp_path / "out"
+    target.write_bytes(b"old")
+    with AtomicOutput(target, private=True) as out:
+        out.write(b"new data")
+        assert out.tmp is None and os.listdir(tmp_path) == ["out"]
+        assert os.readlink(f"/proc/self/fd/{out.fd}").endswith("(deleted)")
+        out.commit()
+    assert target.read_bytes() == b"new data" and os.listdir(tmp_path) == ["out"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("errno_", [errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL])
+def test_atomic_output_without_o_tmpfile_uses_a_named_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, errno_: int
+) -> None:
+    def unsupported(self: AtomicOutput, mode: int) -> int:
+        raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(AtomicOutput, "_open_unnamed", unsupported)
+    target = tmp_path / "out"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), AtomicOutput(target, private=True) as out:
+        out.write(b"partial")
+        assert out.tmp is not None and sorted(os.listdir(tmp_path))[0].startswith(".out.")
+        raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == ["out"] and target.read_bytes() == b"old"
+    with AtomicOutput(target, private=True) as out:
+        out.write(b"new")
+        out.commit()
+    assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["out"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_atomic_output_copies_when_the_link_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_link(self: AtomicOutput, dfd: int) -> None:
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    monkeypatch.setattr(AtomicOutput, "_link", no_link)
+    target = tmp_path / "out"
+    data = os.urandom(3 * 2**20 + 5)
+    old = os.umask(0o022)
+    try:
+        with AtomicOutput(target, private=False) as out:
+            out.write(data)
+            out.commit()
+    finally:
+        os.umask(old)
+    assert target.read_bytes() == data and os.listdir(tmp_path) == ["out"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
 
 
 def test_progress_render() -> None:

@@ -12,7 +12,14 @@ import pytest
 
 from keyagent.protocol import AccessDenied, Locked
 from keyagentd.config import Config, KeyPolicy
-from keyagentd.policy import AccessRecord, access_record, check, is_restricted, result_of
+from keyagentd.policy import (
+    AccessRecord,
+    access_record,
+    check,
+    is_restricted,
+    may_prompt,
+    result_of,
+)
 
 ME = os.path.realpath(sys.executable)
 
@@ -28,6 +35,7 @@ def never_asked(*_args: object, **_kw: object) -> bool:
 def test_default_policy_allows_anyone() -> None:
     config = Config()
     assert not is_restricted("work", config)
+    assert not may_prompt(config)
     check("work", os.getpid(), config, confirm=never_asked)
     check("work", 0, config, confirm=never_asked)  # not even a pid is needed
 
@@ -35,6 +43,7 @@ def test_default_policy_allows_anyone() -> None:
 def test_allowed_executables() -> None:
     config = config_with(work=KeyPolicy(allowed_executables=(ME, "/usr/bin/other")))
     assert is_restricted("work", config) and not is_restricted("home", config)
+    assert not may_prompt(config)  # an executable check never waits for a person
     check("work", os.getpid(), config, confirm=never_asked)
     child = subprocess.Popen(["sleep", "30"])
     try:
@@ -74,6 +83,7 @@ def test_confirm_asks_with_key_operation_and_caller() -> None:
     config = Config(
         askpass="/opt/my-askpass", keys=MappingProxyType({"work": KeyPolicy(confirm=True)})
     )
+    assert may_prompt(config)
     check("work", os.getpid(), config, operation="decrypt", confirm=answer(True))
     with pytest.raises(AccessDenied, match="Using key 'work' to export was not confirmed"):
         check("work", os.getpid(), config, operation="export", confirm=answer(False))

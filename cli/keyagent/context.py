@@ -3,18 +3,21 @@ two error kinds of the command line itself (usage mistakes and failed operations
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import stat
 import sys
 from collections.abc import Iterator
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
+from typing import TYPE_CHECKING
 
 from keyagent.client import Client
 from keyagent.output import AtomicOutput, OutputError
 from keyagent.prompt import Passphrases
 from keyagent.protocol import is_valid_key_name
+
+if TYPE_CHECKING:
+    import argparse
 
 
 class UsageError(Exception):
@@ -37,7 +40,10 @@ class Context:
     """A plain class, not a dataclass: `dataclasses` costs milliseconds at start-up."""
 
     def __init__(
-        self, args: argparse.Namespace, passphrases: Passphrases, client: Client | None = None
+        self,
+        args: argparse.Namespace | SimpleNamespace,
+        passphrases: Passphrases,
+        client: Client | None = None,
     ) -> None:
         self.args = args
         self.passphrases = passphrases

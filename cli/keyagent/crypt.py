@@ -12,7 +12,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from keyagent.context import (
     CommandError,
@@ -27,7 +27,9 @@ from keyagent.context import (
 from keyagent.output import PROGRESS_THRESHOLD, Progress, fd_position, input_size
 from keyagent.prompt import NoPassphraseSource
 from keyagent.protocol import BadPassphrase, Locked
-from keyagent.replay import ReplayableInput
+
+if TYPE_CHECKING:
+    from keyagent.replay import ReplayableInput
 
 T = TypeVar("T")
 #: Tries for a passphrase typed at the terminal (the agent also slows down guessing).
@@ -158,6 +160,8 @@ def cmd_decrypt(ctx: Context) -> int:
         can_ask = ctx.passphrases.from_fd or ctx.passphrases.interactive()
         replay: ReplayableInput | None = None
         if fd_position(in_fd) is None and can_ask and not os.isatty(in_fd):
+            from keyagent.replay import ReplayableInput  # threads: only for pipes
+
             replay = ReplayableInput(in_fd)  # a pipe: keep its start for a retry
         rewind = _rewinder(in_fd) if replay is None else replay.can_replay
         passphrase: str | None = None

@@ -37,6 +37,12 @@ def is_restricted(key_name: str, config: Config) -> bool:
     return policy.allowed_executables is not None or policy.confirm
 
 
+def may_prompt(config: Config) -> bool:
+    """True when some key has ``confirm``: ``check()`` may then wait for a person, so the
+    agent must not run it on the event loop (small decryptions it would run inline)."""
+    return any(policy.confirm for policy in config.keys.values())
+
+
 def check(
     key_name: str,
     caller_pid: int,

@@ -1,4 +1,4 @@
-"""Choosing keys for age operations (runs in worker threads; no D-Bus here).
+"""Choosing keys for age operations (no D-Bus here; on the event loop or in worker threads).
 
 Decrypt matching: age stanzas are anonymous, so which keys "could" open a file is known only
 by type. The agent tries every unlocked key whose type matches a stanza; if none opens the
@@ -6,11 +6,18 @@ file and some *locked* key has a matching type, the answer is ``Locked`` naming 
 keys (the client unlocks one and retries); otherwise ``NoMatch``. A passphrase (scrypt) file
 needs the ``passphrase`` option; without it the answer is ``BadPassphrase`` with a text
 telling the client to ask for one.
+
+Where small calls run (`runs_inline`): Encrypt/Decrypt of a payload of at most `INLINE_MAX`
+bytes run directly on the event loop. Handing them to a thread costs more than the work
+(measured: a 312 us p50 hop for 145 us of work on 1 KiB), while 64 KiB of ChaCha20-Poly1305
+plus the key agreement takes well under 1 ms, so other callers wait at most that long. Bigger
+payloads (up to the 16 MiB cap: ~10 ms+ of crypto), passphrase (scrypt) work, and a Decrypt
+that might try many unlocked keys go to the worker pool.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Final
 
@@ -32,6 +39,26 @@ STANZA_TYPE: Final = {"x25519": "X25519", "mlkem768x25519": "mlkem768x25519"}
 SCRYPT: Final = "scrypt"
 PASSPHRASE_NEEDED: Final = "This file is encrypted with a passphrase: give the passphrase option."
 WRONG_FILE_PASSPHRASE: Final = "The passphrase does not open this file."
+#: Payloads up to this size are encrypted/decrypted on the event loop (see the module text).
+INLINE_MAX: Final = 64 * 1024
+#: A Decrypt may try every unlocked key of a matching type (~60-300 us each): inline only
+#: while there are few.
+INLINE_MAX_KEYS: Final = 8
+
+
+def runs_inline(size: int, passphrase: str | None, cache: KeyCache | None = None) -> bool:
+    """Whether an Encrypt/Decrypt of ``size`` bytes is cheap enough for the event loop."""
+    if passphrase is not None or size > INLINE_MAX:
+        return False  # scrypt takes ~1 s by design; big payloads take milliseconds
+    return cache is None or len(cache.unlocked_names()) <= INLINE_MAX_KEYS
+
+
+@functools.lru_cache(maxsize=256)
+def parse_recipient(text: str) -> age.Recipient:
+    """`age.parse_recipient`, remembered: recipients are public, and parsing costs ~40 us
+    (X25519) to ~1.3 ms (ML-KEM: bech32 of 1,216 bytes in Python) per call. Errors are
+    not remembered; the bounded size keeps a caller from growing it."""
+    return age.parse_recipient(text)
 
 
 def resolve_recipients(
@@ -52,12 +79,12 @@ def resolve_recipients(
     out: list[age.Recipient] = []
     for item in items:
         if item.startswith("age1"):
-            out.append(age.parse_recipient(item))
+            out.append(parse_recipient(item))
         elif is_valid_key_name(item):
             record = records.get(item)
             if record is None:
                 raise NoSuchKey(f"There is no key named {item!r}.")
-            out.append(age.parse_recipient(record.recipient))
+            out.append(parse_recipient(record.recipient))
         else:
             raise InvalidName(
                 f"{item[:80]!r} is neither an age recipient (age1...) nor a key name."
@@ -95,24 +122,20 @@ def unwrap(
     else:
         names = sorted(n for n, r in records.items() if STANZA_TYPE.get(r.key_type) in types)
     locked = [n for n in names if not cache.is_unlocked(n)]
-    unlocked = [n for n in names if n not in locked]
-    if unlocked:
-        with contextlib.ExitStack() as stack:
-            by_identity: dict[int, str] = {}
-            identities = []
-            for name in unlocked:
-                try:
-                    identity = stack.enter_context(cache.use(name))
-                except Locked:  # expired since we looked
-                    locked.append(name)
-                    continue
-                by_identity[id(identity)] = name
-                identities.append(identity)
-            if identities:
-                try:
-                    return by_identity[id(dec.unwrap(identities))]
-                except NoMatch:
-                    pass
+    for name in names:
+        if name in locked:
+            continue
+        # One key at a time: each identity exists (and is wiped) within its own `use`, and
+        # the search stops at the first key that opens the file.
+        try:
+            with cache.use(name) as identity:
+                dec.unwrap([identity])
+        except Locked:  # expired since we looked
+            locked.append(name)
+            continue
+        except NoMatch:
+            continue
+        return name
     if locked:
         raise Locked.for_keys(sorted(locked))
     if pin is not None:

@@ -5,7 +5,9 @@
    client that does not read a large reply, made a service lose its name. A send that raised
    EAGAIN sent nothing, so `PatientWriter` keeps the buffer and waits with `loop.add_writer`
    until the socket is writable; it writes at once only when nothing is pending, so messages
-   keep their order.
+   keep their order. When the connection fails or is closed (e.g. the bus daemon exits
+   while the agent is stopping) queued messages fail quietly: the stock writer left their
+   futures' OSError "never retrieved", logged with a traceback.
 2. `BaseMessageBus._process_message` never closes received file descriptors of method calls
    that match no exported method (or signature), nor of signals and replies: every such
    message leaks its fds. `FixedMessageBus._process_message` closes them after processing
@@ -25,6 +27,7 @@ checked when this module is imported, so an upgrade that moves them fails loudly
 from __future__ import annotations
 
 import array
+import contextlib
 import logging
 import os
 import socket
@@ -88,6 +91,9 @@ class PatientWriter(_aio._MessageWriter):
 
     def write_callback(self, remove_writer: bool = True) -> None:
         sock = cast(socket.socket, self.sock)
+        if self.bus._disconnected:
+            self._drop_all(ConnectionError("The bus connection is closed."))
+            return
         try:
             while True:
                 if self.buf is None:
@@ -119,19 +125,47 @@ class PatientWriter(_aio._MessageWriter):
                 self.buf = None
                 _aio._future_set_result(cast(Any, self.fut), None)
         except Exception as exc:
+            # The connection failed (or was closed under us while stopping). Every message
+            # still queued fails with it, quietly: replies' futures have no one awaiting them,
+            # and asyncio would log "Future exception was never retrieved" with a traceback.
             self._waiting = False
+            self._drop_all(exc)
+            if not self.bus._disconnected:
+                self.bus._finalize(exc)
+
+    def _drop_all(self, exc: Exception) -> None:
+        """Fail the message being written and every queued one (the connection is gone)."""
+        futures = [self.fut] if self.buf is not None else []
+        futures.extend(fut for _buf, _fds, fut in self.messages)
+        self.buf, self.fut, self.unix_fds = None, None, None
+        self.messages.clear()
+        if self._waiting:
+            self._waiting = False
+            with contextlib.suppress(Exception):  # the loop may have dropped the fd already
+                self.loop.remove_writer(cast(int, self.fd))
+        for fut in futures:
             if self.bus._user_disconnect:
-                _aio._future_set_result(cast(Any, self.fut), None)
+                _aio._future_set_result(cast(Any, fut), None)
             else:
-                _aio._future_set_exception(cast(Any, self.fut), exc)
-            self.bus._finalize(exc)
+                _fail_quietly(fut, exc)
 
     def schedule_write(self, msg: Message | None = None, future: Any = None) -> None:
+        if self.bus._disconnected:
+            _fail_quietly(future, ConnectionError("The bus connection is closed."))
+            return
         if msg is not None:
             self.buffer_message(msg, future)
         # While waiting for the socket, the writer callback will send this in order.
         if self.bus.unique_name and not self._waiting:
             self.write_callback()
+
+
+def _fail_quietly(fut: Any, exc: BaseException) -> None:
+    """Set ``exc`` on ``fut`` and mark it retrieved: whoever awaits it still gets the error,
+    but an unawaited one (a reply's) is not logged with a traceback when collected."""
+    if fut is not None and not fut.done():
+        fut.set_exception(exc)
+        fut.exception()
 
 
 def install_patient_writer(bus: MessageBus) -> None:

@@ -179,23 +179,27 @@ class Manager(ServiceInterface):
             self.agent.config.scrypt_work_factor,
         )
         note_key(",".join(r for r in recipients if r in self.agent.records))
-        return await self.agent.blocking(
-            age.encrypt_bytes, targets, plaintext, armor=parsed.flag("armor")
-        )
+        armor = parsed.flag("armor")
+        if crypto.runs_inline(len(plaintext), parsed.text("passphrase")):
+            return age.encrypt_bytes(targets, plaintext, armor=armor)
+        return await self.agent.blocking(age.encrypt_bytes, targets, plaintext, armor=armor)
 
     @dbus_method()
     @operation("Decrypt")
     async def Decrypt(self, ciphertext: DBusBytes, options: DBusDict) -> PlainAndKey:
         parsed = opts.parse(options, opts.DECRYPT)
         self._check_size(ciphertext, ciphertext_limit(self.agent.config.max_payload))
-        name, plaintext = await self.agent.blocking(
-            _decrypt_bytes,
+        args = (
             ciphertext,
             self.agent.cache,
             dict(self.agent.records),
             parsed.text("key"),
             parsed.text("passphrase"),
         )
+        if crypto.runs_inline(len(ciphertext), args[4], self.agent.cache):
+            name, plaintext = _decrypt_bytes(*args)
+        else:
+            name, plaintext = await self.agent.blocking(_decrypt_bytes, *args)
         note_key(name)
         return (plaintext, name)
 

@@ -1,7 +1,14 @@
-"""One log line per operation: what, who (pid), which key, and how it ended. Never secrets."""
+"""One log line per operation: what, who (pid), which key, and how it ended. Never secrets.
+
+The line is written after the reply has gone out (two `call_soon` hops: dbus-fast sends an
+async method's reply from the task's done callback, scheduled after anything the method
+scheduled itself). Formatting and writing a record costs ~30 us, a tenth of a small
+Decrypt; the caller need not wait for it. Lines keep their order.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -72,8 +79,18 @@ def sync_operation(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 
 
 def _line(op: str, outcome: str) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
     caller = CURRENT_CALLER.get()
     pid = caller.pid if caller is not None else None
-    log.info(
-        "%s pid=%s key=%s: %s", op, pid if pid is not None else "-", _KEY.get() or "-", outcome
-    )
+    args = (op, pid if pid is not None else "-", _KEY.get() or "-", outcome)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not on the event loop (unit tests): write it now
+        _emit(*args)
+        return
+    loop.call_soon(loop.call_soon, _emit, *args)
+
+
+def _emit(op: str, pid: object, key: str, outcome: str) -> None:
+    log.info("%s pid=%s key=%s: %s", op, pid, key, outcome)
