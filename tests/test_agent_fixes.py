@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import socket
 import time
@@ -128,6 +129,7 @@ async def _write_into_a_full_socket(patient: bool) -> tuple[list[object], bytes]
         _fd=ours.fileno(),
         unique_name=":1.1",
         _user_disconnect=False,
+        _disconnected=False,
         _finalize=finalized.append,
     )
     writer = _aio._MessageWriter(fake_bus)  # type: ignore[arg-type]
@@ -162,6 +164,60 @@ def test_patient_writer_waits_where_stock_dbus_fast_disconnects() -> None:
     assert len(received) > 300_000 and received.endswith(b"\x07" * 1000)
     finalized, _ = asyncio.run(_write_into_a_full_socket(patient=False))
     assert finalized and isinstance(finalized[0], BlockingIOError)  # the upstream bug
+
+
+async def _write_to_a_closed_socket(patient: bool) -> tuple[list[object], list[str]]:
+    """Replies sent (fire and forget, as dbus-fast sends them) after the socket was closed
+    under the writer, as when the bus daemon and the agent stop together: what the writer
+    finalized with, and what asyncio reported about their futures."""
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _loop, ctx: reported.append(str(ctx.get("message"))))
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    finalized: list[object] = []
+    fake_bus = SimpleNamespace(
+        _negotiate_unix_fd=False,
+        _sock=ours,
+        _loop=loop,
+        _fd=ours.fileno(),
+        unique_name=":1.1",
+        _user_disconnect=False,
+        _disconnected=False,
+    )
+
+    def finalize(err: object) -> None:  # as dbus-fast's: the bus is now closed
+        finalized.append(type(err))  # not the error: its traceback would keep futures alive
+        fake_bus._disconnected = True
+
+    fake_bus._finalize = finalize
+    writer = _aio._MessageWriter(fake_bus)  # type: ignore[arg-type]
+    if patient:
+        writer.__class__ = PatientWriter
+        cast(PatientWriter, writer)._waiting = False
+    peer.close()
+    ours.close()
+    for serial in (1, 2):
+        msg = Message.new_signal("/t", "test.T", "Reply", "s", ["x"])
+        msg.serial = serial
+        # The stock writer then re-registers the closed fd with the loop, which raises.
+        with contextlib.suppress(OSError) if not patient else contextlib.nullcontext():
+            writer.schedule_write(msg, loop.create_future())  # nobody keeps the future
+    del writer
+    gc.collect()
+    await asyncio.sleep(0)
+    return finalized, reported
+
+
+def test_patient_writer_fails_quietly_when_the_socket_is_gone() -> None:
+    """SIGTERM while the bus daemon exits: the stock writer left an OSError in a reply's
+    future that nobody awaits, and asyncio logged "Future exception was never retrieved"
+    with a traceback. The patient writer finalizes once and reports nothing."""
+    finalized, reported = asyncio.run(_write_to_a_closed_socket(patient=True))
+    assert finalized == [OSError]
+    assert reported == []
+    _, reported = asyncio.run(_write_to_a_closed_socket(patient=False))
+    assert any("never retrieved" in text for text in reported)  # the upstream behaviour
 
 
 # --- fix 2: fds of unmatched messages are closed -------------------------------------------

@@ -139,3 +139,105 @@ def test_socket_peer_credentials() -> None:
         else:
             with pytest.raises(Failed, match="refusing to serve"):
                 check_bus_peer(a, os.geteuid() + 1)
+
+
+# --- small calls on the loop, recipients remembered, keys tried one at a time --------------
+
+
+def test_runs_inline_only_small_keyless_work() -> None:
+    from keyagentd.bus import crypto
+    from keyagentd.cache import KeyCache
+
+    assert crypto.runs_inline(1024, None)
+    assert crypto.runs_inline(crypto.INLINE_MAX, None)
+    assert not crypto.runs_inline(crypto.INLINE_MAX + 1, None)  # big payloads: a thread
+    assert not crypto.runs_inline(10, "pass")  # scrypt: a thread
+    cache = KeyCache()
+    for i in range(crypto.INLINE_MAX_KEYS + 1):
+        assert crypto.runs_inline(10, None, cache)
+        cache.unlock(f"k{i}", "x25519", bytearray(os.urandom(32)))
+    assert not crypto.runs_inline(10, None, cache)  # many keys to try: a thread
+
+
+def test_parse_recipient_is_remembered_but_errors_are_not() -> None:
+    from keyagent.protocol import Malformed
+    from keyagentd import age
+    from keyagentd.bus import crypto
+
+    text = age.generate_identity("x25519").recipient().encode()
+    first = crypto.parse_recipient(text)
+    assert crypto.parse_recipient(text) is first
+    assert first == age.parse_recipient(text)
+    for _ in range(2):
+        with pytest.raises(Malformed):
+            crypto.parse_recipient("age1notarecipient")
+
+
+def test_unwrap_tries_unlocked_keys_one_at_a_time() -> None:
+    import io
+
+    from keyagent.protocol import Locked, NoMatch
+    from keyagentd import age
+    from keyagentd.bus import crypto
+    from keyagentd.cache import KeyCache
+    from keyagentd.keystore import KeyRecord
+
+    built: list[object] = []
+
+    def factory(key_type: str, seed: bytearray) -> age.X25519Identity:
+        identity = age.X25519Identity(seed)
+        built.append(identity)
+        return identity
+
+    cache = KeyCache(identity_factory=factory)
+    ids = {n: age.generate_identity("x25519") for n in ("a", "b", "c", "d")}
+    records = {n: KeyRecord(n, "", "x25519", i.recipient().encode(), 0) for n, i in ids.items()}
+    for n in ("a", "b", "c"):
+        cache.unlock(n, "x25519", bytearray(ids[n].seed))
+    data = age.encrypt_bytes([ids["b"].recipient()], b"hi")
+    assert crypto.unwrap(age.Decryptor(io.BytesIO(data)), cache, records) == "b"
+    assert len(built) == 2  # "a" then "b": the search stopped at the match
+    with pytest.raises(ValueError):  # each identity was wiped when its turn ended
+        built[0].seed  # type: ignore[attr-defined]  # noqa: B018
+    other = age.encrypt_bytes([ids["d"].recipient()], b"hi")
+    with pytest.raises(Locked) as locked:  # "d" is locked and of a matching type
+        crypto.unwrap(age.Decryptor(io.BytesIO(other)), cache, records)
+    assert locked.value.names == ("d",)
+    del records["d"]
+    with pytest.raises(NoMatch):
+        crypto.unwrap(age.Decryptor(io.BytesIO(other)), cache, records)
+
+
+# --- streams: regular files are not polled; pipes are, and see the cancel flag --------------
+
+
+def test_fd_source_and_sink_poll_only_what_can_block(tmp_path: object) -> None:
+    import threading
+    from pathlib import Path
+
+    from keyagentd.bus.streams import Cancelled, FdSink, FdSource
+
+    path = Path(str(tmp_path)) / "f"
+    path.write_bytes(b"abc")
+    cancel = threading.Event()
+    fd = os.open(path, os.O_RDWR)
+    r, w = os.pipe()
+    try:
+        src = FdSource(fd, cancel)
+        assert src._waiter._poller is None
+        buf = bytearray(8)
+        assert src.readinto(memoryview(buf)) == 3 and buf[:3] == b"abc"
+        sink = FdSink(fd, cancel)
+        assert sink._waiter._poller is None and sink.write(b"de") == 2
+        pipe_src = FdSource(r, cancel)
+        assert pipe_src._waiter._poller is not None
+        os.write(w, b"xy")
+        assert pipe_src.readinto(memoryview(buf)) == 2
+        threading.Timer(0.05, cancel.set).start()
+        with pytest.raises(Cancelled):  # an empty pipe whose writer stays open
+            pipe_src.readinto(memoryview(buf))
+        with pytest.raises(Cancelled):  # a regular file checks the flag per transfer
+            src.readinto(memoryview(buf))
+    finally:
+        for f in (fd, r, w):
+            os.close(f)

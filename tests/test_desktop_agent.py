@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jeepney import DBusAddress, new_method_call, new_signal
+from jeepney import DBusAddress, HeaderFields, new_method_call, new_signal
 from jeepney.bus_messages import message_bus
 from jeepney.io.blocking import DBusConnection, open_dbus_connection
 
@@ -175,3 +175,44 @@ def test_agent_is_hardened(private_bus: PrivateBus) -> None:
     limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
     core = next(line for line in limits if line.startswith("Max core file size"))
     assert core.split()[4:6] == ["0", "0"]
+
+
+def decrypt_in_message(bus: PrivateBus, ciphertext: bytes) -> tuple[str, Any]:
+    """Call Decrypt (data in the message) from this process: (error name or "", body)."""
+    conn = open_dbus_connection(bus=bus.address)
+    try:
+        where = DBusAddress("/org/example/KeyAgent", "org.example.KeyAgent", "org.example.KeyAgent")
+        reply = conn.send_and_get_reply(
+            new_method_call(where, "Decrypt", "aya{sv}", (ciphertext, {})), timeout=30
+        )
+    finally:
+        conn.close()
+    error = reply.header.fields.get(HeaderFields.error_name, "")
+    return error, reply.body
+
+
+@pytest.mark.parametrize("policy", ["executables", "confirm"])
+def test_policy_applies_to_in_message_decrypt(
+    private_bus: PrivateBus, tmp_path: Path, policy: str
+) -> None:
+    program = tmp_path / "askpass"
+    program.write_text("#!/bin/sh\nexit 1\n")  # always "no"
+    program.chmod(0o755)
+    rule = (
+        'allowed_executables = ["/usr/bin/nope"]' if policy == "executables" else "confirm = true"
+    )
+    write_config(private_bus, f'askpass = "{program}"\n[keys.work]\n{rule}\n')
+    sealed = sealed_file(tmp_path, init_and_unlock(private_bus, "work"))
+    error, body = decrypt_in_message(private_bus, sealed.read_bytes())
+    assert error == "org.freedesktop.DBus.Error.AccessDenied"
+    assert "work" in body[0]
+    # Without a policy, the same call from the same process decrypts.
+    write_config(private_bus, "")
+    private_bus.keyagent("lock", "--all")
+    pid = private_bus.agent_pid()
+    assert pid is not None
+    os.kill(pid, 15)
+    assert private_bus.wait_agent_gone()
+    private_bus.keyagent("unlock", "--passphrase-fd", "0", "work", input="pw\n")
+    error, body = decrypt_in_message(private_bus, sealed.read_bytes())
+    assert (error, body) == ("", (b"hello\n", "work"))
