@@ -13,7 +13,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
-import resource
 import sys
 from collections.abc import Callable, Sequence
 
@@ -21,7 +20,6 @@ from keyagent.protocol import DEFAULT_MAX_PAYLOAD, KeyAgentError
 from keyagentd import __version__
 from keyagentd.kdf import MAX_MEMORY_KIB, MAX_PARALLELISM, MAX_TIME_COST, KdfParams
 
-PR_SET_DUMPABLE = 4
 M_ARENA_MAX = -8
 #: glibc arenas: each worker thread would otherwise get its own 64 MiB-reserving arena.
 ARENA_MAX = 2
@@ -57,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--idle-exit",
         type=_bounded("number of seconds", 0, 2**31, float),
-        default=300.0,
+        default=None,
         metavar="SECONDS",
-        help="exit after this long without calls while every key is locked; 0 never (default 300)",
+        help="exit after this long without calls while every key is locked; 0 never "
+        "(default: idle_exit of config.toml, else 300)",
     )
     p.add_argument(
         "--argon2-memory",
@@ -111,18 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def harden() -> None:
-    """No core dumps, no ptrace by other processes of ours, bounded malloc arenas."""
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+def harden() -> list[str]:
+    """No core dumps, no ptrace by other processes of ours, locked memory, bounded arenas."""
+    from keyagentd.hardening import harden_process
+
+    messages = harden_process()
     libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    with contextlib.suppress(AttributeError):
-        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    with contextlib.suppress(AttributeError):  # glibc only
-        libc.mallopt(M_ARENA_MAX, ARENA_MAX)
+    if libc_name:
+        with contextlib.suppress(AttributeError):  # glibc only
+            ctypes.CDLL(libc_name, use_errno=True).mallopt(M_ARENA_MAX, ARENA_MAX)
+    return messages
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     memory, lanes = int(args.argon2_memory), int(args.argon2_parallelism)
     if memory < 8 * lanes:
         build_parser().error(f"--argon2-memory must be at least {8 * lanes} KiB for {lanes} lanes")
-    harden()
+    hardening_messages = harden()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="keyagentd[%(process)d]: %(levelname)s: %(message)s",
@@ -139,18 +136,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("dbus_fast").setLevel(logging.WARNING)
 
+    for line in hardening_messages:
+        logging.getLogger("keyagentd").info("%s", line)
+
     from keyagentd.bus.service import Config
+    from keyagentd.config import ConfigError, load_config
     from keyagentd.keystore import KeyStore
+
+    try:
+        user_config = load_config()
+    except ConfigError as exc:
+        print(f"keyagentd: error: {exc}", file=sys.stderr)
+        return 1
+    idle_exit = user_config.idle_exit if args.idle_exit is None else args.idle_exit
 
     config = Config(
         home=KeyStore.default_root(),
         kdf=KdfParams(memory, int(args.argon2_time), lanes),
-        idle_exit=float(args.idle_exit),
+        idle_exit=float(idle_exit),
         max_payload=int(args.max_payload),
         max_streams=int(args.max_streams),
         scrypt_work_factor=None
         if args.scrypt_work_factor is None
         else int(args.scrypt_work_factor),
+        user=user_config,
     )
     return asyncio.run(_serve(config))
 

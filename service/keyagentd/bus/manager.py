@@ -30,7 +30,7 @@ from keyagent.protocol import (
     Unsupported,
     is_valid_key_name,
 )
-from keyagentd import age
+from keyagentd import age, policy
 from keyagentd.bus import crypto
 from keyagentd.bus import options as opts
 from keyagentd.bus.dbustypes import (
@@ -41,10 +41,11 @@ from keyagentd.bus.dbustypes import (
     PlainAndKey,
     Void,
 )
-from keyagentd.bus.gate import current_sender
+from keyagentd.bus.gate import CURRENT_CALLER, current_sender
 from keyagentd.bus.oplog import note_key, operation, sync_operation
 from keyagentd.bus.streams import FdSink, FdSource, close_fds
 from keyagentd.cache import KeyCache
+from keyagentd.config import Config as UserConfig
 from keyagentd.keystore import KeyRecord
 from keyagentd.secrets import wipe
 
@@ -151,6 +152,10 @@ class Manager(ServiceInterface):
             raise Locked(
                 f"Key '{name}' is locked: unlock it or give its passphrase to delete it.", (name,)
             )
+        elif policy.is_restricted(name, self.agent.config.user):
+            await self.agent.blocking(
+                policy.check, name, _caller_pid(), self.agent.config.user, operation="delete"
+            )
         await self.agent.blocking(self.agent.store.delete, name)
         self.agent.key_removed(name)
 
@@ -195,8 +200,12 @@ class Manager(ServiceInterface):
             dict(self.agent.records),
             parsed.text("key"),
             parsed.text("passphrase"),
+            self.agent.config.user,
+            _caller_pid(),
         )
-        if crypto.runs_inline(len(ciphertext), args[4], self.agent.cache):
+        inline = crypto.runs_inline(len(ciphertext), args[4], self.agent.cache)
+        # A confirmation dialog may wait for minutes: never on the event loop.
+        if inline and not policy.may_prompt(self.agent.config.user):
             name, plaintext = _decrypt_bytes(*args)
         else:
             name, plaintext = await self.agent.blocking(_decrypt_bytes, *args)
@@ -250,10 +259,12 @@ class Manager(ServiceInterface):
             raise
         cache, records = self.agent.cache, dict(self.agent.records)
         pin, passphrase = parsed.text("key"), parsed.text("passphrase")
+        user, pid = self.agent.config.user, _caller_pid()
 
         def job(cancel: threading.Event) -> tuple[str, int]:
             dec = age.Decryptor(_io(FdSource(input, cancel)))
             name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
+            _check_policy(name, pid, user)
             return name, dec.decrypt_to(_io(FdSink(output, cancel)))
 
         name, written = await self.agent.stream(current_sender(), fds, job)
@@ -281,15 +292,29 @@ def _create(
         wipe(seed)
 
 
+def _caller_pid() -> int:
+    caller = CURRENT_CALLER.get()
+    return caller.pid if caller is not None and caller.pid is not None else 0
+
+
+def _check_policy(name: str, pid: int, user: UserConfig) -> None:
+    """Per-key policy, once the key is known and before any plaintext (may ask; blocks)."""
+    if name and policy.is_restricted(name, user):
+        policy.check(name, pid, user, operation="decrypt")
+
+
 def _decrypt_bytes(
     data: bytes,
     cache: KeyCache,
     records: Mapping[str, KeyRecord],
     pin: str | None,
     passphrase: str | None,
+    user: UserConfig,
+    pid: int,
 ) -> tuple[str, bytes]:
     dec = age.Decryptor(io.BytesIO(data))
     name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
+    _check_policy(name, pid, user)
     out = io.BytesIO()
     dec.decrypt_to(out)
     return name, out.getvalue()

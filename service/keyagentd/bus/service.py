@@ -45,6 +45,8 @@ from keyagentd.bus.manager import Manager
 from keyagentd.bus.options import Options
 from keyagentd.bus.streams import DEFAULT_MAX_STREAMS, StreamRunner
 from keyagentd.cache import KeyCache
+from keyagentd.config import Config as UserConfig
+from keyagentd.desktop import LockTriggers, install_lock_triggers
 from keyagentd.kdf import KdfParams
 from keyagentd.keystore import KeyRecord, KeyStore
 from keyagentd.ratelimit import FailureLimiter
@@ -69,6 +71,7 @@ class Config:
     scrypt_work_factor: int | None = None  # None: chosen by target time, like age
     crypto_workers: int = 4
     bus_address: str | None = None
+    user: UserConfig = UserConfig()  # noqa: RUF009 - frozen; config.toml
 
 
 def _signatures(*interfaces: ServiceInterface) -> dict[tuple[str, str], str]:
@@ -85,7 +88,11 @@ class Agent:
         self.config = config
         self.uid = os.geteuid() if uid is None else uid
         self.store = KeyStore(config.home, kdf=config.kdf)
-        self.cache = KeyCache()
+        self.cache = KeyCache(
+            default_idle_timeout=config.user.idle_timeout,
+            default_max_timeout=config.user.max_timeout,
+        )
+        self._triggers: LockTriggers | None = None
         self.limiter = FailureLimiter()
         self.records: dict[str, KeyRecord] = {}
         self.keys: dict[str, KeyObject] = {}
@@ -152,6 +159,7 @@ class Agent:
             bus.disconnect()
             raise
         log.info("serving %s with %d key(s) from %s", BUS_NAME, len(self.records), self.config.home)
+        self._triggers = await install_lock_triggers(bus, self.config.user, self.lock_from_trigger)
         self._arm_idle()
 
     async def run(self) -> None:
@@ -162,6 +170,9 @@ class Agent:
         disconnect = asyncio.ensure_future(_disconnected(self._bus))
         stop = asyncio.ensure_future(self._stop.wait())
         await asyncio.wait({disconnect, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if self._triggers is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._triggers.close(), 2.0)
         if disconnect.done():
             with contextlib.suppress(Exception):
                 disconnect.result()
@@ -197,6 +208,14 @@ class Agent:
         self._streams.shutdown()
         self.cache.lock_all()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def lock_from_trigger(self, reason: str) -> None:
+        """The desktop locked, slept or started its screen saver: lock every key."""
+        names = self.cache.lock_all()
+        for name in names:
+            self.key_changed(name)
+        if names:
+            log.info("locked %d key(s): %s", len(names), reason)
 
     # --- activity and idle exit ----------------------------------------------------------
 
@@ -329,6 +348,9 @@ class Agent:
     async def unlock(self, name: str, passphrase: str, options: Options) -> None:
         record = self.require(name)
         idle, maximum = options.number("idle-timeout"), options.number("max-timeout")
+        key_idle, key_max = self.config.user.timeouts_for(name)
+        idle = key_idle if idle is None else idle
+        maximum = key_max if maximum is None else maximum
         for value, what in ((idle, "idle-timeout"), (maximum, "max-timeout")):
             if value is not None and value < 1:
                 raise InvalidArgs(f"The {what} option must be at least 1 second.")
