@@ -144,7 +144,9 @@ def start_private_bus(
     any_user: bool = False,
     agent_args: tuple[str, ...] = TEST_AGENT_ARGS,
     standard_dirs: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> PrivateBus:
+    """``extra_env`` goes into the daemon's environment, so activated agents inherit it."""
     tmp.mkdir(parents=True, exist_ok=True)
     if any_user:
         tmp.chmod(0o755)  # other uids must reach the socket
@@ -173,6 +175,7 @@ def start_private_bus(
         PYTHONPATH=f"{ROOT / 'service'}:{ROOT / 'cli'}",
         PYTHONUNBUFFERED="1",
     )
+    env.update(extra_env or {})
     daemon = subprocess.Popen(
         ["dbus-daemon", "--nofork", "--nopidfile", f"--config-file={config}", "--print-address"],
         env=env,
@@ -225,6 +228,7 @@ def bus_factory(tmp_path: Path) -> Iterator[BusFactory]:
         any_user: bool = False,
         agent_args: tuple[str, ...] = TEST_AGENT_ARGS,
         standard_dirs: bool = False,
+        extra_env: dict[str, str] | None = None,
     ) -> PrivateBus:
         # Other uids must reach the socket, and pytest's basetemp is 0700: use /tmp then.
         top = tmp_path if not any_user else Path(tempfile.mkdtemp(prefix="keyagent-bus-"))
@@ -236,6 +240,7 @@ def bus_factory(tmp_path: Path) -> Iterator[BusFactory]:
             any_user=any_user,
             agent_args=agent_args,
             standard_dirs=standard_dirs,
+            extra_env=extra_env,
         )
         started.append(bus)
         return bus

@@ -241,3 +241,43 @@ def test_fd_source_and_sink_poll_only_what_can_block(tmp_path: object) -> None:
     finally:
         for f in (fd, r, w):
             os.close(f)
+
+
+def test_stream_runner_shortens_the_gil_switch_interval() -> None:
+    import sys
+
+    from keyagentd.bus.streams import SWITCH_INTERVAL, StreamRunner
+
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        runner = StreamRunner()
+        assert sys.getswitchinterval() <= SWITCH_INTERVAL < 0.005
+        runner.shutdown()
+    finally:
+        sys.setswitchinterval(before)
+
+
+def test_operation_hook_sees_each_operation_and_its_key() -> None:
+    from dbus_fast import DBusError
+
+    from keyagent.protocol import NoSuchKey
+    from keyagentd.bus import oplog
+
+    seen: list[tuple[str, str, str]] = []
+
+    @oplog.sync_operation("Thing")
+    def thing(fail: bool) -> None:
+        oplog.note_key("k1")
+        if fail:
+            raise NoSuchKey("There is no key named 'k1'.")
+
+    oplog.set_operation_hook(lambda op, key, outcome: seen.append((op, key, outcome)))
+    try:
+        thing(False)
+        with pytest.raises(DBusError):
+            thing(True)
+    finally:
+        oplog.set_operation_hook(None)
+    thing(False)
+    assert seen == [("Thing", "k1", "ok"), ("Thing", "k1", "NoSuchKey")]

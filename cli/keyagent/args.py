@@ -104,6 +104,11 @@ def _add_unlock(p: Parser) -> None:
         type=_duration,
         help="lock after D at the latest (agent default 2h)",
     )
+    p.add_argument(
+        "--askpass",
+        action="store_true",
+        help="let the agent ask for the passphrase with its askpass program (no terminal needed)",
+    )
 
 
 def _add_lock(p: Parser) -> None:

@@ -41,6 +41,8 @@ def __getattr__(name: str) -> Any:
 
 
 DEFAULT_TIMEOUT: Final = 30.0
+#: An askpass unlock waits for a person: three dialogs of at most two minutes each.
+ASKPASS_TIMEOUT: Final = 400.0
 #: Starting the agent includes Python start-up and the keystore scan; be generous.
 ACTIVATION_TIMEOUT: Final = 60.0
 #: How often a streaming call wakes up to report progress.
@@ -472,6 +474,20 @@ class Client:
         """Unlock with the passphrase in the message; prefer :meth:`unlock_with_pipe`."""
         opts = _unlock_options(idle_timeout, max_timeout)
         self._key(name, "Unlock", "sa{sv}", (passphrase, opts))
+
+    def unlock_by_askpass(
+        self,
+        name: str,
+        *,
+        idle_timeout: int | None = None,
+        max_timeout: int | None = None,
+        timeout: float | None = ASKPASS_TIMEOUT,
+    ) -> None:
+        """Have the agent ask the person at the desktop for the passphrase (askpass), then
+        unlock. Waits for the dialog: up to three tries of two minutes each."""
+        opts = _unlock_options(idle_timeout, max_timeout)
+        opts["askpass"] = ("b", True)
+        self._key(name, "Unlock", "sa{sv}", ("", opts), timeout=timeout)
 
     def unlock_from_fd(
         self,

@@ -134,6 +134,11 @@ def cmd_unlock(ctx: Context) -> int:
     name = key_name(a.name)
     client = ctx.client()
     client.key(name)  # NoSuchKey (and the owner check) before the prompt
+    if a.askpass:
+        if ctx.passphrases.from_fd:
+            raise UsageError("Give --askpass or --passphrase-fd, not both.")
+        client.unlock_by_askpass(name, idle_timeout=a.idle_timeout, max_timeout=a.max_timeout)
+        return 0
     tries = 1 if ctx.passphrases.from_fd else TTY_TRIES
     for attempt in range(tries):
         prompt = f"Passphrase for key '{name}': "

@@ -35,7 +35,7 @@ _keyagent() {
     case $cmd in
         init) opts+=" --type --label --passphrase-fd" ;;
         status) opts+=" --json" ;;
-        unlock) opts+=" --idle-timeout --max-timeout --passphrase-fd" ;;
+        unlock) opts+=" --idle-timeout --max-timeout --passphrase-fd --askpass" ;;
         lock) opts+=" --all" ;;
         encrypt) opts+=" -r --recipient -R --recipients-file -k --key -p --passphrase -a --armor -o --output -q --quiet --passphrase-fd" ;;
         decrypt) opts+=" -k --key -o --output -q --quiet --passphrase-fd" ;;

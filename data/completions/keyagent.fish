@@ -34,6 +34,7 @@ complete -c keyagent -n "__fish_seen_subcommand_from init import" -l label -x -d
 complete -c keyagent -n "__fish_seen_subcommand_from status" -l json -d 'machine-readable output'
 complete -c keyagent -n "__fish_seen_subcommand_from unlock" -l idle-timeout -x -d 'lock after this idle time'
 complete -c keyagent -n "__fish_seen_subcommand_from unlock" -l max-timeout -x -d 'lock after this time at the latest'
+complete -c keyagent -n "__fish_seen_subcommand_from unlock" -l askpass -d 'let the agent ask with its askpass program'
 complete -c keyagent -n "__fish_seen_subcommand_from lock" -l all -d 'lock every key'
 complete -c keyagent -n "__fish_seen_subcommand_from encrypt" -s r -l recipient -x -d 'encrypt to a recipient'
 complete -c keyagent -n "__fish_seen_subcommand_from encrypt" -s R -l recipients-file -r -F -d 'recipients file'

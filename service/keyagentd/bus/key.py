@@ -17,10 +17,12 @@ from dbus_fast.annotations import (
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
 
-from keyagent.protocol import KEY_INTERFACE, BadPassphrase, TooLarge, key_path
+from keyagent.protocol import KEY_INTERFACE, BadPassphrase, InvalidArgs, TooLarge, key_path
 from keyagentd import age
 from keyagentd.bus import options as opts
 from keyagentd.bus.dbustypes import Void
+from keyagentd.bus.fdpeer import check_fd_peers
+from keyagentd.bus.gate import CURRENT_CALLER
 from keyagentd.bus.oplog import operation, sync_operation
 from keyagentd.bus.streams import FdSource, close_fds
 from keyagentd.keystore import KeyRecord
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 #: UnlockFromFd reads at most this much (a passphrase, not a file).
 MAX_PASSPHRASE_BYTES: Final = 4096
 PASSPHRASE_READ_TIMEOUT: Final = 30.0
+#: Unlock also takes ``askpass`` (b): the agent asks at the desktop (passphrase "").
+UNLOCK_OPTIONS: Final = {**opts.UNLOCK, "askpass": "b"}
 
 
 def read_passphrase(fd: int, cancel: threading.Event) -> str:
@@ -122,7 +126,14 @@ class KeyObject(ServiceInterface):
     @dbus_method()
     @operation("Unlock")
     async def Unlock(self, passphrase: DBusStr, options: DBusDict) -> Void:
-        parsed = opts.parse(options, opts.UNLOCK)
+        parsed = opts.parse(options, UNLOCK_OPTIONS)
+        if parsed.flag("askpass"):
+            if passphrase:
+                raise InvalidArgs("Give a passphrase or the askpass option, not both.")
+            caller = CURRENT_CALLER.get()
+            pid = caller.pid if caller is not None and caller.pid is not None else 0
+            await self.agent.unlock_by_askpass(self.key_name, parsed, pid)
+            return
         await self.agent.unlock(self.key_name, passphrase, parsed)
 
     @dbus_method()
@@ -130,6 +141,7 @@ class KeyObject(ServiceInterface):
     async def UnlockFromFd(self, fd: DBusUnixFd, options: DBusDict) -> Void:
         try:
             parsed = opts.parse(options, opts.UNLOCK)
+            check_fd_peers([fd])
         except Exception:
             close_fds([fd])
             raise

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import io
 import threading
 from collections.abc import Mapping
@@ -16,7 +18,7 @@ from dbus_fast.annotations import (
     DBusUnixFd,
 )
 from dbus_fast.constants import PropertyAccess
-from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
+from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 import keyagentd
 from keyagent.protocol import (
@@ -41,9 +43,10 @@ from keyagentd.bus.dbustypes import (
     PlainAndKey,
     Void,
 )
+from keyagentd.bus.fdpeer import check_fd_peers
 from keyagentd.bus.gate import CURRENT_CALLER, current_sender
 from keyagentd.bus.oplog import note_key, operation, sync_operation
-from keyagentd.bus.streams import FdSink, FdSource, close_fds
+from keyagentd.bus.streams import Cancelled, FdSink, FdSource, close_fds
 from keyagentd.cache import KeyCache
 from keyagentd.config import Config as UserConfig
 from keyagentd.keystore import KeyRecord
@@ -51,6 +54,11 @@ from keyagentd.secrets import wipe
 
 if TYPE_CHECKING:
     from keyagentd.bus.service import Agent
+
+#: Decrypt and DecryptFd also take ``askpass`` (b): ask at the desktop for a locked key.
+DECRYPT_OPTIONS = {**opts.DECRYPT, "askpass": "b"}
+#: How often a stream waiting for an askpass unlock looks at its cancel flag (seconds).
+CANCEL_POLL = 0.25
 
 
 def ciphertext_limit(max_payload: int) -> int:
@@ -78,6 +86,18 @@ class Manager(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> DBusStr:
         return keyagentd.__version__
+
+    # --- signals -------------------------------------------------------------------------
+
+    @dbus_signal()
+    def AccessLog(
+        self, operation: str, key: str, pid: int, executable: str, result: str
+    ) -> Annotated[tuple[str, str, int, str, str], DBusSignature("ssuss")]:
+        return (operation, key, pid, executable, result)
+
+    def emit_access(self, record: policy.AccessRecord) -> None:
+        """Send one access record (accesslog.py) as the AccessLog signal."""
+        self.AccessLog(record.operation, record.key, record.pid, record.executable, record.result)
 
     # --- keys ----------------------------------------------------------------------------
 
@@ -192,8 +212,21 @@ class Manager(ServiceInterface):
     @dbus_method()
     @operation("Decrypt")
     async def Decrypt(self, ciphertext: DBusBytes, options: DBusDict) -> PlainAndKey:
-        parsed = opts.parse(options, opts.DECRYPT)
+        parsed = opts.parse(options, DECRYPT_OPTIONS)
         self._check_size(ciphertext, ciphertext_limit(self.agent.config.max_payload))
+        try:
+            name, plaintext = await self._decrypt(ciphertext, parsed)
+        except Locked as exc:
+            if not parsed.flag("askpass") or not exc.names:
+                raise
+            # Ask for the first candidate, then try again: the data is all here.
+            note_key(exc.names[0])
+            await self.agent.unlock_by_askpass(exc.names[0], opts.Options({}), _caller_pid())
+            name, plaintext = await self._decrypt(ciphertext, parsed)
+        note_key(name)
+        return (plaintext, name)
+
+    async def _decrypt(self, ciphertext: bytes, parsed: opts.Options) -> tuple[str, bytes]:
         args = (
             ciphertext,
             self.agent.cache,
@@ -206,11 +239,8 @@ class Manager(ServiceInterface):
         inline = crypto.runs_inline(len(ciphertext), args[4], self.agent.cache)
         # A confirmation dialog may wait for minutes: never on the event loop.
         if inline and not policy.may_prompt(self.agent.config.user):
-            name, plaintext = _decrypt_bytes(*args)
-        else:
-            name, plaintext = await self.agent.blocking(_decrypt_bytes, *args)
-        note_key(name)
-        return (plaintext, name)
+            return _decrypt_bytes(*args)
+        return await self.agent.blocking(_decrypt_bytes, *args)
 
     def _check_size(self, data: bytes, limit: int | None = None) -> None:
         limit = self.agent.config.max_payload if limit is None else limit
@@ -235,6 +265,7 @@ class Manager(ServiceInterface):
                 parsed.text("passphrase"),
                 self.agent.config.scrypt_work_factor,
             )
+            check_fd_peers(fds)
         except Exception:
             close_fds(fds)
             raise
@@ -253,23 +284,45 @@ class Manager(ServiceInterface):
     ) -> KeyAndCount:
         fds = [input, output]
         try:
-            parsed = opts.parse(options, opts.DECRYPT)
+            parsed = opts.parse(options, DECRYPT_OPTIONS)
+            check_fd_peers(fds)
         except Exception:
             close_fds(fds)
             raise
         cache, records = self.agent.cache, dict(self.agent.records)
         pin, passphrase = parsed.text("key"), parsed.text("passphrase")
         user, pid = self.agent.config.user, _caller_pid()
+        agent, ask, loop = self.agent, parsed.flag("askpass"), asyncio.get_running_loop()
 
         def job(cancel: threading.Event) -> tuple[str, int]:
             dec = age.Decryptor(_io(FdSource(input, cancel)))
-            name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
+            try:
+                name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
+            except Locked as exc:
+                if not ask or not exc.names:
+                    raise
+                # The header is read and the input cannot rewind: unlock (on the loop), then
+                # unwrap again with the same decryptor.
+                unlock = agent.unlock_by_askpass(exc.names[0], opts.Options({}), pid)
+                _wait(asyncio.run_coroutine_threadsafe(unlock, loop), cancel)
+                name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
             _check_policy(name, pid, user)
             return name, dec.decrypt_to(_io(FdSink(output, cancel)))
 
         name, written = await self.agent.stream(current_sender(), fds, job)
         note_key(name)
         return (name, written)
+
+
+def _wait(future: concurrent.futures.Future[None], cancel: threading.Event) -> None:
+    """Wait in a stream thread for work on the loop; give up if the stream is cancelled."""
+    while True:
+        try:
+            return future.result(timeout=CANCEL_POLL)
+        except concurrent.futures.TimeoutError:
+            if cancel.is_set():
+                future.cancel()
+                raise Cancelled("The operation was cancelled.") from None
 
 
 def _io(obj: object) -> BinaryIO:

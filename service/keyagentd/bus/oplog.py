@@ -28,6 +28,20 @@ R = TypeVar("R")
 _KEY: ContextVar[str] = ContextVar("keyagent_op_key", default="")
 
 
+#: Called as each operation ends: (operation, key or "", outcome); see `set_operation_hook`.
+OperationHook = Callable[[str, str, str], None]
+_hook: OperationHook | None = None
+
+
+def set_operation_hook(hook: OperationHook | None) -> None:
+    """Also call ``hook(operation, key, outcome)`` as each operation ends, on the event loop
+    and in the method's context (`CURRENT_CALLER` names the caller); None removes it. The
+    agent's AccessLog signal uses it. ``outcome`` is "ok", an error's short name, or
+    "error" for an unexpected exception."""
+    global _hook
+    _hook = hook
+
+
 def note_key(name: str) -> None:
     _KEY.set(name)
 
@@ -79,6 +93,12 @@ def sync_operation(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 
 
 def _line(op: str, outcome: str) -> None:
+    hook = _hook
+    if hook is not None:
+        try:
+            hook(op, _KEY.get(), outcome)
+        except Exception:  # a broken observer must not change the caller's answer
+            log.exception("The operation hook failed")
     if not log.isEnabledFor(logging.INFO):
         return
     caller = CURRENT_CALLER.get()

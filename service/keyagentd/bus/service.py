@@ -33,11 +33,15 @@ from keyagent.protocol import (
     KEY_INTERFACE,
     MANAGER_INTERFACE,
     MANAGER_PATH,
+    BadPassphrase,
     Failed,
     InvalidArgs,
     NoSuchKey,
 )
+from keyagentd import askpass
 from keyagentd.auth import Caller, check_bus_peer
+from keyagentd.bus import oplog
+from keyagentd.bus.accesslog import AccessLog
 from keyagentd.bus.fixes import FixedMessageBus
 from keyagentd.bus.gate import Gate, current_sender
 from keyagentd.bus.key import KeyObject
@@ -59,6 +63,8 @@ T = TypeVar("T")
 DEFAULT_IDLE_EXIT: Final = 300.0
 #: How long a stopping agent waits for calls already running to answer.
 DRAIN_SECONDS: Final = 5.0
+#: An askpass unlock asks again after a wrong passphrase, like a terminal prompt.
+ASKPASS_TRIES: Final = 3
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,10 @@ class Agent:
         self.records: dict[str, KeyRecord] = {}
         self.keys: dict[str, KeyObject] = {}
         self.manager = Manager(self)
+        self.access_log = AccessLog(self.manager.emit_access)
+        # Passphrase dialogs wait for a person: never in the crypto pool (askpass.py also
+        # shows one at a time).
+        self._dialogs = ThreadPoolExecutor(1, thread_name_prefix="askpass")
         self._pool = ThreadPoolExecutor(config.crypto_workers, thread_name_prefix="crypto")
         self._streams = StreamRunner(config.max_streams)
         self._bus: FixedMessageBus | None = None
@@ -149,7 +159,7 @@ class Agent:
                 max_payload=self.config.max_payload,
                 signatures=_signatures(self.manager, sample),
                 on_call=self._on_call,
-                on_gone=self._streams.cancel,
+                on_gone=self._caller_gone,
             )
             await gate.install()
             reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
@@ -158,6 +168,7 @@ class Agent:
         except BaseException:
             bus.disconnect()
             raise
+        oplog.set_operation_hook(self.access_log.on_operation)
         log.info("serving %s with %d key(s) from %s", BUS_NAME, len(self.records), self.config.home)
         self._triggers = await install_lock_triggers(bus, self.config.user, self.lock_from_trigger)
         self._arm_idle()
@@ -208,6 +219,8 @@ class Agent:
         self._streams.shutdown()
         self.cache.lock_all()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._dialogs.shutdown(wait=False, cancel_futures=True)
+        oplog.set_operation_hook(None)
 
     def lock_from_trigger(self, reason: str) -> None:
         """The desktop locked, slept or started its screen saver: lock every key."""
@@ -222,6 +235,10 @@ class Agent:
     def _on_call(self, caller: Caller) -> None:
         assert self._loop is not None
         self._last_activity = self._loop.time()
+
+    def _caller_gone(self, sender: str) -> None:
+        self._streams.cancel(sender)
+        self.access_log.forget(sender)
 
     def _touch(self) -> None:
         if self._loop is not None:
@@ -361,6 +378,51 @@ class Agent:
             raise NoSuchKey(f"There is no key named {name!r}.")
         self.cache.unlock(name, record.key_type, seed, idle, maximum)
         self.key_changed(name)
+
+    async def unlock_by_askpass(self, name: str, options: Options, pid: int) -> None:
+        """Ask the person at the desktop for ``name``'s passphrase (askpass.py) and unlock.
+
+        Up to ``ASKPASS_TRIES`` dialogs; each wrong passphrase counts in the rate limiter.
+        Cancel or timeout: BadPassphrase; no askpass program at all: Failed.
+        """
+        assert self._loop is not None
+        self.require(name)
+        self.limiter.check(name)  # a locked-out key does not bother the person
+        user = self.config.user
+        if askpass.find_askpass(user.askpass) is None:
+            raise Failed(
+                "There is no askpass program to ask for the passphrase: set $KEYAGENT_ASKPASS "
+                "or askpass in config.toml."
+            )
+        retry = False
+        for attempt in range(ASKPASS_TRIES):
+            ask = functools.partial(_ask_unlock, name, pid, user.askpass, retry)
+            self._inflight += 1  # a pending dialog keeps the agent alive
+            try:
+                passphrase = await self._loop.run_in_executor(self._dialogs, ask)
+            finally:
+                self._inflight -= 1
+                self._touch()
+            if passphrase is None:
+                raise BadPassphrase(
+                    f"No passphrase was entered for key '{name}': "
+                    "the prompt was cancelled or timed out."
+                )
+            try:
+                await self.unlock(name, passphrase, options)
+                return
+            except BadPassphrase:
+                if attempt == ASKPASS_TRIES - 1:
+                    raise
+            retry = True
+
+
+def _ask_unlock(name: str, pid: int, program: str | None, retry: bool) -> str | None:
+    # In the dialog thread: unlock_prompt reads /proc, the dialog waits for a person.
+    prompt = askpass.unlock_prompt(name, pid)
+    if retry:
+        prompt += " (wrong passphrase: try again)"
+    return askpass.ask_passphrase(prompt, config_askpass=program, key_name=name)
 
 
 def session_bus_address(configured: str | None) -> str | None:
