@@ -129,6 +129,10 @@ class Agent:
         """Prepare everything and claim the bus name; ``Failed`` (one sentence) if we can't."""
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        # Before the name is claimed: a SIGTERM once we own it must exit cleanly, even while
+        # start() still awaits (lock triggers); run() finds the stop already requested.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self.stop, f"signal {sig.name}")
         self._last_activity = self._loop.time()
         self.store.prepare()
         for record in self.store.list():
