@@ -174,7 +174,12 @@ class Agent:
             raise
         oplog.set_operation_hook(self.access_log.on_operation)
         log.info("serving %s with %d key(s) from %s", BUS_NAME, len(self.records), self.config.home)
-        self._triggers = await install_lock_triggers(bus, self.config.user, self.lock_from_trigger)
+        try:
+            self._triggers = await install_lock_triggers(
+                bus, self.config.user, self.lock_from_trigger
+            )
+        except Exception as exc:  # a convenience: serving goes on (run() sees a lost bus)
+            log.warning("Desktop lock triggers are off: %s.", _reason(exc))
         self._arm_idle()
 
     async def run(self) -> None:
