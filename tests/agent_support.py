@@ -7,9 +7,7 @@ the wire contract, not against our own client library.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -113,6 +111,20 @@ class Client:
         plain, key = self.m("Decrypt", "aya{sv}", data, options)
         return bytes(plain), str(key)
 
+    def hold_decrypt_streams(self, count: int) -> list[tuple[int, int]]:
+        """Start ``count`` DecryptFd streams that wait for input (replies left unread); returns
+        each stream's (input write end, output read end): closing them lets it end."""
+        addr = DBusAddress(MANAGER, bus_name=BUS, interface=MI)
+        held = []
+        for _ in range(count):
+            in_r, in_w = os.pipe()
+            out_r, out_w = os.pipe()
+            self.conn.send(new_method_call(addr, "DecryptFd", "hha{sv}", (in_r, out_w, {})))
+            os.close(in_r)
+            os.close(out_w)
+            held.append((in_w, out_r))
+        return held
+
 
 def opt(**kw: tuple[str, Any]) -> dict[str, tuple[str, Any]]:
     """An a{sv} for jeepney: opt(armor=("b", True))."""
@@ -137,6 +149,7 @@ def wait_until(cond: Callable[[], bool], timeout: float = 10.0, step: float = 0.
 
 
 def settle_fds(pid: int, at_most: int, timeout: float = 10.0) -> int:
+    """The process's fd count once it is down to ``at_most`` (or whatever it is at the timeout)."""
     wait_until(lambda: fd_count(pid) <= at_most, timeout)
     return fd_count(pid)
 
@@ -154,17 +167,3 @@ def module_bus(tmp: Path, **kw: Any) -> Iterator[PrivateBus]:
         yield bus
     finally:
         stop_private_bus(bus)
-
-
-@contextmanager
-def reachable_bus(prefix: str = "keyagent-agent-", **kw: Any) -> Iterator[PrivateBus]:
-    """A permissive bus in a fresh 0755 directory under /tmp, so uid 65534 can reach its
-    socket (pytest's basetemp is 0700)."""
-    top = Path(tempfile.mkdtemp(prefix=prefix))
-    top.chmod(0o755)
-    bus = start_private_bus(top / "bus", any_user=True, **kw)
-    try:
-        yield bus
-    finally:
-        stop_private_bus(bus)
-        shutil.rmtree(top, ignore_errors=True)

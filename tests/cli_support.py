@@ -14,8 +14,11 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from conftest import TEST_AGENT_ARGS, PrivateBus
+import pytest
+
+from conftest import TEST_AGENT_ARGS, BusFactory, PrivateBus
 
 KEYAGENT = (sys.executable, "-m", "keyagent")
 
@@ -175,3 +178,22 @@ class TtyRun:
 #: The agent as the tests run it, with a cheap scrypt for passphrase files and exports
 #: (the default targets about a second per file, which would dominate these tests).
 FAST_AGENT_ARGS = (*TEST_AGENT_ARGS, "--scrypt-work-factor", "10")
+
+
+# Fixtures of the command and client tests. A test module takes them with
+# `from cli_support import files as files, private_bus as private_bus` (the `as` re-export
+# keeps linters from reading the test parameters as redefinitions).
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    """A directory of this test's files only (the private bus lives in tmp_path too)."""
+    d = tmp_path / "files"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def private_bus(bus_factory: BusFactory) -> PrivateBus:
+    """conftest's private bus, with FAST_AGENT_ARGS."""
+    return bus_factory(agent_args=FAST_AGENT_ARGS)

@@ -283,6 +283,50 @@ class Trickle(io.RawIOBase):
         return n
 
 
+class Chunky(io.RawIOBase):
+    """A source returning reads of 1 byte to 5 KiB, so lines span many reads."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+        self._rng = random.Random(5)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: memoryview) -> int:  # type: ignore[override]
+        n = min(len(b), len(self._data), self._rng.choice([1, 3, 700, 5000]))
+        b[:n] = self._data[:n]
+        self._data = self._data[n:]
+        return n
+
+
+class LongStanza:
+    """Wraps to an X25519 stanza plus one with a long argument and a multi-line body."""
+
+    def __init__(self, inner: age.X25519Recipient) -> None:
+        self._inner = inner
+
+    def wrap(self, file_key: bytes, rng: Callable[[int], bytes]) -> list[age.Stanza]:
+        extra = age.Stanza("x-long", ("A" * 150_000, "b"), bytes(range(256)) * 3)
+        return [*self._inner.wrap(file_key, rng), extra]
+
+
+def test_long_header_lines_arriving_in_pieces() -> None:
+    """Lines spanning many reads (and reads spanning many lines) parse to the same header."""
+    ident = age.generate_identity("x25519")
+    data = os.urandom(CHUNK + 9)
+    ct = age.encrypt_bytes([LongStanza(ident.recipient())], data)  # type: ignore[list-item]
+    for src in (io.BytesIO(ct), Chunky(ct)):
+        dec = age.Decryptor(src)  # type: ignore[arg-type]
+        long = dec.stanzas[1]
+        assert (long.type, long.args) == ("x-long", ("A" * 150_000, "b"))
+        assert long.body == bytes(range(256)) * 3
+        dec.unwrap([ident])  # the MAC covers exactly the bytes read
+        out = io.BytesIO()
+        dec.decrypt_to(out)
+        assert out.getvalue() == data
+
+
 class ShortWriter(io.RawIOBase):
     """A destination that accepts at most 1000 bytes per write."""
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from jeepney import DBusAddress, MessageFlag, new_method_call
 
-from agent_support import KI, MANAGER, MI, Client, reachable_bus
+from agent_support import KI, MANAGER, MI, Client
 from conftest import PrivateBus, as_other_user, requires_root
 from keyagent import protocol
 
@@ -27,15 +24,9 @@ def as_other(bus: PrivateBus, *args: str) -> tuple[int, str]:
     return out.returncode, out.stdout + out.stderr
 
 
-@pytest.fixture
-def open_bus() -> Iterator[PrivateBus]:
-    with reachable_bus() as bus:
-        yield bus
-
-
 @requires_root
-def test_other_uid_is_denied_everything_but_introspect_and_ping(open_bus: PrivateBus) -> None:
-    bus = open_bus
+def test_other_uid_is_denied_everything_but_introspect_and_ping(permissive_bus: PrivateBus) -> None:
+    bus = permissive_bus
     with Client(bus.address) as me:
         me.create("mine")
         me.unlock("mine")

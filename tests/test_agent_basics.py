@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyrage
 import pytest
-from jeepney import DBusAddress, HeaderFields, MatchRule, message_bus, new_method_call
+from jeepney import HeaderFields, MatchRule, message_bus
 
 from agent_support import (
     FAST_ARGS,
@@ -27,7 +27,6 @@ from keyagent import protocol
 from keyagentd import age
 
 MAX_PAYLOAD = 256 * 1024
-MANAGER_ADDR = DBusAddress(MANAGER, bus_name=protocol.BUS_NAME, interface=MI)
 BAD_ARMOR = b"-----BEGIN AGE ENCRYPTED FILE-----\n!!!!\n-----END AGE ENCRYPTED FILE-----\n"
 
 
@@ -460,14 +459,7 @@ def test_every_error_name_is_reachable(client: Client) -> None:
     expect("TooLarge", client.encrypt, [recipient], b"x" * (MAX_PAYLOAD + 1))
     expect("InvalidName", client.create, "not/a/name")
     # RateLimited: more concurrent streams than --max-streams (2) from one caller
-    held = []
-    for _ in range(2):
-        in_r, in_w = os.pipe()
-        out_r, out_w = os.pipe()
-        client.conn.send(new_method_call(MANAGER_ADDR, "DecryptFd", "hha{sv}", (in_r, out_w, {})))
-        os.close(in_r)
-        os.close(out_w)
-        held.append((in_w, out_r))
+    held = client.hold_decrypt_streams(2)
     time.sleep(0.2)
     r, w = os.pipe()
     expect("RateLimited", client.m, "DecryptFd", "hha{sv}", r, w, {})

@@ -111,6 +111,27 @@ def test_agent_serves_others_while_a_client_does_not_read(bus: PrivateBus) -> No
         slow.close()
 
 
+def _writer_on(
+    sock: socket.socket, loop: asyncio.AbstractEventLoop, patient: bool
+) -> tuple[_aio._MessageWriter, SimpleNamespace]:
+    """dbus-fast's message writer (our PatientWriter if ``patient``) on a stand-in bus that has
+    only ``sock``; the caller gives the bus its ``_finalize``."""
+    fake_bus = SimpleNamespace(
+        _negotiate_unix_fd=False,
+        _sock=sock,
+        _loop=loop,
+        _fd=sock.fileno(),
+        unique_name=":1.1",
+        _user_disconnect=False,
+        _disconnected=False,
+    )
+    writer = _aio._MessageWriter(fake_bus)  # type: ignore[arg-type]
+    if patient:
+        writer.__class__ = PatientWriter
+        cast(PatientWriter, writer)._waiting = False
+    return writer, fake_bus
+
+
 async def _write_into_a_full_socket(patient: bool) -> tuple[list[object], bytes]:
     """A writer whose socket is full when a message is scheduled: what it finalized with,
     and what the peer eventually read."""
@@ -122,20 +143,8 @@ async def _write_into_a_full_socket(patient: bool) -> tuple[list[object], bytes]
         while True:
             filler += ours.send(b"\0" * 65536)
     finalized: list[object] = []
-    fake_bus = SimpleNamespace(
-        _negotiate_unix_fd=False,
-        _sock=ours,
-        _loop=loop,
-        _fd=ours.fileno(),
-        unique_name=":1.1",
-        _user_disconnect=False,
-        _disconnected=False,
-        _finalize=finalized.append,
-    )
-    writer = _aio._MessageWriter(fake_bus)  # type: ignore[arg-type]
-    if patient:
-        writer.__class__ = PatientWriter
-        cast(PatientWriter, writer)._waiting = False
+    writer, fake_bus = _writer_on(ours, loop, patient)
+    fake_bus._finalize = finalized.append
     msg = Message.new_signal("/t", "test.T", "Big", "ay", [b"\x07" * 300_000])
     msg.serial = 1
     writer.schedule_write(msg)
@@ -176,25 +185,13 @@ async def _write_to_a_closed_socket(patient: bool) -> tuple[list[object], list[s
     ours, peer = socket.socketpair()
     ours.setblocking(False)
     finalized: list[object] = []
-    fake_bus = SimpleNamespace(
-        _negotiate_unix_fd=False,
-        _sock=ours,
-        _loop=loop,
-        _fd=ours.fileno(),
-        unique_name=":1.1",
-        _user_disconnect=False,
-        _disconnected=False,
-    )
+    writer, fake_bus = _writer_on(ours, loop, patient)
 
     def finalize(err: object) -> None:  # as dbus-fast's: the bus is now closed
         finalized.append(type(err))  # not the error: its traceback would keep futures alive
         fake_bus._disconnected = True
 
     fake_bus._finalize = finalize
-    writer = _aio._MessageWriter(fake_bus)  # type: ignore[arg-type]
-    if patient:
-        writer.__class__ = PatientWriter
-        cast(PatientWriter, writer)._waiting = False
     peer.close()
     ours.close()
     for serial in (1, 2):

@@ -178,15 +178,7 @@ def test_parallel_streams_keep_the_bus_responsive(bus: PrivateBus) -> None:
 
 def test_too_many_streams_per_caller(bus: PrivateBus) -> None:
     with Client(bus.address) as c:
-        held = []
-        addr = DBusAddress(MANAGER, bus_name=protocol.BUS_NAME, interface=MI)
-        for _ in range(MAX_STREAMS):  # streams that wait for input
-            in_r, in_w = os.pipe()
-            out_r, out_w = os.pipe()
-            c.conn.send(new_method_call(addr, "DecryptFd", "hha{sv}", (in_r, out_w, {})))
-            os.close(in_r)
-            os.close(out_w)
-            held.append((in_w, out_r))
+        held = c.hold_decrypt_streams(MAX_STREAMS)  # streams that wait for input
         time.sleep(0.2)
         with pytest.raises(CallError) as e:
             stream(c, "DecryptFd", b"", {})

@@ -321,3 +321,43 @@ def test_real_identity_is_wiped_after_use(key_type: str) -> None:
     assert buffer == bytes(32)
     with pytest.raises(ValueError):
         ident.unwrap([])
+
+
+def test_failed_identity_build_wipes_the_seed(clock: Clock) -> None:
+    buffers: list[bytearray] = []
+
+    def broken(key_type: str, seed: bytearray) -> FakeIdentity:
+        buffers.append(seed)
+        assert seed == SEED
+        raise ValueError("cannot build")
+
+    cache = KeyCache(clock=clock, wall=clock.wall, identity_factory=broken)  # type: ignore[arg-type]
+    unlock(cache)
+    with pytest.raises(ValueError), cache.use("k"):
+        pass
+    assert buffers == [bytearray(32)], "wiped though the with-body never ran"
+    assert cache.is_unlocked("k")
+
+
+def test_a_use_is_good_for_one_with_block(cache: KeyCache) -> None:
+    unlock(cache)
+    use = cache.use("k")
+    with use as ident:
+        assert ident.seed == SEED
+    assert ident.wiped == 1 and ident.buffer == bytes(32)
+    with pytest.raises(RuntimeError), use:
+        pass
+    assert ident.wiped == 1  # re-entering did not unseal or wipe anything again
+
+
+def test_each_use_moves_only_its_own_deadline(cache: KeyCache, clock: Clock) -> None:
+    unlock(cache, "a", idle_timeout=100)
+    unlock(cache, "b", idle_timeout=100)
+    clock.t += 60
+    with cache.use("a"):
+        pass
+    assert cache.unlocked_until("a") == int(WALL0 + 160)
+    assert cache.unlocked_until("b") == int(WALL0 + 100)
+    assert cache.next_deadline() == 1100.0
+    clock.t += 40
+    assert cache.unlocked_names() == ["a"] and cache.expire_due() == ["b"]

@@ -9,25 +9,14 @@ from pathlib import Path
 import pyrage
 import pytest
 
-from cli_support import FAST_AGENT_ARGS, ka, ka_pw
-from conftest import BusFactory, PrivateBus, have
+from cli_support import files as files
+from cli_support import ka, ka_pw
+from cli_support import private_bus as private_bus
+from conftest import PrivateBus, have
 
 pytestmark = pytest.mark.skipif(not have("age"), reason="the age command is not installed")
 
 PW = "interop pw"
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> Path:
-    d = tmp_path / "files"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def private_bus(bus_factory: BusFactory) -> PrivateBus:
-    """conftest's private bus, with FAST_AGENT_ARGS."""
-    return bus_factory(agent_args=FAST_AGENT_ARGS)
 
 
 def _known_identity(bus: PrivateBus, files: Path) -> tuple[Path, str]:

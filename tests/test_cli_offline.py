@@ -8,14 +8,11 @@ import argparse
 import contextlib
 import errno
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -27,14 +24,7 @@ from hypothesis import strategies as st
 from jeepney import HeaderFields
 
 from cli_support import KEYAGENT, error_line, ka, passphrase_fd
-from conftest import (
-    OTHER_UID,
-    PrivateBus,
-    as_other_user,
-    requires_root,
-    start_private_bus,
-    stop_private_bus,
-)
+from conftest import OTHER_UID, PrivateBus, as_other_user, requires_root
 from keyagent import cli
 from keyagent.client import KeyInfo
 from keyagent.commands import armor, parse_identity_file
@@ -640,50 +630,33 @@ while True:
 """
 
 
-@pytest.fixture
-def open_bus() -> Iterator[PrivateBus]:
-    """A permissive bus that uid 65534 can reach.
-
-    conftest's `permissive_bus` lives under pytest's basetemp, which is 0700: other uids cannot
-    reach its socket. This one lives in a fresh 0755 directory under /tmp.
-    """
-    top = Path(tempfile.mkdtemp(prefix="keyagent-cli-"))
-    top.chmod(0o755)
-    bus = start_private_bus(top / "bus", any_user=True)
-    try:
-        yield bus
-    finally:
-        stop_private_bus(bus)
-        shutil.rmtree(top, ignore_errors=True)
-
-
 @requires_root
-def test_refuses_an_agent_of_another_uid(open_bus: PrivateBus) -> None:
+def test_refuses_an_agent_of_another_uid(permissive_bus: PrivateBus) -> None:
     """A process of uid 65534 owns the name: the client must not send it anything."""
     # The venv's interpreter lives under /root: uid 65534 runs the system one with our jeepney.
     site = str(Path(jeepney.__file__).resolve().parent.parent)
     fake = subprocess.Popen(
         ["/usr/bin/python3", "-c", FAKE_OWNER],
-        env={**open_bus.env, "PYTHONPATH": site},
+        env={**permissive_bus.env, "PYTHONPATH": site},
         stdout=subprocess.PIPE,
         text=True,
         preexec_fn=as_other_user,
         cwd="/",
     )
-    open_bus.extra_pids.append(fake.pid)
+    permissive_bus.extra_pids.append(fake.pid)
     try:
         assert fake.stdout is not None
         assert fake.stdout.readline().strip() == "owner 1"  # primary owner
         with passphrase_fd("secret") as fd:
-            r = ka(open_bus, "unlock", "work", "--passphrase-fd", str(fd), pass_fds=(fd,))
+            r = ka(permissive_bus, "unlock", "work", "--passphrase-fd", str(fd), pass_fds=(fd,))
         assert r.returncode == 4, r.stderr
         assert error_line(r) == (
             f"keyagent: error: The service org.example.KeyAgent on this bus runs as uid"
             f" {OTHER_UID}, not as you."
         )
-        r = ka(open_bus, "encrypt", "-r", "age1x", input=b"data")
+        r = ka(permissive_bus, "encrypt", "-r", "age1x", input=b"data")
         assert r.returncode == 4
-        assert ka(open_bus, "list").returncode == 4
+        assert ka(permissive_bus, "list").returncode == 4
     finally:
         fake.kill()
         out, _ = fake.communicate(timeout=10)

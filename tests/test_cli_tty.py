@@ -12,24 +12,11 @@ import threading
 from pathlib import Path
 
 import pyrage
-import pytest
 
 from cli_support import FAST_AGENT_ARGS, PASSPHRASE, TtyRun, create_key, ka, ka_pw
+from cli_support import files as files
+from cli_support import private_bus as private_bus
 from conftest import BusFactory, PrivateBus
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> Path:
-    """A directory of this test's files only (the private bus lives in tmp_path too)."""
-    d = tmp_path / "files"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def private_bus(bus_factory: BusFactory) -> PrivateBus:
-    """conftest's private bus, with FAST_AGENT_ARGS."""
-    return bus_factory(agent_args=FAST_AGENT_ARGS)
 
 
 def test_init_prompts_twice_without_echo(private_bus: PrivateBus) -> None:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pyrage
 import pytest
 
-from cli_support import FAST_AGENT_ARGS
-from conftest import BusFactory, PrivateBus
+from cli_support import files as files
+from cli_support import private_bus as private_bus
+from conftest import PrivateBus
 from keyagent import AgentUnavailable, Client, KeyInfo
 from keyagent.protocol import (
     BadPassphrase,
@@ -25,20 +26,6 @@ from keyagent.protocol import (
 )
 
 PW = "tr0ub4dor&3"
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> Path:
-    """A directory of this test's files only (the private bus lives in tmp_path too)."""
-    d = tmp_path / "files"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def private_bus(bus_factory: BusFactory) -> PrivateBus:
-    """conftest's private bus, with FAST_AGENT_ARGS."""
-    return bus_factory(agent_args=FAST_AGENT_ARGS)
 
 
 @pytest.fixture

@@ -28,9 +28,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -66,6 +67,17 @@ class UnlockedKey:
     expires_at_wall: float  # when it locks if unused: min(idle deadline, max deadline)
 
 
+class _Activity:
+    """The part of an entry each use changes: mutated in place (under the cache's lock), so
+    a use does not rebuild the frozen entry."""
+
+    __slots__ = ("deadline", "deadline_wall")
+
+    def __init__(self, deadline: float, deadline_wall: float) -> None:
+        self.deadline = deadline  # monotonic: min(idle deadline, max deadline)
+        self.deadline_wall = deadline_wall  # the same instant on the wall clock
+
+
 @dataclass(frozen=True)
 class _Entry:
     key_type: str
@@ -73,14 +85,19 @@ class _Entry:
     sealed: bytearray  # the seed under the process key; wiped in place on lock
     unlocked_mono: float
     unlocked_wall: float
-    last_used_mono: float
     idle_timeout: int
     max_timeout: int
-    deadline_wall: float
+    activity: _Activity
 
     @property
     def deadline(self) -> float:
-        return min(self.last_used_mono + self.idle_timeout, self.unlocked_mono + self.max_timeout)
+        return self.activity.deadline
+
+    def touch(self, now: float, wall: float) -> None:
+        """A use at ``now``: push the idle deadline, never past the maximum lifetime."""
+        deadline = min(now + self.idle_timeout, self.unlocked_mono + self.max_timeout)
+        self.activity.deadline = deadline
+        self.activity.deadline_wall = wall + (deadline - now)
 
 
 def _check_timeout(value: int, what: str) -> int:
@@ -90,9 +107,16 @@ def _check_timeout(value: int, what: str) -> int:
 
 
 def _default_identity_factory(key_type: str, seed: bytearray) -> Identity:
-    from keyagentd.age import identity_from_seed  # lazily: the cache does not need age to load
+    global _identity_from_seed
+    if _identity_from_seed is None:
+        # Imported on first use: the cache does not need age to load.
+        from keyagentd.age import identity_from_seed
 
-    return identity_from_seed(key_type, seed)
+        _identity_from_seed = identity_from_seed
+    return _identity_from_seed(key_type, seed)
+
+
+_identity_from_seed: IdentityFactory | None = None
 
 
 class KeyCache:
@@ -152,10 +176,9 @@ class KeyCache:
                 sealed=sealed,
                 unlocked_mono=now,
                 unlocked_wall=wall,
-                last_used_mono=now,
                 idle_timeout=idle,
                 max_timeout=most,
-                deadline_wall=wall + min(idle, most),
+                activity=_Activity(now + min(idle, most), wall + min(idle, most)),
             )
             old = self._entries.pop(name, None)
             if old is not None:
@@ -183,7 +206,12 @@ class KeyCache:
             if e is None:
                 return None
             return UnlockedKey(
-                name, e.key_type, e.unlocked_wall, e.idle_timeout, e.max_timeout, e.deadline_wall
+                name,
+                e.key_type,
+                e.unlocked_wall,
+                e.idle_timeout,
+                e.max_timeout,
+                e.activity.deadline_wall,
             )
 
     def unlocked_until(self, name: str) -> int:
@@ -198,33 +226,23 @@ class KeyCache:
             return (self.default_idle_timeout, self.default_max_timeout)
         return (info.idle_timeout, info.max_timeout)
 
-    @contextmanager
-    def use(self, name: str) -> Iterator[Identity]:
+    def use(self, name: str) -> AbstractContextManager[Identity]:
         """The key's identity for one operation (wiped on exit); resets its idle timer.
 
-        ``Locked`` if locked.
+        ``with cache.use(name) as identity: ...``; entering raises ``Locked`` if locked.
         """
-        seed = bytearray(SEED_LEN)
-        identity: Identity | None = None
-        try:
-            with self._mutex:
-                self._reap()
-                entry = self._entries.get(name)
-                if entry is None:
-                    raise Locked.for_keys((name,))
-                now, wall = self._clock(), self._wall()
-                used = replace(entry, last_used_mono=now)
-                self._entries[name] = replace(used, deadline_wall=wall + (used.deadline - now))
-                self._aead.decrypt_into(entry.nonce, entry.sealed, _ad(name, entry.key_type), seed)
-                key_type = entry.key_type
-            # Building the identity (ML-KEM expansion) runs outside the lock.
-            identity = self._factory(key_type, seed)
-            yield identity
-        finally:
-            wipe(seed)
-            # Also on exceptions: the identity holds its own copy of the seed.
-            if identity is not None:
-                identity.wipe()
+        return _Use(self, name)
+
+    def _open(self, name: str, seed: bytearray) -> str:
+        """Unseal ``name``'s seed into ``seed`` and count a use; returns the key type."""
+        with self._mutex:
+            self._reap()
+            entry = self._entries.get(name)
+            if entry is None:
+                raise Locked.for_keys((name,))
+            entry.touch(self._clock(), self._wall())
+            self._aead.decrypt_into(entry.nonce, entry.sealed, _ad(name, entry.key_type), seed)
+            return entry.key_type
 
     def lock(self, name: str) -> bool:
         """Wipe ``name``; True if it was unlocked."""
@@ -273,9 +291,50 @@ class KeyCache:
 
     def _reap(self) -> None:
         now = self._clock()
-        for name in [n for n, e in self._entries.items() if now >= e.deadline]:
+        for name in [n for n, e in self._entries.items() if now >= e.activity.deadline]:
             self._drop(name)
             self._expired.append(name)
+
+
+class _Use:
+    """``KeyCache.use``: a plain class, cheaper per call than a generator context manager."""
+
+    __slots__ = ("_cache", "_identity", "_name", "_seed")
+
+    def __init__(self, cache: KeyCache, name: str) -> None:
+        self._cache = cache
+        self._name = name
+        self._seed: bytearray | None = None
+        self._identity: Identity | None = None
+
+    def __enter__(self) -> Identity:
+        if self._seed is not None:
+            raise RuntimeError("KeyCache.use() is good for one with-block")
+        seed = self._seed = bytearray(SEED_LEN)
+        try:
+            key_type = self._cache._open(self._name, seed)
+            # Building the identity (ML-KEM expansion) runs outside the lock.
+            self._identity = self._cache._factory(key_type, seed)
+        except BaseException:
+            self._close()
+            raise
+        return self._identity
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._seed is not None:
+            wipe(self._seed)
+        # Also on exceptions: the identity holds its own copy of the seed.
+        identity, self._identity = self._identity, None
+        if identity is not None:
+            identity.wipe()
 
 
 def _ad(name: str, key_type: str) -> bytes:

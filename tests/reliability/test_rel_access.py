@@ -4,24 +4,13 @@ except Introspectable and Peer. The members come from the interface XML (the con
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import jeepney
-import pytest
 
-from conftest import (
-    ROOT,
-    PrivateBus,
-    as_other_user,
-    requires_root,
-    start_private_bus,
-    stop_private_bus,
-)
+from conftest import ROOT, PrivateBus, as_other_user, requires_root
 from keyagent import protocol
 from keyagent.client import Client
 from reliability import kit
@@ -132,22 +121,9 @@ OPEN_CALLS = [
 ]
 
 
-@pytest.fixture
-def open_bus() -> Iterator[PrivateBus]:
-    """A bus other uids can reach: its directory and all its parents are traversable."""
-    top = Path(tempfile.mkdtemp(prefix="keyagent-rel-"))
-    top.chmod(0o755)
-    bus = start_private_bus(top / "bus", any_user=True)
-    try:
-        yield bus
-    finally:
-        stop_private_bus(bus)
-        shutil.rmtree(top, ignore_errors=True)
-
-
 @requires_root
-def test_other_uid_is_refused_everything_but_introspection(open_bus: PrivateBus) -> None:
-    with Client(open_bus.address) as c:
+def test_other_uid_is_refused_everything_but_introspection(permissive_bus: PrivateBus) -> None:
+    with Client(permissive_bus.address) as c:
         c.create_key("acc", "access passphrase")
         c.unlock_with_pipe("acc", "access passphrase")
         pid = c.agent_pid()
@@ -160,7 +136,7 @@ def test_other_uid_is_refused_everything_but_introspection(open_bus: PrivateBus)
     site = str(Path(jeepney.__file__).resolve().parent.parent)
     out = subprocess.run(
         ["/usr/bin/python3", "-c", OTHER_USER_SCRIPT, json.dumps([*calls, *open_calls])],
-        env={**open_bus.env, "PYTHONPATH": site},
+        env={**permissive_bus.env, "PYTHONPATH": site},
         capture_output=True,
         text=True,
         preexec_fn=as_other_user,
@@ -179,7 +155,7 @@ def test_other_uid_is_refused_everything_but_introspection(open_bus: PrivateBus)
     for label, *_ in open_calls:
         assert results[label] == "OK", (label, results[label])
     # Nothing the other user tried had any effect.
-    with Client(open_bus.address) as c:
+    with Client(permissive_bus.address) as c:
         assert c.agent_pid() == pid
         assert not c.key("acc").locked
         assert c.key_names() == ["acc"]

@@ -65,7 +65,10 @@ def b64encode(data: bytes) -> str:
 
 def b64decode(s: str | bytes) -> bytes | None:
     """Strict unpadded canonical base64, or None if ``s`` is anything else."""
-    raw = s.encode("ascii", "replace") if isinstance(s, str) else bytes(s)
+    if isinstance(s, str):
+        raw = s.encode("ascii", "replace")
+    else:
+        raw = s if type(s) is bytes else bytes(s)  # no copy on the header-parsing path
     if len(raw) % 4 == 1:
         return None
     try:
@@ -115,40 +118,57 @@ def encode_header(stanzas: Sequence[Stanza], file_key: bytes) -> bytes:
 
 
 class _LineReader:
-    """Reads LF-terminated lines from a Readable, keeping what follows the header."""
+    """Reads LF-terminated lines from a Readable, keeping what follows the header.
+
+    Holds what it read as one ``bytes`` so that a line is a single slice (one copy); a
+    whole header usually arrives in the first read.
+    """
 
     def __init__(self, src: Readable) -> None:
         self._src = src
-        self._buf = bytearray()
+        self._buf = b""
         self._pos = 0
         self._consumed = 0
         self._eof = False
 
     def line(self) -> bytes:
         """The next line including its LF; raises Malformed at EOF or past the limit."""
+        end = self._buf.find(b"\n", self._pos)
+        if end < 0:
+            end = self._fill()
+        line = self._buf[self._pos : end + 1]
+        self._consumed += end + 1 - self._pos
+        self._pos = end + 1
+        return line
+
+    def _fill(self) -> int:
+        """Read until an LF arrives; returns its position in the new buffer.
+
+        Accumulates in a ``bytearray`` (amortised appends), so a long line fed in tiny
+        reads still costs linear time.
+        """
+        acc = bytearray(self._buf[self._pos :])
+        chunk = bytearray(8192)
+        view = memoryview(chunk)
         while True:
-            end = self._buf.find(b"\n", self._pos)
-            if end >= 0:
-                line = bytes(self._buf[self._pos : end + 1])
-                self._consumed += len(line)
-                self._pos = end + 1
-                return line
-            if self._eof or self._consumed + len(self._buf) - self._pos > MAX_HEADER:
-                if self._consumed == 0 and self._pos == len(self._buf):
+            if self._eof or self._consumed + len(acc) > MAX_HEADER:
+                if self._consumed == 0 and not acc:
                     raise Malformed("The input is empty, not an age file.")
                 raise Malformed("The input is not an age file, or its header is cut short.")
-            if self._pos:
-                del self._buf[: self._pos]
-                self._pos = 0
-            chunk = bytearray(8192)
-            n = self._src.readinto(memoryview(chunk))
+            n = self._src.readinto(view)
             if n == 0:
                 self._eof = True
-            self._buf += chunk[:n]
+                continue
+            acc += view[:n]
+            end = acc.find(b"\n", len(acc) - n)
+            if end >= 0:
+                self._buf = bytes(acc)
+                self._pos = 0
+                return end
 
     def rest(self) -> bytes:
         """Bytes read past the last returned line (the start of the payload)."""
-        return bytes(self._buf[self._pos :])
+        return self._buf[self._pos :]
 
 
 def _parse_stanza(first: bytes, lines: _LineReader, raw: list[bytes]) -> Stanza:
@@ -158,8 +178,7 @@ def _parse_stanza(first: bytes, lines: _LineReader, raw: list[bytes]) -> Stanza:
     for a in parts[1:]:
         if _VCHARS.fullmatch(a) is None:
             raise Malformed("The age header has a malformed stanza argument.")
-    args = [a.decode("ascii") for a in parts[1:]]
-    body = bytearray()
+    body = b""
     while True:
         line = lines.line()
         raw.append(line)
@@ -168,7 +187,9 @@ def _parse_stanza(first: bytes, lines: _LineReader, raw: list[bytes]) -> Stanza:
             raise Malformed("The age header has a malformed stanza body.")
         body += decoded
         if len(decoded) < BYTES_PER_LINE:
-            return Stanza(args[0], tuple(args[1:]), bytes(body))
+            # ASCII-only (checked above), so this decode cannot fail.
+            args = first[3:-1].decode("ascii").split(" ")
+            return Stanza(args[0], tuple(args[1:]), body)
 
 
 def parse_header(src: Readable) -> tuple[Header, bytes]:
@@ -197,4 +218,5 @@ def parse_header(src: Readable) -> tuple[Header, bytes]:
             raise Malformed("The age header has too many recipient stanzas.")
     if not stanzas:
         raise Malformed("The age header has no recipient stanza.")
-    return Header(tuple(stanzas), b"".join(mac_input) + FOOTER_PREFIX, mac), lines.rest()
+    mac_input.append(FOOTER_PREFIX)
+    return Header(tuple(stanzas), b"".join(mac_input), mac), lines.rest()

@@ -35,24 +35,30 @@ def encrypt_payload(key: bytes, src: Readable, dst: Any) -> int:
     """Encrypt ``src`` to ``dst``; returns the ciphertext bytes written."""
     aead = ChaCha20Poly1305(key)
     cur = bytearray(CHUNK)
-    nxt = bytearray(CHUNK)
-    out = bytearray(CHUNK_CT)
-    out_mv = memoryview(out)
     n = read_full(src, memoryview(cur))
+    # The second input buffer and the full-size output one only for payloads over a chunk:
+    # a small payload allocates (and zero-fills) one 64 KiB buffer, not three.
+    nxt: bytearray | None = None
+    out_mv: memoryview | None = None
     counter = 0
     written = 0
     while True:
         last = n < CHUNK
         m = 0
         if not last:
+            if nxt is None:
+                nxt = bytearray(CHUNK)
             m = read_full(src, memoryview(nxt))
             last = m == 0
+        if out_mv is None:
+            out_mv = memoryview(bytearray(n + TAG if last else CHUNK_CT))
         nonce = counter.to_bytes(11, "big") + (_LAST if last else _MORE)
         k = aead.encrypt_into(nonce, memoryview(cur)[:n], None, out_mv[: n + TAG])
         write_all(dst, out_mv[:k])
         written += k
         if last:
             return written
+        assert nxt is not None
         counter += 1
         cur, nxt, n = nxt, cur, m
 
@@ -71,9 +77,10 @@ def decrypt_payload(
     """
     aead = ChaCha20Poly1305(key)
     cur = bytearray(CHUNK_CT)
-    nxt = bytearray(CHUNK_CT)
-    out_mv = memoryview(bytearray(CHUNK))
     n = read_full(src, memoryview(cur))
+    # As in encrypt_payload: the other buffers are sized (or made at all) by what came in.
+    nxt: bytearray | None = None
+    out_mv: memoryview | None = None
     counter = 0
     written = 0
     while True:
@@ -83,11 +90,17 @@ def decrypt_payload(
             # be empty only when it is the whole payload.
             if n < TAG or (n == TAG and counter != 0):
                 raise Integrity("The encrypted file is cut short or damaged.")
+            if out_mv is None:
+                out_mv = memoryview(bytearray(n - TAG))
             k = _open(aead, prefix + _LAST, memoryview(cur)[:n], out_mv)
             if k < 0:
                 raise Integrity()
             m = 0
         else:
+            if nxt is None:
+                nxt = bytearray(CHUNK_CT)
+                out_mv = memoryview(bytearray(CHUNK))
+            assert out_mv is not None
             m = read_full(src, memoryview(nxt))
             # A full chunk is final iff nothing follows. On failure try the other
             # flag, so the output of a damaged file matches what age releases.
@@ -106,6 +119,7 @@ def decrypt_payload(
             progress(written)
         if m == 0:
             return written
+        assert nxt is not None
         counter += 1
         cur, nxt, n = nxt, cur, m
 

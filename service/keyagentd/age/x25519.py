@@ -21,17 +21,18 @@ RECIPIENT_HRP: Final = "age"
 IDENTITY_HRP: Final = "age-secret-key-"
 _INFO: Final = b"age-encryption.org/v1/X25519"
 _ZERO_NONCE: Final = bytes(12)
+_ZERO_SHARED: Final = bytes(32)
 _BODY_SIZE: Final = FILE_KEY_SIZE + 16
 
 
-def _shared(private: X25519PrivateKey, share: bytes) -> bytes:
+def _shared(private: X25519PrivateKey, peer: X25519PublicKey) -> bytes:
     """X25519 with the all-zero result refused, as the spec requires."""
     try:
-        shared = private.exchange(X25519PublicKey.from_public_bytes(share))
+        shared = private.exchange(peer)
     except ValueError:
         # cryptography refuses an all-zero shared secret itself.
         raise Malformed("An X25519 stanza has a low-order share.") from None
-    if shared == bytes(32):
+    if shared == _ZERO_SHARED:
         raise Malformed("An X25519 stanza has a low-order share.")
     return shared
 
@@ -57,7 +58,7 @@ class X25519Recipient:
     def wrap(self, file_key: bytes, rng: Callable[[int], bytes]) -> list[Stanza]:
         ephemeral = X25519PrivateKey.from_private_bytes(rng(32))
         share = ephemeral.public_key().public_bytes_raw()
-        shared = _shared(ephemeral, self.public_bytes)
+        shared = _shared(ephemeral, self._key)
         wrap_key = hkdf(shared, share + self.public_bytes, _INFO)
         body = ChaCha20Poly1305(wrap_key).encrypt(_ZERO_NONCE, file_key, None)
         return [Stanza(STANZA_TYPE, (b64encode(share),), body)]
@@ -81,7 +82,7 @@ class X25519Identity:
     ``encode()`` and ``unwrap()`` raise ValueError; ``recipient()`` still works.
     """
 
-    __slots__ = ("_key", "_recipient", "_seed")
+    __slots__ = ("_key", "_public", "_recipient", "_seed")
 
     key_type: Final[Literal["x25519"]] = "x25519"
     stanza_type: Final = STANZA_TYPE
@@ -90,9 +91,13 @@ class X25519Identity:
         if len(seed) != 32:
             raise Malformed("An X25519 identity is 32 bytes.")
         self._seed: bytearray | None = bytearray(seed)
-        # cryptography reads the buffer in place: no ``bytes`` copy of the scalar.
+        # cryptography reads the buffer in place: no ``bytes`` copy of the scalar. OpenSSL
+        # derives the public key here (one scalar multiplication, about half the cost of
+        # an unwrap) whether or not we ask for it: its raw-key API has no way to skip it.
         self._key: X25519PrivateKey | None = X25519PrivateKey.from_private_bytes(self._seed)
-        self._recipient = X25519Recipient(self._key.public_key().public_bytes_raw())
+        self._public = self._key.public_key().public_bytes_raw()
+        # Built on demand: the decrypt path needs only the public bytes.
+        self._recipient: X25519Recipient | None = None
 
     def _live(self) -> tuple[bytearray, X25519PrivateKey]:
         if self._seed is None or self._key is None:
@@ -115,6 +120,8 @@ class X25519Identity:
         self.wipe()
 
     def recipient(self) -> X25519Recipient:
+        if self._recipient is None:
+            self._recipient = X25519Recipient(self._public)
         return self._recipient
 
     def encode(self) -> str:
@@ -136,8 +143,8 @@ class X25519Identity:
                 raise Malformed("An X25519 stanza is malformed.")
             if len(s.body) != _BODY_SIZE:
                 raise Malformed("An X25519 stanza body has the wrong size.")
-            shared = _shared(key, share)
-            wrap_key = hkdf(shared, share + self._recipient.public_bytes, _INFO)
+            shared = _shared(key, X25519PublicKey.from_public_bytes(share))
+            wrap_key = hkdf(shared, share + self._public, _INFO)
             try:
                 file_key = ChaCha20Poly1305(wrap_key).decrypt(_ZERO_NONCE, s.body, None)
             except InvalidTag:
@@ -146,4 +153,4 @@ class X25519Identity:
         return None
 
     def __repr__(self) -> str:
-        return f"X25519Identity(recipient={self._recipient.encode()!r})"
+        return f"X25519Identity(recipient={self.recipient().encode()!r})"

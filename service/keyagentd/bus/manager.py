@@ -113,19 +113,8 @@ class Manager(ServiceInterface):
         if key_type not in KEY_TYPES:
             raise Unsupported(f"Unknown key type {key_type!r}: use {' or '.join(KEY_TYPES)}.")
         self._check_free(name)
-        identity = age.generate_identity(key_type)
-        seed = bytearray(identity.seed)
-        recipient = identity.recipient().encode()
-        del identity
-        record = await self.agent.blocking(
-            _create,
-            self.agent,
-            name,
-            key_type,
-            seed,
-            recipient,
-            passphrase,
-            parsed.text("label", ""),
+        record = await self._seal_new_key(
+            name, age.generate_identity(key_type), passphrase, parsed.text("label", "")
         )
         path = self.agent.key_added(record)
         return (path, record.recipient)
@@ -139,20 +128,8 @@ class Manager(ServiceInterface):
         parsed = opts.parse(options, opts.IMPORT_KEY)
         _check_name(name)
         self._check_free(name)
-        parsed_identity = age.parse_identity(identity)
-        key_type = parsed_identity.key_type
-        seed = bytearray(parsed_identity.seed)
-        recipient = parsed_identity.recipient().encode()
-        del parsed_identity
-        record = await self.agent.blocking(
-            _create,
-            self.agent,
-            name,
-            key_type,
-            seed,
-            recipient,
-            passphrase,
-            parsed.text("label", ""),
+        record = await self._seal_new_key(
+            name, age.parse_identity(identity), passphrase, parsed.text("label", "")
         )
         return self.agent.key_added(record)
 
@@ -187,6 +164,24 @@ class Manager(ServiceInterface):
     def _check_free(self, name: str) -> None:
         if name in self.agent.records:
             raise KeyExists(f"A key named {name!r} already exists.")
+
+    async def _seal_new_key(
+        self,
+        name: str,
+        identity: age.X25519Identity | age.HybridIdentity,
+        passphrase: str,
+        label: str | None,
+    ) -> KeyRecord:
+        """Seal ``identity`` under ``passphrase`` as the new key ``name``, off the event loop.
+        No reference to the identity is kept while the KDF runs: only a copy of its seed, which
+        `_create` wipes. Callers pass the identity inline, so they hold none either."""
+        key_type = identity.key_type
+        seed = bytearray(identity.seed)
+        recipient = identity.recipient().encode()
+        del identity
+        return await self.agent.blocking(
+            _create, self.agent, name, key_type, seed, recipient, passphrase, label
+        )
 
     # --- data in messages ----------------------------------------------------------------
 

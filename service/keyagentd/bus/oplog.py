@@ -9,9 +9,10 @@ Decrypt; the caller need not wait for it. Lines keep their order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from typing import ParamSpec, TypeVar
 
@@ -55,15 +56,8 @@ def operation(name: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Aw
     def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            _KEY.set(getattr(args[0], "key_name", "") if args else "")
-            try:
-                result = await fn(*args, **kwargs)
-            except Exception as exc:  # every error is mapped; none escapes raw
-                outcome = exc.short_name if isinstance(exc, KeyAgentError) else "error"
-                _line(name, outcome)
-                raise convert(exc) from None
-            _line(name, "ok")
-            return result
+            with _logged(name, args):
+                return await fn(*args, **kwargs)
 
         return wrapper
 
@@ -77,19 +71,26 @@ def sync_operation(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            _KEY.set(getattr(args[0], "key_name", "") if args else "")
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as exc:  # every error is mapped; none escapes raw
-                outcome = exc.short_name if isinstance(exc, KeyAgentError) else "error"
-                _line(name, outcome)
-                raise convert(exc) from None
-            _line(name, "ok")
-            return result
+            with _logged(name, args):
+                return fn(*args, **kwargs)
 
         return wrapper
 
     return decorate
+
+
+@contextlib.contextmanager
+def _logged(name: str, args: tuple[object, ...]) -> Iterator[None]:
+    """The body of an operation named ``name`` on ``args[0]``: its errors are mapped (see
+    errors.py) and it logs one line as it ends."""
+    _KEY.set(getattr(args[0], "key_name", "") if args else "")
+    try:
+        yield
+    except Exception as exc:  # every error is mapped; none escapes raw
+        outcome = exc.short_name if isinstance(exc, KeyAgentError) else "error"
+        _line(name, outcome)
+        raise convert(exc) from None
+    _line(name, "ok")
 
 
 def _line(op: str, outcome: str) -> None:

@@ -1,0 +1,304 @@
+"""The client's connection to the agent: jeepney blocking I/O, timeouts, and the owner check.
+
+Before the first call that carries a passphrase or data, the connection checks that the owner
+of `org.example.KeyAgent` runs as our own uid, and from then on addresses that owner by its
+unique name, so a name taken over later cannot receive our secrets. The calls themselves are
+`keyagent.Client`'s (client.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Self
+
+from jeepney import DBusAddress, HeaderFields, Message, MessageType, new_method_call
+from jeepney.io.blocking import DBusConnection, open_dbus_connection
+
+from keyagent import protocol
+from keyagent.protocol import (
+    AccessDenied,
+    KeyAgentError,
+    NoSuchKey,
+    error_from_wire,
+    key_name_from_path,
+)
+
+DEFAULT_TIMEOUT: Final = 30.0
+#: Starting the agent includes Python start-up and the keystore scan; be generous.
+ACTIVATION_TIMEOUT: Final = 60.0
+#: How often a streaming call wakes up to report progress.
+POLL_INTERVAL: Final = 0.2
+
+_DBUS = DBusAddress("/org/freedesktop/DBus", "org.freedesktop.DBus", "org.freedesktop.DBus")
+_DBUS_ERR = "org.freedesktop.DBus.Error."
+
+#: Bus errors that mean "nobody is there to answer" (exit code 3 in the command).
+_UNAVAILABLE_ERRORS: Final = frozenset(
+    _DBUS_ERR + n
+    for n in (
+        "ServiceUnknown",
+        "NameHasNoOwner",
+        "NoReply",
+        "Disconnected",
+        "TimedOut",
+        "Timeout",
+        "NoServer",
+        "Spawn.ExecFailed",
+        "Spawn.ChildExited",
+        "Spawn.ChildSignaled",
+        "Spawn.Failed",
+        "Spawn.FailedToSetup",
+        "Spawn.ConfigInvalid",
+        "Spawn.ServiceNotValid",
+        "Spawn.ServiceNotFound",
+        "Spawn.PermissionsInvalid",
+        "Spawn.FileInvalid",
+        "Spawn.NoMemory",
+    )
+)
+#: A call to a unique name that has gone away was never delivered: safe to resolve and resend.
+_NOT_DELIVERED: Final = frozenset({_DBUS_ERR + "ServiceUnknown", _DBUS_ERR + "NameHasNoOwner"})
+
+
+class AgentUnavailable(KeyAgentError):
+    """The session bus or the agent cannot be reached, or the agent did not answer in time."""
+
+    short_name = "AgentUnavailable"
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "The key agent is not available."
+
+
+class _BusError(Exception):
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(name)
+        self.name = name
+        self.message = message
+
+    def to_exception(self) -> KeyAgentError:
+        if self.name in _UNAVAILABLE_ERRORS:
+            return AgentUnavailable(self.message or "The key agent is not available.")
+        return error_from_wire(self.name, self.message)
+
+
+class AgentConnection:
+    """A session-bus connection that calls the agent, once it is known to be ours.
+
+    ``bus`` is ``"SESSION"`` (from ``$DBUS_SESSION_BUS_ADDRESS``) or a D-Bus address. Use as a
+    context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, bus: str = "SESSION", *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.timeout = timeout
+        self._owner: str | None = None
+        try:
+            self._conn: DBusConnection = open_dbus_connection(bus=bus, enable_fds=True)
+        except KeyError as e:  # jeepney: no DBUS_SESSION_BUS_ADDRESS
+            raise AgentUnavailable("No session bus: DBUS_SESSION_BUS_ADDRESS is not set.") from e
+        except (OSError, TimeoutError, ValueError, RuntimeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+            raise AgentUnavailable(f"Cannot connect to the session bus: {reason}.") from e
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- the agent's identity ----------------------------------------------------------------
+
+    def owner(self) -> str:
+        """The unique bus name of the agent, started if needed and checked to be ours."""
+        if self._owner is None:
+            self._owner = self._resolve_owner()
+        return self._owner
+
+    def _bus_call(
+        self, member: str, signature: str, *args: Any, timeout: float | None = None
+    ) -> Any:
+        msg = new_method_call(_DBUS, member, signature, args)
+        return self._send(msg, timeout=self.timeout if timeout is None else timeout)
+
+    def _resolve_owner(self) -> str:
+        # One round trip: the owner, the uid of the name's owner, the owner again. The bus
+        # answers one connection's calls in order, so when both owners agree the uid is theirs.
+        name = protocol.BUS_NAME
+        first, uid_reply, last = self._exchange(
+            [
+                new_method_call(_DBUS, "GetNameOwner", "s", (name,)),
+                new_method_call(_DBUS, "GetConnectionUnixUser", "s", (name,)),
+                new_method_call(_DBUS, "GetNameOwner", "s", (name,)),
+            ],
+            timeout=self.timeout,
+        )
+        if isinstance(first, _BusError):
+            if first.name not in _NOT_DELIVERED:
+                raise first.to_exception() from None
+            owner = self._activate()
+            uid = self._uid_of(owner)
+        elif isinstance(uid_reply, _BusError) or isinstance(last, _BusError) or last != first:
+            # The name changed hands meanwhile (rare): ask about one owner by its unique name.
+            owner = str(last[0]) if not isinstance(last, _BusError) else str(first[0])
+            uid = self._uid_of(owner)
+        else:
+            owner, uid = str(first[0]), int(uid_reply[0])
+        if uid != os.getuid():
+            # Never send a passphrase or data to a service run by someone else.
+            raise AccessDenied(
+                f"The service {protocol.BUS_NAME} on this bus runs as uid {uid}, not as you."
+            )
+        return owner
+
+    def _uid_of(self, unique_name: str) -> int:
+        try:
+            return int(self._bus_call("GetConnectionUnixUser", "s", unique_name)[0])
+        except _BusError as e:
+            raise e.to_exception() from None
+
+    def _activate(self) -> str:
+        try:
+            self._bus_call(
+                "StartServiceByName", "su", protocol.BUS_NAME, 0, timeout=ACTIVATION_TIMEOUT
+            )
+            return str(self._bus_call("GetNameOwner", "s", protocol.BUS_NAME)[0])
+        except _BusError as e:
+            if e.name == _DBUS_ERR + "ServiceUnknown":
+                raise AgentUnavailable(
+                    f"The key agent is not installed on this bus ({e.message})"
+                ) from None
+            if e.name.startswith(_DBUS_ERR + "Spawn.") or e.name in _UNAVAILABLE_ERRORS:
+                raise AgentUnavailable(f"The key agent failed to start: {e.message}") from None
+            raise e.to_exception() from None
+
+    def agent_running(self) -> bool:
+        """Whether the agent runs now (never starts it)."""
+        try:
+            return bool(self._bus_call("NameHasOwner", "s", protocol.BUS_NAME)[0])
+        except _BusError as e:
+            raise e.to_exception() from None
+
+    def agent_pid(self) -> int:
+        try:
+            return int(self._bus_call("GetConnectionUnixProcessID", "s", self.owner())[0])
+        except _BusError as e:
+            raise e.to_exception() from None
+
+    # -- raw calls ---------------------------------------------------------------------------
+
+    def _send(
+        self,
+        msg: Message,
+        *,
+        timeout: float | None,
+        progress: Callable[[], None] | None = None,
+    ) -> tuple[Any, ...]:
+        """Send and wait for the reply; raise _BusError for an error reply."""
+        (reply,) = self._exchange([msg], timeout=timeout, progress=progress)
+        if isinstance(reply, _BusError):
+            raise reply
+        return reply
+
+    def _exchange(
+        self,
+        msgs: Sequence[Message],
+        *,
+        timeout: float | None,
+        progress: Callable[[], None] | None = None,
+    ) -> list[tuple[Any, ...] | _BusError]:
+        """Send every message at once, then wait for every reply (a _BusError for an error)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: dict[int, Message] = {}
+        try:
+            serials = []
+            for msg in msgs:
+                serial = next(self._conn.outgoing_serial)
+                self._conn.send(msg, serial=serial)
+                serials.append(serial)
+            while len(replies) < len(serials):
+                wait = POLL_INTERVAL if progress is not None else None
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError
+                    wait = left if wait is None else min(wait, left)
+                try:
+                    reply = self._conn.receive(timeout=wait)
+                except TimeoutError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise
+                    if progress is not None:
+                        progress()
+                    continue
+                serial = reply.header.fields.get(HeaderFields.reply_serial, 0)
+                if serial not in serials or serial in replies:
+                    _close_fds(reply)  # signals and strays: nothing of ours
+                    continue
+                replies[serial] = reply
+        except TimeoutError:
+            raise AgentUnavailable(
+                f"The key agent did not answer within {timeout:g} seconds."
+            ) from None
+        except (OSError, RuntimeError) as e:
+            raise AgentUnavailable("The connection to the session bus was lost.") from e
+        return [_unpack(replies[serial]) for serial in serials]
+
+    def _call(
+        self,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str | None = None,
+        args: Sequence[Any] = (),
+        *,
+        timeout: float | None = -1.0,
+        progress: Callable[[], None] | None = None,
+    ) -> tuple[Any, ...]:
+        """Call the agent; map error replies to protocol exceptions.
+
+        ``timeout``: seconds, None for no limit, negative for the client's default.
+        """
+        t = self.timeout if timeout is not None and timeout < 0 else timeout
+        for attempt in (1, 2):
+            addr = DBusAddress(path, self.owner(), interface)
+            msg = new_method_call(addr, member, signature, tuple(args))
+            try:
+                return self._send(msg, timeout=t, progress=progress)
+            except _BusError as e:
+                if e.name in _NOT_DELIVERED and attempt == 1:
+                    # The agent exited (idle) between our check and the call: restart it.
+                    self._owner = None
+                    continue
+                if e.name in (_DBUS_ERR + "UnknownObject", _DBUS_ERR + "UnknownMethod") and (
+                    path.startswith(protocol.KEYS_PATH_PREFIX)
+                ):
+                    name = key_name_from_path(path)
+                    raise NoSuchKey(f"There is no key named '{name}'.") from None
+                raise e.to_exception() from None
+        raise AssertionError("unreachable")
+
+
+def _unpack(reply: Message) -> tuple[Any, ...] | _BusError:
+    if reply.header.message_type == MessageType.error:
+        name = str(reply.header.fields.get(HeaderFields.error_name, ""))
+        text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
+        return _BusError(name, text)
+    return tuple(reply.body)
+
+
+def _close_fds(msg: Message) -> None:
+    """Close any file descriptors an unexpected message carried."""
+    stack: list[Any] = list(msg.body)
+    while stack:
+        item = stack.pop()
+        if hasattr(item, "to_raw_fd") and hasattr(item, "close"):
+            item.close()
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
