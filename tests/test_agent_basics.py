@@ -21,6 +21,7 @@ from agent_support import (
     Client,
     gdbus,
     module_bus,
+    wait_until,
 )
 from conftest import ROOT, PrivateBus
 from keyagent import protocol
@@ -465,6 +466,22 @@ def test_every_error_name_is_reachable(client: Client) -> None:
     expect("RateLimited", client.m, "DecryptFd", "hha{sv}", r, w, {})
     for fd in (r, w, *(fd for pair in held for fd in pair)):
         os.close(fd)
+
+    def stream_slot_free() -> bool:  # the held streams end once their pipes close
+        probe_r, probe_w = os.pipe()
+        os.close(probe_w)  # empty input: Malformed once a slot is free
+        try:
+            client.m("DecryptFd", "hha{sv}", probe_r, probe_w_out, {})
+        except CallError as exc:
+            return exc.short != "RateLimited"
+        finally:
+            os.close(probe_r)
+        return True
+
+    probe_out_r, probe_w_out = os.pipe()
+    assert wait_until(stream_slot_free)
+    os.close(probe_out_r)
+    os.close(probe_w_out)
     # Failed: the output of a stream is closed before anything is written
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
