@@ -27,8 +27,13 @@ def encrypt(
     *,
     armor: bool = False,
     rng: Callable[[int], bytes] = os.urandom,
+    overlap: bool = False,
 ) -> int:
     """Encrypt ``src`` to ``recipients`` into ``dst``; returns the bytes written to ``dst``.
+
+    ``overlap`` writes on a second thread while the cipher runs: faster for big streams
+    when a core is free for it (see stream.py and overlap.py: payloads up to 1 MiB, and
+    streams while others already keep the cores busy, stay on the calling thread).
 
     A passphrase (scrypt) recipient must be alone, and the post-quantum hybrid
     is not mixed with classic recipients (it would lose its point): both raise
@@ -46,10 +51,10 @@ def encrypt(
     source = RawSource(src)
     if not armor:
         write_all(dst, header + nonce)
-        return len(header) + NONCE_SIZE + encrypt_payload(key, source, dst)
+        return len(header) + NONCE_SIZE + encrypt_payload(key, source, dst, overlap=overlap)
     out = ArmorWriter(dst)
     out.write(header + nonce)
-    encrypt_payload(key, source, out)
+    encrypt_payload(key, source, out, overlap=overlap)
     out.close()
     return out.written
 
@@ -123,18 +128,25 @@ class Decryptor:
         """The unwrapped file key, for the conformance runner only (it is secret)."""
         return self._file_key
 
-    def decrypt_to(self, dst: BinaryIO, *, progress: Callable[[int], None] | None = None) -> int:
+    def decrypt_to(
+        self,
+        dst: BinaryIO,
+        *,
+        progress: Callable[[int], None] | None = None,
+        overlap: bool = False,
+    ) -> int:
         """Stream the plaintext to ``dst``, each chunk written only once authenticated.
 
         Returns plaintext bytes written. Raises Integrity if a chunk fails or the
         file is cut short; what was written by then is the authenticated prefix.
+        ``overlap`` writes on a second thread while the cipher runs (as in `encrypt`).
         """
         if self._file_key is None:
             raise Failed("Decryptor.unwrap must succeed before decrypt_to.")
         if self._done:
             raise Failed("This file was already decrypted.")
         self._done = True
-        return decrypt_payload(self._payload_key, self._source, dst, progress)
+        return decrypt_payload(self._payload_key, self._source, dst, progress, overlap=overlap)
 
 
 def _peek_start(src: Readable) -> bytes:

@@ -268,7 +268,7 @@ class Manager(ServiceInterface):
 
         def job(cancel: threading.Event) -> int:
             src, dst = FdSource(input, cancel), FdSink(output, cancel)
-            return age.encrypt(targets, _io(src), _io(dst), armor=armor)
+            return age.encrypt(targets, _io(src), _io(dst), armor=armor, overlap=True)
 
         return await self.agent.stream(current_sender(), fds, job)
 
@@ -302,7 +302,7 @@ class Manager(ServiceInterface):
                 _wait(asyncio.run_coroutine_threadsafe(unlock, loop), cancel)
                 name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
             _check_policy(name, pid, user)
-            return name, dec.decrypt_to(_io(FdSink(output, cancel)))
+            return name, dec.decrypt_to(_io(FdSink(output, cancel)), overlap=True)
 
         name, written = await self.agent.stream(current_sender(), fds, job)
         note_key(name)
