@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Final, Literal
+from typing import ClassVar, Final, Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from keyagent.protocol import Malformed
 from keyagentd.secrets import scrub_bytes
-from keyagentd.secrets import wipe as wipe_buffer
 
 from . import bech32
 from .format import FILE_KEY_SIZE, Stanza, b64decode, b64encode
+from .seeded import SeededIdentity
 
 STANZA_TYPE: Final = "mlkem768x25519"
 RECIPIENT_HRP: Final = "age1pq"
@@ -79,28 +79,28 @@ class HybridRecipient:
         return f"HybridRecipient('{s[:16]}...{s[-8:]}')"
 
 
-class HybridIdentity:
+class HybridIdentity(SeededIdentity):
     """A hybrid identity: a 32-byte seed. ``repr`` shows only part of the public key.
 
-    The seed lives only in a ``bytearray`` this object owns and in OpenSSL's key
+    The seed lives only in the ``bytearray`` of `SeededIdentity` and in OpenSSL's key
     objects (cleansed when freed); the SHAKE256 expansion is zeroed as soon as
     the keys are built. ``wipe()`` zeroes the seed and drops the keys; it also
     runs when the identity is collected. After it, ``seed``, ``encode()`` and
     ``unwrap()`` raise ValueError; ``recipient()`` still works.
     """
 
-    __slots__ = ("_key", "_recipient", "_seed", "_x25519")
+    __slots__ = ("_key", "_recipient", "_x25519")
 
     key_type: Final[Literal["mlkem768x25519"]] = "mlkem768x25519"
     stanza_type: Final = STANZA_TYPE
+    _identity_hrp: ClassVar[str] = IDENTITY_HRP
+    _size_error: ClassVar[str] = "A post-quantum identity is 32 bytes."
 
     def __init__(self, seed: bytes | bytearray | memoryview) -> None:
-        if len(seed) != 32:
-            raise Malformed("A post-quantum identity is 32 bytes.")
-        self._seed: bytearray | None = bytearray(seed)
+        super().__init__(seed)
         # hashlib can only return the expansion as bytes: it is never sliced into
         # copies (cryptography reads views in place) and is zeroed right after.
-        expanded = hashlib.shake_256(self._seed).digest(96)
+        expanded = hashlib.shake_256(self._live_seed()).digest(96)
         try:
             with memoryview(expanded) as view:
                 mlkem = MLKEM768PrivateKey.from_seed_bytes(view[:64])
@@ -115,40 +115,19 @@ class HybridIdentity:
             mlkem.public_key().public_bytes_raw() + x25519.public_key().public_bytes_raw()
         )
 
-    def _live(self) -> tuple[bytearray, X25519PrivateKey, hpke.MLKEM768X25519PrivateKey]:
+    def _drop_keys(self) -> None:
+        self._x25519, self._key = None, None
+
+    def _live(self) -> tuple[X25519PrivateKey, hpke.MLKEM768X25519PrivateKey]:
         if self._seed is None or self._x25519 is None or self._key is None:
             raise ValueError("This identity has been wiped.")
-        return self._seed, self._x25519, self._key
-
-    @property
-    def seed(self) -> bytearray:
-        """The identity's own seed buffer, zeroed by ``wipe()``: copy it to keep it."""
-        return self._live()[0]
-
-    def wipe(self) -> None:
-        """Zero the seed and release the keys (idempotent)."""
-        seed = getattr(self, "_seed", None)  # unset if __init__ failed early
-        self._seed, self._x25519, self._key = None, None, None
-        if seed is not None:
-            wipe_buffer(seed)
-
-    def __del__(self) -> None:
-        self.wipe()
+        return self._x25519, self._key
 
     def recipient(self) -> HybridRecipient:
         return self._recipient
 
-    def encode(self) -> str:
-        """The ``AGE-SECRET-KEY-PQ-1...`` string: secret, and an immutable ``str`` that
-        cannot be wiped; for Export only, never on the decrypt path."""
-        data = bytes(self._live()[0])  # bech32 takes bytes: a copy, zeroed below
-        try:
-            return bech32.encode(IDENTITY_HRP, data).upper()
-        finally:
-            scrub_bytes(data)
-
     def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
-        _, x25519, key = self._live()
+        x25519, key = self._live()
         for s in stanzas:
             if s.type != STANZA_TYPE:
                 continue

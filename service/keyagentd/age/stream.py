@@ -46,16 +46,12 @@ def encrypt_payload(key: bytes, src: Readable, dst: Any, *, overlap: bool = Fals
     aead = ChaCha20Poly1305(key)
     cur = bytearray(CHUNK)
     n = read_full(src, memoryview(cur))
-    # The second input buffer and the full-size output one only for payloads over a chunk:
-    # a small payload allocates (and zero-fills) one 64 KiB buffer, not three.
+    # The second input buffer only for payloads over a chunk (and _Output sizes its own
+    # buffer by the first chunk): a small payload allocates one 64 KiB buffer, not three.
     nxt: bytearray | None = None
-    own: memoryview | None = None
-    writer: OverlapWriter | None = None
     counter = 0
     written = 0
-    if overlap:
-        STREAMS.enter()
-    try:
+    with _Output(dst, overlap, CHUNK_CT) as out:
         while True:
             last = n < CHUNK
             m = 0
@@ -64,30 +60,18 @@ def encrypt_payload(key: bytes, src: Readable, dst: Any, *, overlap: bool = Fals
                     nxt = bytearray(CHUNK)
                 m = read_full(src, memoryview(nxt))
                 last = m == 0
-            if overlap and not last and _retune_now(counter):
-                writer = retune(writer, dst, CHUNK_CT)
-            if writer is not None:
-                out_mv = writer.slot()
-            else:
-                if own is None:
-                    own = memoryview(bytearray(n + TAG if last else CHUNK_CT))
-                out_mv = own
+            if not last:
+                out.retune(counter)
+            out_mv = out.slot(n + TAG if last else CHUNK_CT)
             nonce = counter.to_bytes(11, "big") + (_LAST if last else _MORE)
             k = aead.encrypt_into(nonce, memoryview(cur)[:n], None, out_mv[: n + TAG])
-            _emit(writer, dst, out_mv, k)
+            out.emit(out_mv, k)
             written += k
             if last:
                 return written
             assert nxt is not None
             counter += 1
             cur, nxt, n = nxt, cur, m
-    finally:
-        try:
-            if writer is not None:
-                writer.close()
-        finally:
-            if overlap:
-                STREAMS.leave()
 
 
 def decrypt_payload(
@@ -110,13 +94,10 @@ def decrypt_payload(
     n = read_full(src, memoryview(cur))
     # As in encrypt_payload: the other buffers are sized (or made at all) by what came in.
     nxt: bytearray | None = None
-    own: memoryview | None = None
-    writer: OverlapWriter | None = None
     counter = 0
     written = 0
-    if overlap:
-        STREAMS.enter()
-    try:
+    # On the way out _Output writes everything committed (the authenticated prefix).
+    with _Output(dst, overlap, CHUNK) as out:
         while True:
             prefix = counter.to_bytes(11, "big")
             if n < CHUNK_CT:
@@ -124,12 +105,7 @@ def decrypt_payload(
                 # be empty only when it is the whole payload.
                 if n < TAG or (n == TAG and counter != 0):
                     raise Integrity("The encrypted file is cut short or damaged.")
-                if writer is not None:
-                    out_mv = writer.slot()
-                else:
-                    if own is None:
-                        own = memoryview(bytearray(n - TAG))
-                    out_mv = own
+                out_mv = out.slot(n - TAG)
                 k = _open(aead, prefix + _LAST, memoryview(cur)[:n], out_mv)
                 if k < 0:
                     raise Integrity()
@@ -137,14 +113,8 @@ def decrypt_payload(
             else:
                 if nxt is None:
                     nxt = bytearray(CHUNK_CT)
-                if overlap and _retune_now(counter):
-                    writer = retune(writer, dst, CHUNK)
-                if writer is not None:
-                    out_mv = writer.slot()
-                else:
-                    if own is None:
-                        own = memoryview(bytearray(CHUNK))
-                    out_mv = own
+                out.retune(counter)
+                out_mv = out.slot(CHUNK)
                 m = read_full(src, memoryview(nxt))
                 # A full chunk is final iff nothing follows. On failure try the other
                 # flag, so the output of a damaged file matches what age releases.
@@ -153,11 +123,11 @@ def decrypt_payload(
                     k = _open(aead, prefix + (_MORE if m == 0 else _LAST), cur, out_mv)
                     if k < 0:
                         raise Integrity()
-                    _emit(writer, dst, out_mv, k)
+                    out.emit(out_mv, k)
                     if m == 0:
                         raise Integrity("The encrypted file is cut short.")
                     raise Integrity("The encrypted file has data after its end.")
-            _emit(writer, dst, out_mv, k)
+            out.emit(out_mv, k)
             written += k
             if progress is not None:
                 progress(written)
@@ -166,28 +136,65 @@ def decrypt_payload(
             assert nxt is not None
             counter += 1
             cur, nxt, n = nxt, cur, m
-    finally:
-        # Writes everything committed (the authenticated prefix), ends the thread and
-        # raises a write error first: single-threaded, it would have come first.
+
+
+class _Output:
+    """Where a stream's output chunks go: one buffer of its own written straight to
+    ``dst`` or, with ``overlap`` and once `retune` starts it, a writer thread's slots.
+
+    As a context manager it counts the stream in `STREAMS` (with ``overlap``) and on
+    the way out closes the writer: that writes everything committed, ends the thread
+    and raises a write error first (single-threaded, it would have come first).
+    """
+
+    __slots__ = ("_chunk", "_dst", "_overlap", "_own", "_writer")
+
+    def __init__(self, dst: Any, overlap: bool, chunk: int) -> None:
+        self._dst = dst
+        self._overlap = overlap
+        self._chunk = chunk  # a full output chunk: the writer's slot size
+        # Made on first use, sized by what came in (a short final chunk needs less).
+        self._own: memoryview | None = None
+        self._writer: OverlapWriter | None = None
+
+    def __enter__(self) -> _Output:
+        if self._overlap:
+            STREAMS.enter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         try:
-            if writer is not None:
-                writer.close()
+            if self._writer is not None:
+                self._writer.close()
         finally:
-            if overlap:
+            if self._overlap:
                 STREAMS.leave()
+
+    def retune(self, counter: int) -> None:
+        """Before a chunk that is not the last: start or stop the writer when due."""
+        if self._overlap and _retune_now(counter):
+            self._writer = retune(self._writer, self._dst, self._chunk)
+
+    def slot(self, size: int) -> memoryview:
+        """The buffer for the next output chunk (``size``: what our own one needs)."""
+        if self._writer is not None:
+            return self._writer.slot()
+        if self._own is None:
+            self._own = memoryview(bytearray(size))
+        return self._own
+
+    def emit(self, out: memoryview, k: int) -> None:
+        """Send the first ``k`` bytes of ``out`` (from `slot`) on."""
+        if self._writer is not None:
+            self._writer.commit(k)
+        else:
+            write_all(self._dst, out[:k])
 
 
 def _retune_now(counter: int) -> bool:
     """Whether to (re)decide on the writer thread before this chunk: past the first MiB,
     then every MiB (other streams start and end)."""
     return counter >= OVERLAP_AFTER and counter % RETUNE_EVERY == 0
-
-
-def _emit(writer: OverlapWriter | None, dst: Any, out: memoryview, k: int) -> None:
-    if writer is not None:
-        writer.commit(k)
-    else:
-        write_all(dst, out[:k])
 
 
 def _open(

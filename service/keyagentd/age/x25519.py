@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Final, Literal
+from typing import ClassVar, Final, Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from keyagent.protocol import Malformed
-from keyagentd.secrets import scrub_bytes
-from keyagentd.secrets import wipe as wipe_buffer
 
 from . import bech32
 from .format import FILE_KEY_SIZE, Stanza, b64decode, b64encode, hkdf
+from .seeded import SeededIdentity
 
 STANZA_TYPE: Final = "X25519"
 RECIPIENT_HRP: Final = "age"
@@ -73,68 +72,47 @@ class X25519Recipient:
         return f"X25519Recipient({self.encode()!r})"
 
 
-class X25519Identity:
+class X25519Identity(SeededIdentity):
     """An X25519 identity: a 32-byte seed (the scalar). ``repr`` shows only the public key.
 
-    The seed lives only in a ``bytearray`` this object owns and OpenSSL's key
+    The seed lives only in the ``bytearray`` of `SeededIdentity` and OpenSSL's key
     object (cleansed when freed). ``wipe()`` zeroes the one and drops the other;
     it also runs when the identity is collected. After it, ``seed``,
     ``encode()`` and ``unwrap()`` raise ValueError; ``recipient()`` still works.
     """
 
-    __slots__ = ("_key", "_public", "_recipient", "_seed")
+    __slots__ = ("_key", "_public", "_recipient")
 
     key_type: Final[Literal["x25519"]] = "x25519"
     stanza_type: Final = STANZA_TYPE
+    _identity_hrp: ClassVar[str] = IDENTITY_HRP
+    _size_error: ClassVar[str] = "An X25519 identity is 32 bytes."
 
     def __init__(self, seed: bytes | bytearray | memoryview) -> None:
-        if len(seed) != 32:
-            raise Malformed("An X25519 identity is 32 bytes.")
-        self._seed: bytearray | None = bytearray(seed)
+        super().__init__(seed)
         # cryptography reads the buffer in place: no ``bytes`` copy of the scalar. OpenSSL
         # derives the public key here (one scalar multiplication, about half the cost of
         # an unwrap) whether or not we ask for it: its raw-key API has no way to skip it.
-        self._key: X25519PrivateKey | None = X25519PrivateKey.from_private_bytes(self._seed)
+        self._key: X25519PrivateKey | None = X25519PrivateKey.from_private_bytes(self._live_seed())
         self._public = self._key.public_key().public_bytes_raw()
         # Built on demand: the decrypt path needs only the public bytes.
         self._recipient: X25519Recipient | None = None
 
-    def _live(self) -> tuple[bytearray, X25519PrivateKey]:
+    def _drop_keys(self) -> None:
+        self._key = None
+
+    def _live(self) -> X25519PrivateKey:
         if self._seed is None or self._key is None:
             raise ValueError("This identity has been wiped.")
-        return self._seed, self._key
-
-    @property
-    def seed(self) -> bytearray:
-        """The identity's own seed buffer, zeroed by ``wipe()``: copy it to keep it."""
-        return self._live()[0]
-
-    def wipe(self) -> None:
-        """Zero the seed and release the key (idempotent)."""
-        seed = getattr(self, "_seed", None)  # unset if __init__ failed early
-        self._seed, self._key = None, None
-        if seed is not None:
-            wipe_buffer(seed)
-
-    def __del__(self) -> None:
-        self.wipe()
+        return self._key
 
     def recipient(self) -> X25519Recipient:
         if self._recipient is None:
             self._recipient = X25519Recipient(self._public)
         return self._recipient
 
-    def encode(self) -> str:
-        """The ``AGE-SECRET-KEY-1...`` string: secret, and an immutable ``str`` that
-        cannot be wiped; for Export only, never on the decrypt path."""
-        data = bytes(self._live()[0])  # bech32 takes bytes: a copy, zeroed below
-        try:
-            return bech32.encode(IDENTITY_HRP, data).upper()
-        finally:
-            scrub_bytes(data)
-
     def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
-        key = self._live()[1]
+        key = self._live()
         for s in stanzas:
             if s.type != STANZA_TYPE:
                 continue

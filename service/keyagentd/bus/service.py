@@ -47,6 +47,7 @@ from keyagentd.bus.gate import Gate, current_sender
 from keyagentd.bus.key import KeyObject
 from keyagentd.bus.manager import Manager
 from keyagentd.bus.options import Options
+from keyagentd.bus.registry import KeyRegistry
 from keyagentd.bus.streams import DEFAULT_MAX_STREAMS, StreamRunner
 from keyagentd.cache import KeyCache
 from keyagentd.config import Config as UserConfig
@@ -89,7 +90,7 @@ def _signatures(*interfaces: ServiceInterface) -> dict[tuple[str, str], str]:
     return table
 
 
-class Agent:
+class Agent(KeyRegistry):
     def __init__(self, config: Config, *, uid: int | None = None) -> None:
         self.config = config
         self.uid = os.geteuid() if uid is None else uid
@@ -271,79 +272,6 @@ class Agent:
             self.stop(f"idle for {self.config.idle_exit:g} s with every key locked")
             return
         self._arm_idle()
-
-    # --- key objects and timers ----------------------------------------------------------
-
-    def _export_key(self, record: KeyRecord) -> KeyObject:
-        assert self._bus is not None
-        obj = KeyObject(self, record)
-        self._bus.export(obj.path, obj)
-        self.keys[record.name] = obj
-        self.records[record.name] = record
-        return obj
-
-    def key_paths(self) -> list[str]:
-        return [self.keys[name].path for name in sorted(self.keys)]
-
-    def require(self, name: str) -> KeyRecord:
-        record = self.records.get(name)
-        if record is None:
-            raise NoSuchKey(f"There is no key named {name!r}.")
-        return record
-
-    def key_added(self, record: KeyRecord) -> str:
-        obj = self._export_key(record)
-        self.manager.emit_properties_changed({"Keys": self.key_paths()})
-        return obj.path
-
-    def key_removed(self, name: str) -> None:
-        assert self._bus is not None
-        self.cache.forget(name)
-        self.limiter.forget(name)
-        self.records.pop(name, None)
-        obj = self.keys.pop(name, None)
-        if obj is not None:
-            self._bus.unexport(obj.path)
-        self.manager.emit_properties_changed({"Keys": self.key_paths()})
-        self._schedule_expiry()
-        self._touch()
-
-    def lock_all(self, reason: str = "LockAll") -> list[str]:
-        """Wipe every unlocked key (LockAll, or a desktop lock trigger); the names locked."""
-        names = self.cache.lock_all()
-        if names:
-            log.info("locked %s (%s)", ", ".join(names), reason)
-        for name in names:
-            self.key_changed(name)
-        return names
-
-    def key_changed(self, name: str) -> None:
-        """A key locked or unlocked: tell watchers, re-arm the expiry and idle timers."""
-        obj = self.keys.get(name)
-        if obj is not None:
-            obj.emit_properties_changed(obj.state())
-        self._schedule_expiry()
-        self._touch()
-
-    def _schedule_expiry(self) -> None:
-        if self._loop is None:
-            return
-        if self._expiry_handle is not None:
-            self._expiry_handle.cancel()
-            self._expiry_handle = None
-        deadline = self.cache.next_deadline()  # time.monotonic(), the loop's clock too
-        if deadline is not None:
-            self._expiry_handle = self._loop.call_at(deadline + 0.01, self._expire)
-
-    def _expire(self) -> None:
-        self._expiry_handle = None
-        for name in self.cache.expire_due():
-            log.info("key %s locked: its timeout passed", name)
-            obj = self.keys.get(name)
-            if obj is not None:
-                obj.emit_properties_changed(obj.state())
-            self._touch()
-        self._schedule_expiry()
 
     # --- operations shared by the objects ------------------------------------------------
 
