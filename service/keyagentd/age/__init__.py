@@ -1,5 +1,6 @@
 """A sans-IO age v1 engine (C2SP age): header, STREAM payload, armor, and the
-X25519, post-quantum hybrid (mlkem768x25519) and scrypt recipient types.
+X25519, post-quantum hybrid (mlkem768x25519), scrypt and SSH (ssh-ed25519,
+ssh-rsa) recipient types.
 
 Errors are the wire classes of ``keyagent.protocol``: Malformed (not age, bad
 header, bad armor), Integrity (header MAC or a payload chunk failed), NoMatch
@@ -34,20 +35,28 @@ from .format import Stanza
 from .hybrid import HybridIdentity, HybridRecipient
 from .keys import (
     KEY_TYPES,
+    STANZA_TYPES,
+    AnyIdentity,
+    AnyRecipient,
     Identity,
     KeyType,
     Recipient,
     generate_identity,
     identity_from_seed,
+    is_recipient_text,
     parse_identities,
     parse_identity,
     parse_recipient,
 )
 from .scrypt import ScryptIdentity, ScryptRecipient
+from .ssh import SshEd25519Identity, SshEd25519Recipient, SshRsaIdentity, SshRsaRecipient
 from .x25519 import X25519Identity, X25519Recipient
 
 __all__ = [
     "KEY_TYPES",
+    "STANZA_TYPES",
+    "AnyIdentity",
+    "AnyRecipient",
     "Decryptor",
     "HybridIdentity",
     "HybridRecipient",
@@ -56,6 +65,10 @@ __all__ = [
     "Recipient",
     "ScryptIdentity",
     "ScryptRecipient",
+    "SshEd25519Identity",
+    "SshEd25519Recipient",
+    "SshRsaIdentity",
+    "SshRsaRecipient",
     "Stanza",
     "X25519Identity",
     "X25519Recipient",
@@ -65,6 +78,7 @@ __all__ = [
     "encrypt_bytes",
     "generate_identity",
     "identity_from_seed",
+    "is_recipient_text",
     "parse_identities",
     "parse_identity",
     "parse_recipient",

@@ -35,7 +35,7 @@ from keyagentd.cache import KeyCache
 from keyagentd.keystore import KeyRecord
 
 #: The stanza type each key type answers to.
-STANZA_TYPE: Final = {"x25519": "X25519", "mlkem768x25519": "mlkem768x25519"}
+STANZA_TYPE: Final = age.STANZA_TYPES
 SCRYPT: Final = "scrypt"
 PASSPHRASE_NEEDED: Final = "This file is encrypted with a passphrase: give the passphrase option."
 WRONG_FILE_PASSPHRASE: Final = "The passphrase does not open this file."
@@ -67,7 +67,7 @@ def resolve_recipients(
     passphrase: str | None,
     work_factor: int | None,
 ) -> list[age.Recipient]:
-    """Recipients from ``age1...`` strings and key names, or the scrypt passphrase."""
+    """Recipients from ``age1...``/SSH strings and key names, or the scrypt passphrase."""
     if passphrase is not None:
         if items:
             raise InvalidArgs("Give either recipients or the passphrase option, not both.")
@@ -78,7 +78,7 @@ def resolve_recipients(
         raise InvalidArgs("Give at least one recipient (age1... or a key name).")
     out: list[age.Recipient] = []
     for item in items:
-        if item.startswith("age1"):
+        if age.is_recipient_text(item):
             out.append(parse_recipient(item))
         elif is_valid_key_name(item):
             record = records.get(item)
@@ -87,7 +87,8 @@ def resolve_recipients(
             out.append(parse_recipient(record.recipient))
         else:
             raise InvalidName(
-                f"{item[:80]!r} is neither an age recipient (age1...) nor a key name."
+                f"{item[:80]!r} is neither an age or SSH recipient (age1..., ssh-...) "
+                "nor a key name."
             )
     return out
 

@@ -168,7 +168,7 @@ class Manager(ServiceInterface):
     async def _seal_new_key(
         self,
         name: str,
-        identity: age.X25519Identity | age.HybridIdentity,
+        identity: age.AnyIdentity,
         passphrase: str,
         label: str | None,
     ) -> KeyRecord:
