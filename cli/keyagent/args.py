@@ -167,9 +167,17 @@ def _add_import(p: Parser) -> None:
         "file",
         metavar="FILE",
         nargs="?",
-        help="identity file, as age-keygen writes (default: stdin)",
+        help="age identity file (as age-keygen writes) or OpenSSH/PEM private key "
+        "(ssh-ed25519, ssh-rsa) (default: stdin)",
     )
     p.add_argument("--label", metavar="L", help="a free-text description")
+    p.add_argument(
+        "--ssh-passphrase-fd",
+        metavar="N",
+        type=_fd,
+        help="read the SSH key's passphrase from file descriptor N (the first line, if N is "
+        "also --passphrase-fd) instead of the terminal",
+    )
 
 
 def _add_export(p: Parser) -> None:
@@ -215,7 +223,10 @@ COMMANDS: Final[dict[str, _Spec]] = {
     "encrypt": _Spec("encrypt a file or stdin", "crypt:cmd_encrypt", True, _add_encrypt),
     "decrypt": _Spec("decrypt a file or stdin", "crypt:cmd_decrypt", True, _add_decrypt),
     "import": _Spec(
-        "seal an existing age identity as a new key", "commands:cmd_import", True, _add_import
+        "seal an existing age identity or SSH key as a new key",
+        "commands:cmd_import",
+        True,
+        _add_import,
     ),
     "export": _Spec(
         "export a key as an age file encrypted to its passphrase",

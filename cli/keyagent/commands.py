@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from keyagent import sshformat
 from keyagent.context import (
     CommandError,
     Context,
@@ -72,10 +73,16 @@ def cmd_import(ctx: Context) -> int:
     except OSError as e:
         raise CommandError(f"Cannot read {source}: {e.strerror}.") from None
     except UnicodeDecodeError:
-        raise CommandError(f"{source} is not an age identity file.") from None
-    identity = parse_identity_file(text, source)
+        raise CommandError(f"{source} is not an age identity file or SSH key.") from None
     client = ctx.client()
-    client.owner()
+    if sshformat.looks_like_private_key(text):
+        from keyagent.sshimport import ssh_identity
+
+        client.owner()  # fail early, before asking for any passphrase
+        identity = ssh_identity(ctx, text, source)
+    else:
+        identity = parse_identity_file(text, source)
+        client.owner()
     passphrase = ctx.passphrases.new(
         f"New passphrase for key '{name}': ", f"Confirm passphrase for key '{name}': "
     )

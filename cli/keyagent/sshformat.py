@@ -9,8 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from keyagent.protocol import Malformed, Unsupported
 
@@ -120,7 +119,7 @@ def parse_public_line(line: str) -> tuple[str, bytes]:
     found = _key_of(line) or _key_of(_split_options(line))
     if found is None:
         words = [w for w in re.split(r"[ \t]+", line) if _SSH_TYPE_RE.fullmatch(w)]
-        if words:
+        if words and words[0] not in SUPPORTED:
             raise unsupported_type(words[0])
         raise Malformed("The line is not an SSH public key.")
     name, blob = found
@@ -138,14 +137,16 @@ def encode_public(blob: bytes) -> str:
 
 
 def is_ssh_recipient(text: str) -> bool:
-    """Whether ``text`` is meant as an SSH public key (it may still be malformed)."""
-    return text.startswith(("ssh-", "ecdsa-", "sk-")) and (" " in text or "\t" in text)
+    """Whether ``text`` is meant as an SSH public key line (it may still be malformed): age
+    recipients and key names never hold a space."""
+    text = text.strip()
+    return not text.startswith("age1") and (" " in text or "\t" in text)
 
 
-@dataclass(frozen=True)
-class PrivateKeyInfo:
+class PrivateKeyInfo(NamedTuple):
     """What a private-key file says in the clear: its SSH type (None until loaded, for
-    PKCS#8) and whether a passphrase protects it."""
+    PKCS#8) and whether a passphrase protects it. (A NamedTuple, not a dataclass: this module
+    loads with every ``keyagent encrypt``, and ``dataclasses`` is slow to import.)"""
 
     key_type: str | None
     encrypted: bool

@@ -59,7 +59,7 @@ def is_recipient_text(s: str) -> bool:
 def parse_recipient(s: str) -> AnyRecipient:
     """An ``age1...`` (X25519), ``age1pq1...`` (hybrid) or SSH public key (``ssh-ed25519
     AAAA...``, ``ssh-rsa AAAA...``: an ``authorized_keys`` line) recipient."""
-    if sshformat.is_ssh_recipient(s.strip()):
+    if sshformat.is_ssh_recipient(s):
         return parse_ssh_recipient(s)
     hrp, data = bech32.decode(s.strip())
     if hrp == x25519.RECIPIENT_HRP and len(data) == 32 and s.strip().islower():
