@@ -224,3 +224,31 @@ def test_bad_keys_write_nothing(private_bus: PrivateBus, files: Path) -> None:
     assert r.returncode == 1 and b"This RSA key has 1024 bits" in r.stderr
     assert bus.agent_pid() is not None  # the agent kept running
     assert ka(bus, "list").stdout == b""
+
+
+def test_bus_methods_take_ssh_keys(private_bus: PrivateBus, files: Path) -> None:
+    """ImportKey, Encrypt and Decrypt (in-message) called as any D-Bus client would."""
+    from keyagent import Client
+    from keyagent.protocol import BadPassphrase, Malformed, Unsupported
+
+    rsa = keygen(files, "rsa", "-t", "rsa", "-b", "2048")
+    locked = keygen(files, "locked", "-t", "ed25519", passphrase=SSH_PW)
+    ec = keygen(files, "ec", "-t", "ecdsa")
+    with Client(private_bus.address, timeout=30) as c:
+        c.import_key("rsa", rsa.read_text(), PW)
+        assert c.key("rsa").recipient == public(rsa) and c.key("rsa").type == "ssh-rsa"
+        c.unlock("rsa", PW)
+        enc = subprocess.run(
+            ["age", "-R", f"{rsa}.pub"], input=b"in a message", capture_output=True, check=True
+        ).stdout
+        assert c.decrypt(enc) == (b"in a message", "rsa")
+        ct = c.encrypt([Path(f"{rsa}.pub").read_text().strip()], b"back")
+        assert age_d(rsa, ct) == b"back"
+        with pytest.raises(BadPassphrase, match="protected by a passphrase"):
+            c.import_key("locked", locked.read_text(), PW)
+        with pytest.raises(Unsupported, match="ECDSA"):
+            c.import_key("ec", ec.read_text(), PW)
+        with pytest.raises(Malformed):
+            c.encrypt(["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5"], b"x")
+        names = [k.name for k in c.keys()]  # noqa: SIM118 - a method, not a dict
+        assert names == ["rsa"]

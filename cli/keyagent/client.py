@@ -114,7 +114,8 @@ class Client(AgentConnection):
         return str(reply[1])
 
     def import_key(self, name: str, identity: str, passphrase: str, *, label: str = "") -> str:
-        """Seal an existing ``AGE-SECRET-KEY-…`` identity; returns the key's object path."""
+        """Seal an existing ``AGE-SECRET-KEY-…`` identity or unencrypted OpenSSH/PEM private key
+        (ssh-ed25519, ssh-rsa); returns the key's object path."""
         opts: dict[str, tuple[str, Any]] = {"label": ("s", label)} if label else {}
         reply = self._manager("ImportKey", "sssa{sv}", (name, identity, passphrase, opts))
         return str(reply[0])
