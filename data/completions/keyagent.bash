@@ -39,7 +39,7 @@ _keyagent() {
         lock) opts+=" --all" ;;
         encrypt) opts+=" -r --recipient -R --recipients-file -k --key -p --passphrase -a --armor -o --output -q --quiet --passphrase-fd" ;;
         decrypt) opts+=" -k --key -o --output -q --quiet --passphrase-fd" ;;
-        import) opts+=" --label --passphrase-fd" ;;
+        import) opts+=" --label --passphrase-fd --ssh-passphrase-fd" ;;
         export) opts+=" -a --armor -o --output --passphrase-fd" ;;
         passwd) opts+=" --passphrase-fd" ;;
         delete) opts+=" -y --yes --passphrase-fd" ;;

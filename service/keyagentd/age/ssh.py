@@ -15,6 +15,7 @@ The identities keep their secret (the Ed25519 seed; the RSA key as PKCS#8 DER) i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Final, Literal
@@ -147,6 +148,13 @@ class SshRsaRecipient(_SshRecipient):
         return [Stanza(RSA_STANZA, (self._tag,), self._key.encrypt(file_key, _oaep()))]
 
 
+@functools.lru_cache(maxsize=64)
+def _ed25519_recipient(wire: bytes) -> SshEd25519Recipient:
+    """Remembered (public data): the Montgomery conversion's modular arithmetic in Python
+    costs ~160 us, and the cache builds an identity for every operation."""
+    return SshEd25519Recipient(wire)
+
+
 class SshEd25519Identity(SeededIdentity):
     """An ssh-ed25519 identity: the 32-byte Ed25519 seed (as in the OpenSSH key)."""
 
@@ -160,7 +168,7 @@ class SshEd25519Identity(SeededIdentity):
     def __init__(self, seed: bytes | bytearray | memoryview) -> None:
         super().__init__(seed)
         ed = Ed25519PrivateKey.from_private_bytes(self._live_seed())
-        self._recipient = SshEd25519Recipient(ed25519_wire(ed.public_key().public_bytes_raw()))
+        self._recipient = _ed25519_recipient(ed25519_wire(ed.public_key().public_bytes_raw()))
         expanded = hashlib.sha512(self._live_seed()).digest()
         try:
             with memoryview(expanded) as view:
@@ -208,7 +216,8 @@ class SshEd25519Identity(SeededIdentity):
 
 
 class SshRsaIdentity(SeededIdentity):
-    """An ssh-rsa identity: the RSA private key as PKCS#8 DER."""
+    """An ssh-rsa identity: the RSA private key as PKCS#8 DER, trusted as given (the full RSA
+    check runs where a key enters: `keyagent.sshload`)."""
 
     __slots__ = ("_key", "_recipient")
 
@@ -221,7 +230,11 @@ class SshRsaIdentity(SeededIdentity):
     def __init__(self, der: bytes | bytearray | memoryview) -> None:
         super().__init__(der)
         try:
-            key = serialization.load_der_private_key(self._live_seed(), None)
+            # The sealed DER was checked when it was imported (and the cache and key file
+            # authenticate it): the full RSA check would cost ~130 ms at every use.
+            key = serialization.load_der_private_key(
+                self._live_seed(), None, unsafe_skip_rsa_key_validation=True
+            )
         except (ValueError, TypeError):
             raise Malformed(self._size_error) from None
         if not isinstance(key, rsa.RSAPrivateKey):
