@@ -137,10 +137,10 @@ def encode_public(blob: bytes) -> str:
 
 
 def is_ssh_recipient(text: str) -> bool:
-    """Whether ``text`` is meant as an SSH public key line (it may still be malformed): age
-    recipients and key names never hold a space."""
-    text = text.strip()
-    return not text.startswith("age1") and (" " in text or "\t" in text)
+    """Whether ``text`` is meant as an SSH public key line (it may still be malformed): more
+    than one word (age recipients and key names have one), one of them an SSH key type."""
+    words = text.split()
+    return len(words) > 1 and any(_SSH_TYPE_RE.fullmatch(w) for w in words)
 
 
 class PrivateKeyInfo(NamedTuple):
