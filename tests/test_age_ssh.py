@@ -232,3 +232,22 @@ def test_key_file_holds_rsa(keys: dict[str, Path]) -> None:
     bad = encode_key_file(seal(wrong, bytes(32), "pw", FAST_KDF, os.urandom))
     with pytest.raises(Malformed, match="does not fit its type"):
         parse_key_file(bad, "r")
+
+
+def test_pkcs8_keys(tmp_path: Path) -> None:
+    """`-----BEGIN PRIVATE KEY-----` (PKCS#8): the type is known only once loaded."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    def pem(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> str:
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+
+    ed = ed25519.Ed25519PrivateKey.generate()
+    ours = age.parse_identity(pem(ed))
+    assert ours.key_type == "ssh-ed25519"
+    with pytest.raises(Unsupported, match=r"^ECDSA SSH keys cannot be used with age"):
+        age.parse_identity(pem(ec.generate_private_key(ec.SECP256R1())))

@@ -219,6 +219,8 @@ def test_bad_keys_write_nothing(private_bus: PrivateBus, files: Path) -> None:
     # ecdsa and sk-* are refused before any prompt: no terminal, no fd, still the sentence.
     r = ka(bus, "import", "k", str(files / "ec"))
     assert r.returncode == 1 and b"ECDSA SSH keys cannot be used" in r.stderr
+    r = ka(bus, "import", "k", f"{good}.pub")
+    assert r.returncode == 1 and b"is an SSH public key: import the private key" in r.stderr
     # The bus refuses them too (a client that skips the command's checks).
     r = ka(bus, "encrypt", "-r", Path(f"{files / 'small'}.pub").read_text(), input=b"x")
     assert r.returncode == 1 and b"This RSA key has 1024 bits" in r.stderr

@@ -80,6 +80,8 @@ def cmd_import(ctx: Context) -> int:
 
         client.owner()  # fail early, before asking for any passphrase
         identity = ssh_identity(ctx, text, source)
+    elif sshformat.is_ssh_recipient(text):
+        raise CommandError(f"{source} is an SSH public key: import the private key file.")
     else:
         identity = parse_identity_file(text, source)
         client.owner()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from keyagent import sshformat
 from keyagent.protocol import BadPassphrase, Malformed, Unsupported
@@ -51,7 +51,8 @@ def load_private_key(text: str, ask: Callable[[], bytes] | None) -> SshPrivateKe
         return key
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key
-    raise sshformat.unsupported_type(type(key).__name__.removeprefix("_").lower())
+    kind = "ecdsa" if isinstance(key, ec.EllipticCurvePrivateKey) else type(key).__name__
+    raise sshformat.unsupported_type(kind)
 
 
 def _load_error(encrypted: bool, text: str) -> Malformed | BadPassphrase:

@@ -128,8 +128,12 @@ class Manager(ServiceInterface):
         parsed = opts.parse(options, opts.IMPORT_KEY)
         _check_name(name)
         self._check_free(name)
+        # In a thread: an RSA key's full check takes ~100-300 ms (SSH keys, sshload.py).
         record = await self._seal_new_key(
-            name, age.parse_identity(identity), passphrase, parsed.text("label", "")
+            name,
+            await self.agent.blocking(age.parse_identity, identity),
+            passphrase,
+            parsed.text("label", ""),
         )
         return self.agent.key_added(record)
 
