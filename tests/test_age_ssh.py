@@ -251,3 +251,26 @@ def test_pkcs8_keys(tmp_path: Path) -> None:
     assert ours.key_type == "ssh-ed25519"
     with pytest.raises(Unsupported, match=r"^ECDSA SSH keys cannot be used with age"):
         age.parse_identity(pem(ec.generate_private_key(ec.SECP256R1())))
+
+
+def test_keystore_and_cache_hold_rsa(keys: dict[str, Path], tmp_path: Path) -> None:
+    """The RSA secret is longer than a seed: stored, re-sealed and cached whole."""
+    from keyagentd.cache import KeyCache
+    from keyagentd.keystore import KeyStore
+
+    ours = identity(keys["rsa"])
+    der = bytes(ours.seed)
+    store = KeyStore(tmp_path / "ks", kdf=FAST_KDF)
+    store.prepare()
+    store.create("r", "ssh-rsa", der, ours.recipient().encode(), "one")
+    store.change_passphrase("r", "one", "two")
+    assert store.unseal("r", "two") == der
+    with pytest.raises(Malformed, match="wrong size for a ssh-ed25519 key"):
+        store.create("e", "ssh-ed25519", der, ours.recipient().encode(), "one")
+    cache = KeyCache()
+    cache.unlock("r", "ssh-rsa", store.unseal("r", "two"))
+    ct = age.encrypt_bytes([ours.recipient()], b"cached")
+    with cache.use("r") as cached:
+        assert age.decrypt_bytes([cached], ct) == b"cached"
+        buffer = cached.seed
+    assert not any(buffer)  # wiped when the with-block ended
