@@ -126,14 +126,16 @@ def _add_encrypt(p: Parser) -> None:
         "--recipient",
         metavar="RECIPIENT",
         action="append",
-        help="encrypt to an age1... recipient (repeatable)",
+        help="encrypt to an age1... recipient or SSH public key ('ssh-ed25519 AAAA...') "
+        "(repeatable)",
     )
     p.add_argument(
         "-R",
         "--recipients-file",
         metavar="PATH",
         action="append",
-        help="encrypt to the recipients listed in PATH (repeatable)",
+        help="encrypt to the recipients listed in PATH, one per line; an authorized_keys "
+        "or .pub file works (repeatable)",
     )
     p.add_argument(
         "-k",
