@@ -254,3 +254,27 @@ def test_bus_methods_take_ssh_keys(private_bus: PrivateBus, files: Path) -> None
             c.encrypt(["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5"], b"x")
         names = [k.name for k in c.keys()]  # noqa: SIM118 - a method, not a dict
         assert names == ["rsa"]
+
+
+def test_the_tag_names_the_one_locked_key(private_bus: PrivateBus, files: Path) -> None:
+    """SSH stanzas carry their key's tag: a locked-key answer names only the key that fits."""
+    from keyagent import Client
+    from keyagent.protocol import Locked, NoMatch
+
+    a, b = keygen(files, "a", "-t", "ed25519"), keygen(files, "b", "-t", "ed25519")
+    import_ssh(private_bus, "a", a)
+    import_ssh(private_bus, "b", b)
+    enc = subprocess.run(
+        ["age", "-R", f"{b}.pub"], input=b"for b", capture_output=True, check=True
+    ).stdout
+    with Client(private_bus.address, timeout=30) as c:
+        with pytest.raises(Locked) as e:
+            c.decrypt(enc)
+        assert e.value.names == ("b",)
+        with pytest.raises(NoMatch):
+            c.decrypt(enc, key="a")
+        c.unlock("a", PW)
+        with pytest.raises(Locked):  # an unlocked other key is not tried either
+            c.decrypt(enc)
+        c.unlock("b", PW)
+        assert c.decrypt(enc) == (b"for b", "b")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
@@ -9,7 +10,7 @@ from typing import Literal, Protocol
 from keyagent import sshformat
 from keyagent.protocol import Malformed, Unsupported
 
-from . import bech32, hybrid, x25519
+from . import bech32, hybrid, ssh, x25519
 from .format import Stanza
 from .hybrid import HybridIdentity, HybridRecipient
 from .ssh import SshEd25519Identity, SshRsaIdentity
@@ -48,6 +49,21 @@ class Identity(Protocol):
     def stanza_type(self) -> str: ...
 
     def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None: ...
+
+
+def may_open(key_type: str, recipient: str, stanzas: Sequence[Stanza]) -> bool:
+    """Whether a key could open a file with these stanzas, before it is unlocked: a stanza of
+    its type, and for an SSH key one carrying its tag (other stanzas are anonymous)."""
+    stanza_type = STANZA_TYPES.get(key_type)
+    if key_type not in sshformat.SUPPORTED:
+        return any(s.type == stanza_type for s in stanzas)
+    tag = _ssh_tag(recipient)
+    return any(s.type == stanza_type and s.args[:1] == (tag,) for s in stanzas)
+
+
+@functools.lru_cache(maxsize=256)
+def _ssh_tag(recipient: str) -> str:
+    return ssh.tag(sshformat.parse_public_line(recipient)[1])
 
 
 def is_recipient_text(s: str) -> bool:

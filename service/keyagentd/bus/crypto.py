@@ -1,7 +1,8 @@
 """Choosing keys for age operations (no D-Bus here; on the event loop or in worker threads).
 
 Decrypt matching: age stanzas are anonymous, so which keys "could" open a file is known only
-by type. The agent tries every unlocked key whose type matches a stanza; if none opens the
+by type (`age.may_open`; an SSH stanza carries its key's tag, which narrows it to that key).
+The agent tries every unlocked key whose type matches a stanza; if none opens the
 file and some *locked* key has a matching type, the answer is ``Locked`` naming those locked
 keys (the client unlocks one and retries); otherwise ``NoMatch``. A passphrase (scrypt) file
 needs the ``passphrase`` option; without it the answer is ``BadPassphrase`` with a text
@@ -34,8 +35,6 @@ from keyagentd import age
 from keyagentd.cache import KeyCache
 from keyagentd.keystore import KeyRecord
 
-#: The stanza type each key type answers to.
-STANZA_TYPE: Final = age.STANZA_TYPES
 SCRYPT: Final = "scrypt"
 PASSPHRASE_NEEDED: Final = "This file is encrypted with a passphrase: give the passphrase option."
 WRONG_FILE_PASSPHRASE: Final = "The passphrase does not open this file."
@@ -117,11 +116,13 @@ def unwrap(
         record = records.get(pin)
         if record is None:
             raise NoSuchKey(f"There is no key named {pin!r}.")
-        if STANZA_TYPE.get(record.key_type) not in types:
+        if not age.may_open(record.key_type, record.recipient, dec.stanzas):
             raise NoMatch(f"Key {pin!r} does not match this file.")
         names = [pin]
     else:
-        names = sorted(n for n, r in records.items() if STANZA_TYPE.get(r.key_type) in types)
+        names = sorted(
+            n for n, r in records.items() if age.may_open(r.key_type, r.recipient, dec.stanzas)
+        )
     locked = [n for n in names if not cache.is_unlocked(n)]
     for name in names:
         if name in locked:
