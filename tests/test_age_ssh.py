@@ -274,3 +274,12 @@ def test_keystore_and_cache_hold_rsa(keys: dict[str, Path], tmp_path: Path) -> N
         assert age.decrypt_bytes([cached], ct) == b"cached"
         buffer = cached.seed
     assert not any(buffer)  # wiped when the with-block ended
+
+
+def test_rsa_size_bounds() -> None:
+    sshformat.check_rsa_bits(2048)
+    sshformat.check_rsa_bits(8192)
+    with pytest.raises(Unsupported, match=r"^This RSA key has 2047 bits: age needs at least"):
+        sshformat.check_rsa_bits(2047)
+    with pytest.raises(Unsupported, match=r"^This RSA key has 8193 bits: at most 8192"):
+        sshformat.check_rsa_bits(8193)

@@ -72,7 +72,7 @@ from keyagentd.secrets import wipe
 MAGIC: Final = b"keyagent-key/v1"
 _MAGIC_FAMILY: Final = b"keyagent-key/"
 SEED_LEN: Final = 32
-#: An ssh-rsa key's PKCS#8 DER: 2048 bits take ~1.2 KB, 16384 bits ~9.4 KB.
+#: An ssh-rsa key's PKCS#8 DER: 2048 bits take ~1.2 KB, 8192 bits ~4.8 KB.
 RSA_SECRET_LEN: Final = range(64, 12 * 1024 + 1)
 NONCE_LEN: Final = 12
 TAG_LEN: Final = 16
