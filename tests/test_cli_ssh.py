@@ -172,6 +172,12 @@ def test_same_fd_for_both_passphrases(private_bus: PrivateBus, files: Path) -> N
         r = ka(private_bus, "import", "r", str(key), *args, pass_fds=(fd,))
     assert r.returncode == 0, r.stderr
     assert ka_pw(private_bus, [PW], "unlock", "r").returncode == 0
+    plain = keygen(files, "plain", "-t", "ed25519")
+    with passphrase_fd("", PW) as fd:  # the first line is the SSH one even when unused
+        args = ["--ssh-passphrase-fd", str(fd), "--passphrase-fd", str(fd)]
+        r = ka(private_bus, "import", "p", str(plain), *args, pass_fds=(fd,))
+    assert r.returncode == 0, r.stderr
+    assert ka_pw(private_bus, [PW], "unlock", "p").returncode == 0
 
 
 def test_ssh_passphrase_typed_at_the_terminal(private_bus: PrivateBus, files: Path) -> None:

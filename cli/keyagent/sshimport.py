@@ -32,9 +32,11 @@ def ssh_identity(ctx: Context, text: str, source: str) -> str:
     from keyagent import sshload  # cryptography: only for an SSH key
 
     info = sshformat.private_key_info(text)  # refuse an unusable key before asking
-    if not info.encrypted:
-        return sshload.to_openssh(sshload.load_private_key(text, None))
     passphrases = _source(ctx)
+    if not info.encrypted:
+        if passphrases is ctx.passphrases:
+            passphrases.get("")  # one fd: its first line is the SSH one, needed or not
+        return sshload.to_openssh(sshload.load_private_key(text, None))
     tries = 1 if passphrases.from_fd else TTY_TRIES
     for attempt in range(tries):
         prompt = f"Passphrase of the SSH key {source}: "
