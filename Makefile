@@ -38,6 +38,8 @@ pytest: setup
 test: setup lint typecheck pytest
 
 bench: setup
+	@bash scripts/sysdeps.sh bench
+	@$(PY) -c 'import secretstorage' 2>/dev/null || $(PY) -m pip install -q '.[bench]'
 	$(PY) -m bench
 
 clean:

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Install the system tools keyagent's demo and tests use, only those that are missing.
+# `sysdeps.sh bench` also installs the peers `make bench` compares against.
 set -euo pipefail
 declare -A pkg_for=(
   [dbus-daemon]=dbus-daemon [dbus-run-session]=dbus-daemon [dbus-send]=dbus-bin
   [gdbus]=libglib2.0-bin [busctl]=systemd [age]=age
 )
+if [ "${1:-}" = bench ]; then
+  pkg_for+=([gnome-keyring-daemon]=gnome-keyring [secret-tool]=libsecret-tools [gpg]=gnupg
+            [gpg-agent]=gpg-agent [openssl]=openssl)
+fi
 missing=()
 for tool in "${!pkg_for[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${pkg_for[$tool]}")
