@@ -4,6 +4,9 @@ set -euo pipefail
 declare -A pkg_for=(
   [dbus-daemon]=dbus-daemon [dbus-run-session]=dbus-daemon [dbus-send]=dbus-bin
   [gdbus]=libglib2.0-bin [busctl]=systemd [age]=age
+  # packaging tests: man page lint, the three shells' completions, meson's pkg-config lookups
+  [mandoc]=mandoc [zsh]=zsh [fish]=fish [pkg-config]=pkg-config [unshare]=util-linux
+  [systemd-analyze]=systemd
 )
 missing=()
 for tool in "${!pkg_for[@]}"; do
@@ -16,4 +19,5 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+# another apt run (a parallel CI job) holds the lock for a while: wait for it
+$sudo apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${pkgs[@]}" >/dev/null

@@ -1,0 +1,156 @@
+"""The systemd user unit's sandbox: only options a user manager enforces, and the agent works
+inside them (MemoryDenyWriteExecute) or, for a user namespace, refuses rather than guesses."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli_support import PASSPHRASE, create_key, ka, ka_pw
+from conftest import ROOT, TEST_AGENT_ARGS, BusFactory, PrivateBus, have
+
+UNIT = ROOT / "data" / "keyagent.service.in"
+PYTHON = os.path.realpath(sys.executable)  # what /proc/PID/exe shows for `keyagent`
+PR_SET_MDWE, PR_GET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 66, 1
+
+#: What a user manager enforces with no user namespace (seccomp, rlimits, the umask).
+USER_MANAGER_SAFE = {
+    "Type", "BusName", "ExecStart", "LimitCORE", "NoNewPrivileges", "LockPersonality",
+    "MemoryDenyWriteExecute", "RestrictRealtime", "RestrictSUIDSGID", "SystemCallArchitectures",
+    "UMask",
+}  # fmt: skip
+
+
+def unit_settings() -> tuple[list[str], dict[str, str]]:
+    sections, settings = [], {}
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("["):
+            sections.append(line)
+        elif "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            settings[key] = value
+    return sections, settings
+
+
+def test_unit_has_only_options_a_user_manager_enforces() -> None:
+    sections, settings = unit_settings()
+    assert sections == ["[Unit]", "[Service]"]  # no [Install]: D-Bus activation starts it
+    service = {k: v for k, v in settings.items() if k not in {"Description", "Documentation"}}
+    assert set(service) <= USER_MANAGER_SAFE, set(service) - USER_MANAGER_SAFE
+    assert service["MemoryDenyWriteExecute"] == "yes"
+    assert service["LimitCORE"] == "0"
+
+
+def _agent_wrapper(bus: PrivateBus, prefix: str) -> Path:
+    """Replace the bus's `keyagentd` so activation runs the agent under ``prefix``."""
+    log = bus.tmp / "agent.log"
+    args = shlex.join([sys.executable, "-m", "keyagentd", *TEST_AGENT_ARGS])
+    wrapper = bus.bindir / "keyagentd"
+    wrapper.write_text(f'#!/bin/sh\nexec 2>>{shlex.quote(str(log))}\nexec {prefix} {args} "$@"\n')
+    return log
+
+
+#: Turn on the kernel's MDWE (inherited through exec), check it took, then exec the agent.
+MDWE_EXEC = f"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl({PR_SET_MDWE}, {PR_MDWE_REFUSE_EXEC_GAIN}, 0, 0, 0) != 0 or \\
+        libc.prctl({PR_GET_MDWE}, 0, 0, 0, 0) != {PR_MDWE_REFUSE_EXEC_GAIN}:
+    sys.exit("MDWE did not take")
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def _kernel_has_mdwe() -> bool:
+    probe = "import ctypes,sys; sys.exit(ctypes.CDLL(None).prctl(66, 0, 0, 0, 0) < 0)"
+    return subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
+
+
+def test_mdwe_wrapper_really_forbids_writable_executable_memory() -> None:
+    if not _kernel_has_mdwe():
+        pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
+    probe = "import mmap; mmap.mmap(-1, 4096, prot=7)"  # READ|WRITE|EXEC
+    free = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=False)
+    assert free.returncode == 0
+    fenced = subprocess.run(
+        [sys.executable, "-c", MDWE_EXEC, sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert fenced.returncode == 1 and "PermissionError" in fenced.stderr
+
+
+def test_agent_survives_memory_deny_write_execute(bus_factory: BusFactory, tmp_path: Path) -> None:
+    if not _kernel_has_mdwe():
+        pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
+    bus = bus_factory()
+    log = _agent_wrapper(bus, shlex.join([sys.executable, "-c", MDWE_EXEC]))
+    # Argon2 (argon2-cffi), X25519 and ChaCha20 (cryptography), scrypt, the bus (dbus-fast).
+    recipient = create_key(bus, "work")
+    assert ka_pw(bus, [PASSPHRASE], "unlock", "work").returncode == 0
+    sealed = ka(bus, "encrypt", "-r", recipient, "-a", input=b"under MDWE\n")
+    assert sealed.returncode == 0, sealed.stderr
+    plain = ka(bus, "decrypt", input=sealed.stdout)
+    assert (plain.returncode, plain.stdout) == (0, b"under MDWE\n"), plain.stderr
+    scrypt = ka_pw(bus, ["pw2", "pw2"], "encrypt", "-p", input=b"x")
+    assert scrypt.returncode == 0, scrypt.stderr
+    pid = bus.agent_pid()
+    assert pid is not None
+    assert "MDWE did not take" not in log.read_text()
+
+
+@pytest.mark.skipif(not have("unshare"), reason="needs unshare (util-linux)")
+@pytest.mark.parametrize("namespaced", [False, True])
+def test_allowed_executables_in_a_user_namespace(bus_factory: BusFactory, namespaced: bool) -> None:
+    """What PrivateUsers= does to the agent: its own uid and gid mapped to themselves."""
+    bus = bus_factory()
+    uid, gid = os.getuid(), os.getgid()
+    prefix = f"unshare --user --map-user={uid} --map-group={gid}" if namespaced else ""
+    log = _agent_wrapper(bus, prefix)
+    config = Path(bus.env["XDG_CONFIG_HOME"]) / "keyagent" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'[keys.work]\nallowed_executables = ["{PYTHON}"]\n')
+    recipient = create_key(bus, "work")
+    assert ka_pw(bus, [PASSPHRASE], "unlock", "work").returncode == 0
+    sealed = ka(bus, "encrypt", "-r", recipient, input=b"hello\n").stdout
+    out = ka(bus, "decrypt", input=sealed)
+    pid = bus.agent_pid()
+    assert pid is not None
+    in_userns = os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user")
+    assert in_userns == namespaced
+    if not namespaced:
+        assert (out.returncode, out.stdout) == (0, b"hello\n"), out.stderr
+        assert "user namespace" not in log.read_text()
+        return
+    # Inside, /proc/PID/exe of a caller outside is unreadable: the policy must refuse, not guess,
+    # and the agent says why at start-up.
+    assert (out.returncode, out.stdout) == (4, b"")
+    assert b"cannot be identified" in out.stderr
+    assert "allowed_executables" in log.read_text() and "user namespace" in log.read_text()
+
+
+def test_mdwe_does_not_break_ctypes_callbacks() -> None:
+    """The agent's ctypes use (prctl, mlockall, mallopt) has no callbacks, but if one is added:
+    ctypes closures survive MDWE here, cffi's ABI-mode ffi.callback() does not."""
+    if not _kernel_has_mdwe():
+        pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
+    probe = (
+        "import ctypes; CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)\n"
+        "a = (ctypes.c_int * 3)(3, 1, 2)\n"
+        "ctypes.CDLL(None).qsort(a, 3, 4, CB(lambda x, y: ctypes.cast(x, ctypes.POINTER("
+        "ctypes.c_int))[0] - ctypes.cast(y, ctypes.POINTER(ctypes.c_int))[0]))\n"
+        "print(list(a))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", MDWE_EXEC, sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (r.returncode, r.stdout) == (0, "[1, 2, 3]\n"), r.stderr
