@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 import tomllib
 import venv
 import zipfile
@@ -318,3 +319,26 @@ def _pip_user_gets_a_verified_unit(env_dir: Path, home: Path) -> None:
     unit = home / "config" / "systemd" / "user" / "keyagent.service"
     verify = subprocess.run(["systemd-analyze", "--user", "verify", str(unit)], **run)  # type: ignore[call-overload]
     assert (verify.returncode, verify.stderr) == (0, ""), verify.stderr
+
+
+def test_make_dist_builds_the_sdist_and_a_wheel_from_it(tmp_path: Path) -> None:
+    # -o: the venv counts as set up (this test runs inside it); dist/ goes to tmp_path.
+    out = subprocess.run(
+        ["make", "-o", ".venv/.installed", "dist", f"DIST={tmp_path}"],
+        cwd=ROOT,
+        env=_tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    sdist = tarfile.open(tmp_path / "keyagent-0.1.0.tar.gz")
+    names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
+    for path in ("LICENSE", "meson.build", "meson_options.txt", "cli/keyagent/py.typed",
+                 "data/keyagent.service.in", "data/keyagentd.8", "PKG-INFO"):  # fmt: skip
+        assert path in names, path
+    pkg_info = sdist.extractfile("keyagent-0.1.0/PKG-INFO")
+    assert pkg_info is not None and b"License-Expression: MIT" in pkg_info.read()
+    wheel = zipfile.ZipFile(tmp_path / "keyagent-0.1.0-py3-none-any.whl")
+    assert "keyagent-0.1.0.data/data/share/man/man8/keyagentd.8" in wheel.namelist()
