@@ -333,12 +333,12 @@ def test_make_dist_builds_the_sdist_and_a_wheel_from_it(tmp_path: Path) -> None:
         check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    sdist = tarfile.open(tmp_path / "keyagent-0.1.0.tar.gz")
-    names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
+    with tarfile.open(tmp_path / "keyagent-0.1.0.tar.gz") as sdist:
+        names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
+        pkg_info = sdist.extractfile("keyagent-0.1.0/PKG-INFO")
+        assert pkg_info is not None and b"License-Expression: MIT" in pkg_info.read()
     for path in ("LICENSE", "meson.build", "meson_options.txt", "cli/keyagent/py.typed",
                  "data/keyagent.service.in", "data/keyagentd.8", "PKG-INFO"):  # fmt: skip
         assert path in names, path
-    pkg_info = sdist.extractfile("keyagent-0.1.0/PKG-INFO")
-    assert pkg_info is not None and b"License-Expression: MIT" in pkg_info.read()
     wheel = zipfile.ZipFile(tmp_path / "keyagent-0.1.0-py3-none-any.whl")
     assert "keyagent-0.1.0.data/data/share/man/man8/keyagentd.8" in wheel.namelist()
