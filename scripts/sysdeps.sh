@@ -12,6 +12,11 @@ missing=()
 for tool in "${!pkg_for[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${pkg_for[$tool]}")
 done
+# Not a command: libseccomp's bindings, for the system Python. tests/test_unit_sandbox.py loads
+# systemd's MemoryDenyWriteExecute= filter with them.
+if [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -c 'import seccomp' 2>/dev/null; then
+  missing+=(python3-seccomp)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)
 echo "keyagent: installing system packages: ${pkgs[*]}" >&2

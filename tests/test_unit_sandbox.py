@@ -66,31 +66,65 @@ os.execv(sys.argv[1], sys.argv[1:])
 """
 
 
+#: systemd <= 252's MemoryDenyWriteExecute= (seccomp-util.c), loaded with the system Python's
+#: libseccomp bindings: no W+X mmap, no mprotect/pkey_mprotect to executable, no SHM_EXEC.
+SECCOMP_EXEC = """
+import os, sys, errno, seccomp
+from seccomp import Arg, ERRNO, MASKED_EQ
+W, X, SHM_EXEC = 0x2, 0x4, 0o100000
+f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+f.add_rule(ERRNO(errno.EPERM), "mmap", Arg(2, MASKED_EQ, W | X, W | X))
+for call in ("mprotect", "pkey_mprotect"):
+    f.add_rule(ERRNO(errno.EPERM), call, Arg(2, MASKED_EQ, X, X))
+f.add_rule(ERRNO(errno.EPERM), "shmat", Arg(2, MASKED_EQ, SHM_EXEC, SHM_EXEC))
+f.load()
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _has_seccomp_bindings() -> bool:
+    probe = [SYSTEM_PYTHON, "-c", "import seccomp"]
+    return os.access(SYSTEM_PYTHON, os.X_OK) and subprocess.run(probe, check=False).returncode == 0
+
+
+def _mdwe_prefix(kind: str) -> str:
+    """A command prefix that runs what follows under MDWE: the kernel's (what systemd >= 253
+    uses on Linux >= 6.3) or systemd 252's seccomp filter."""
+    if kind == "prctl":
+        if not _kernel_has_mdwe():
+            pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
+        return shlex.join([sys.executable, "-c", MDWE_EXEC])
+    if not _has_seccomp_bindings():
+        pytest.skip("needs python3-seccomp (scripts/sysdeps.sh installs it)")
+    return shlex.join([SYSTEM_PYTHON, "-c", SECCOMP_EXEC])
+
+
 def _kernel_has_mdwe() -> bool:
     probe = "import ctypes,sys; sys.exit(ctypes.CDLL(None).prctl(66, 0, 0, 0, 0) < 0)"
     return subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
 
 
-def test_mdwe_wrapper_really_forbids_writable_executable_memory() -> None:
-    if not _kernel_has_mdwe():
-        pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
+@pytest.mark.parametrize("kind", ["prctl", "seccomp"])
+def test_mdwe_wrappers_really_forbid_writable_executable_memory(kind: str) -> None:
+    prefix = _mdwe_prefix(kind)
     probe = "import mmap; mmap.mmap(-1, 4096, prot=7)"  # READ|WRITE|EXEC
     free = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=False)
     assert free.returncode == 0
     fenced = subprocess.run(
-        [sys.executable, "-c", MDWE_EXEC, sys.executable, "-c", probe],
+        [*shlex.split(prefix), sys.executable, "-c", probe],
         capture_output=True,
         text=True,
         check=False,
     )
-    assert fenced.returncode == 1 and "PermissionError" in fenced.stderr
+    assert fenced.returncode == 1 and "PermissionError" in fenced.stderr, fenced.stderr
 
 
-def test_agent_survives_memory_deny_write_execute(bus_factory: BusFactory, tmp_path: Path) -> None:
-    if not _kernel_has_mdwe():
-        pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
+@pytest.mark.parametrize("kind", ["prctl", "seccomp"])
+def test_agent_survives_memory_deny_write_execute(bus_factory: BusFactory, kind: str) -> None:
+    prefix = _mdwe_prefix(kind)
     bus = bus_factory()
-    log = _agent_wrapper(bus, shlex.join([sys.executable, "-c", MDWE_EXEC]))
+    log = _agent_wrapper(bus, prefix)
     # Argon2 (argon2-cffi), X25519 and ChaCha20 (cryptography), scrypt, the bus (dbus-fast).
     recipient = create_key(bus, "work")
     assert ka_pw(bus, [PASSPHRASE], "unlock", "work").returncode == 0
@@ -103,6 +137,8 @@ def test_agent_survives_memory_deny_write_execute(bus_factory: BusFactory, tmp_p
     pid = bus.agent_pid()
     assert pid is not None
     assert "MDWE did not take" not in log.read_text()
+    if kind == "seccomp":  # 2: a filter is loaded (the agent itself loads none)
+        assert "Seccomp:\t2\n" in Path(f"/proc/{pid}/status").read_text()
 
 
 @pytest.mark.skipif(not have("unshare"), reason="needs unshare (util-linux)")
@@ -135,11 +171,11 @@ def test_allowed_executables_in_a_user_namespace(bus_factory: BusFactory, namesp
     assert "allowed_executables" in log.read_text() and "user namespace" in log.read_text()
 
 
-def test_mdwe_does_not_break_ctypes_callbacks() -> None:
+@pytest.mark.parametrize("kind", ["prctl", "seccomp"])
+def test_mdwe_does_not_break_ctypes_callbacks(kind: str) -> None:
     """The agent's ctypes use (prctl, mlockall, mallopt) has no callbacks, but if one is added:
-    ctypes closures survive MDWE here, cffi's ABI-mode ffi.callback() does not."""
-    if not _kernel_has_mdwe():
-        pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
+    ctypes closures survive MDWE here (cffi's ABI-mode ffi.callback() does not)."""
+    prefix = _mdwe_prefix(kind)
     probe = (
         "import ctypes; CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)\n"
         "a = (ctypes.c_int * 3)(3, 1, 2)\n"
@@ -148,7 +184,7 @@ def test_mdwe_does_not_break_ctypes_callbacks() -> None:
         "print(list(a))"
     )
     r = subprocess.run(
-        [sys.executable, "-c", MDWE_EXEC, sys.executable, "-c", probe],
+        [*shlex.split(prefix), sys.executable, "-c", probe],
         capture_output=True,
         text=True,
         check=False,
