@@ -85,14 +85,18 @@ def test_fish_completes_key_names_without_the_agent(
     assert no_agent_started(private_bus)
 
 
-# zsh completes only inside its line editor: drive an interactive zsh through zsh/zpty, TAB after
-# `keyagent unlock `, then a marker command whose output ends the read.
+# zsh completes only inside its line editor: drive an interactive zsh through zsh/zpty. Each line
+# types `keyagent unlock PREFIX`, TAB, then goes to the start of the line and turns it into a
+# `print`, so the completed line comes out as output; a marker command ends the read. (Only the
+# insertion is checked: zle does not draw a list while keys are pending.)
 ZSH_DRIVER = r"""
 zmodload zsh/zpty
 zpty z TERM=dumb zsh -f -i
 zpty -w z "PS1='> '; fpath=($1 \$fpath); autoload -Uz compinit; compinit -u -D; print RE''ADY"
 zpty -r z out '*READY*'
-zpty -w -n z $'keyagent unlock \t\t\C-u'
+for prefix in w h s; do
+  zpty -w z "keyagent unlock $prefix"$'\t\C-a'"print -r -- C:"
+done
 zpty -w z "print EN''D"
 zpty -r z out '*END*'
 print -r -- $out
@@ -105,7 +109,11 @@ def test_zsh_completes_key_names_without_the_agent(
     private_bus: PrivateBus, keyring: dict[str, str]
 ) -> None:
     out = run(["zsh", "-f", "-c", ZSH_DRIVER, "zsh", str(COMPLETIONS)], keyring)
-    listing = [line.strip() for line in out.replace("\r", "").splitlines()]
-    assert "home  work" in listing, out
-    assert "spare" not in out and "notes" not in out
+    printed = [line.strip() for line in out.replace("\r", "").splitlines()]
+    completed = [line for line in printed if line.startswith("C:keyagent")]
+    assert completed == [
+        "C:keyagent unlock work",
+        "C:keyagent unlock home",
+        "C:keyagent unlock s",  # neither the interrupted write nor notes.txt
+    ], out
     assert no_agent_started(private_bus)
