@@ -1,7 +1,17 @@
 # bash completion for keyagent(1)
 
+# Key names from the key directory, as keyagentd finds it: asking the agent would start it.
 _keyagent_keys() {
-    keyagent list 2>/dev/null | cut -d' ' -f1
+    local dir=${KEYAGENT_HOME:-} f
+    if [[ -z $dir ]]; then
+        if [[ ${XDG_DATA_HOME:-} == /* ]]; then dir=$XDG_DATA_HOME/keyagent
+        else dir=$HOME/.local/share/keyagent; fi
+    fi
+    for f in "$dir"/*.key; do
+        [[ -f $f ]] || continue
+        f=${f##*/}
+        printf '%s\n' "${f%.key}"
+    done
 }
 
 _keyagent() {

@@ -1,7 +1,18 @@
 # fish completion for keyagent(1)
 
+# Key names from the key directory, as keyagentd finds it: asking the agent would start it.
 function __keyagent_keys
-    keyagent list 2>/dev/null | string split -f1 ' '
+    set -l dir $KEYAGENT_HOME
+    if test -z "$dir"
+        if string match -q '/*' -- "$XDG_DATA_HOME"
+            set dir $XDG_DATA_HOME/keyagent
+        else
+            set dir $HOME/.local/share/keyagent
+        end
+    end
+    for f in $dir/*.key
+        test -f $f; and string replace -r '^.*/(.*)\.key$' '$1' -- $f
+    end
 end
 
 set -l commands init list status unlock lock recipient encrypt decrypt import export passwd delete install uninstall
