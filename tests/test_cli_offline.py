@@ -25,7 +25,8 @@ from jeepney import HeaderFields
 
 from cli_support import KEYAGENT, error_line, ka, passphrase_fd
 from conftest import OTHER_UID, PrivateBus, as_other_user, requires_root
-from keyagent import cli
+from keyagent import args as argparse_cli
+from keyagent import cli, grammar
 from keyagent.client import KeyInfo
 from keyagent.commands import armor, parse_identity_file
 from keyagent.context import CommandError
@@ -156,7 +157,7 @@ def test_import_time_skips_heavy_modules() -> None:
     assert r.stdout.strip() == "keyagent 0.1.0"
     modules = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if "|" in line}
     assert "keyagent.cli" in modules
-    for heavy in ("asyncio", "cryptography", "dbus_fast", "keyagentd"):
+    for heavy in ("asyncio", "cryptography", "dbus_fast", "keyagentd", "typing", "argparse"):
         assert not any(m == heavy or m.startswith(heavy + ".") for m in modules), heavy
 
 
@@ -176,10 +177,9 @@ def test_decrypt_hot_path_skips_slow_modules(tmp_path: Path) -> None:
 
     baseline = imported("-c", "pass")
     loaded = imported("-m", "keyagent", "decrypt", "-o", str(tmp_path / "out"), str(src))
-    # (keyagent.crypt is not listed: -X importtime misses importlib.import_module)
-    assert {"keyagent.client", "keyagent.context", "keyagent.output", "jeepney"} <= loaded
+    assert {"keyagent.client", "keyagent.crypt", "keyagent.output", "jeepney"} <= loaded
     slow = ["dataclasses", "inspect", "pathlib", "tempfile", "shutil", "threading", "traceback"]
-    slow += ["argparse", "gettext", "locale"]  # cli.fast_args reads this command line
+    slow += ["argparse", "gettext", "locale"]  # grammar.parse_fast reads this command line
     assert not [m for m in slow if m in loaded - baseline]
 
 
@@ -195,16 +195,18 @@ def test_decrypt_hot_path_skips_slow_modules(tmp_path: Path) -> None:
     ],
 )
 def test_one_command_parser_parses_like_the_whole(argv: list[str]) -> None:
-    assert cli._command_in(argv) == next(a for a in argv if not a.startswith("-"))
-    assert cli.build_parser(cli._command_in(argv)).parse_args(argv) == (
-        cli.build_parser().parse_args(argv)
+    assert grammar.command_in(argv) == next(a for a in argv if not a.startswith("-"))
+    assert argparse_cli.build_parser(grammar.command_in(argv)).parse_args(argv) == (
+        argparse_cli.build_parser().parse_args(argv)
     )
 
 
 _FAST_TOKENS = [
     *("-o", "--output", "-q", "--quiet", "--debug", "--passphrase-fd", "-k", "--key"),
     *("-r", "--recipient", "-R", "--recipients-file", "-p", "--passphrase", "-a", "--armor"),
-    *("--out", "-oOUT", "--output=o", "-qa", "-h", "--help", "--", "-x", "--bogus"),
+    *("--json", "--all", "--idle-timeout", "-t", "--max-timeout", "--askpass", "-y", "--yes"),
+    *("--type", "x25519", "mlkem768x25519", "--label", "--bindir", "10m", "1h30m", "0", "1w"),
+    *("--out", "-oOUT", "--output=o", "-qa", "-h", "--help", "--", "-x", "--bogus", "-t5"),
     *("in", "out", "-", "", "-1", "3", "03", "+3", "3x", "\u0663", "age1abc", "a b", "decrypt"),
 ]
 
@@ -212,21 +214,21 @@ _FAST_TOKENS = [
 def _argparse_or_none(argv: list[str]) -> dict[str, object] | None:
     try:
         with contextlib.redirect_stdout(StringIO()), contextlib.redirect_stderr(StringIO()):
-            return vars(cli.build_parser().parse_args(argv))
+            return vars(argparse_cli.build_parser().parse_args(argv))
     except SystemExit:
         return None
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(
     st.lists(st.just("--debug"), max_size=2),
-    st.sampled_from(["decrypt", "encrypt"]),
+    st.sampled_from(sorted(grammar.COMMANDS)),
     st.lists(st.sampled_from(_FAST_TOKENS), max_size=7),
 )
 def test_fast_args_agree_with_argparse(lead: list[str], command: str, rest: list[str]) -> None:
-    """The fast path reads a line only as argparse does; anything else it leaves to argparse."""
+    """The fast reader reads a line only as argparse does; anything else it leaves to argparse."""
     argv = [*lead, command, *rest]
-    fast = cli.fast_args(argv)
+    fast = grammar.parse_fast(argv)
     if fast is not None:
         assert vars(fast) == _argparse_or_none(argv)
 
@@ -239,19 +241,27 @@ def test_fast_args_agree_with_argparse(lead: list[str], command: str, rest: list
         ["decrypt"],
         ["encrypt", "-r", "age1x", "-k", "a", "--key", "b", "-R", "f", "-a", "-o", "o", "-"],
         ["encrypt", "-p", "--armor", "--output", "o", "--quiet", "--debug", "in"],
+        ["status"],
+        ["status", "--json"],
+        ["list"],
+        ["unlock", "work", "home", "-t", "1h30m", "--passphrase-fd", "3"],
+        ["lock", "--all"],
+        ["recipient", "work", "home"],
+        ["init", "work", "--type", "mlkem768x25519", "--label", "laptop"],
+        ["import", "work", "id.txt"],
     ],
 )
 def test_fast_args_read_the_usual_lines(argv: list[str]) -> None:
-    fast = cli.fast_args(argv)
+    fast = grammar.parse_fast(argv)
     assert fast is not None and vars(fast) == _argparse_or_none(argv)
 
 
 def test_top_level_help_lists_every_command_even_before_one(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert cli._command_in(["-h", "decrypt"]) is None
-    assert cli._command_in(["--bogus", "decrypt"]) is None
-    assert cli._command_in(["nope"]) is None
+    assert grammar.command_in(["-h", "decrypt"]) is None
+    assert grammar.command_in(["--bogus", "decrypt"]) is None
+    assert grammar.command_in(["nope"]) is None
     with pytest.raises(SystemExit) as e:
         cli.main(["-h", "decrypt"])
     assert e.value.code == 0
@@ -667,7 +677,7 @@ def test_refuses_an_agent_of_another_uid(permissive_bus: PrivateBus) -> None:
 
 
 def _options_by_command() -> dict[str, set[str]]:
-    parser = cli.build_parser()
+    parser = argparse_cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return {
         name: {s for a in p._actions for s in a.option_strings if s.startswith("--")}
