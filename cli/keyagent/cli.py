@@ -7,10 +7,8 @@ import os
 import sys
 
 from keyagent.grammar import (
-    EXIT_DENIED,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
-    EXIT_UNAVAILABLE,
     EXIT_USAGE,
     Args,
     parse_fast,
@@ -85,9 +83,8 @@ def _silence_stdout() -> None:
 
 def _run(args: Args) -> int:
     # Imports here, not at the top: `keyagent --version` and `--help` need none of them.
-    from keyagent.client import AgentUnavailable
     from keyagent.context import CommandError, Context, UsageError
-    from keyagent.errors import hint_for
+    from keyagent.errors import exit_status, hint_for
     from keyagent.output import OutputError
     from keyagent.prompt import (
         NoPassphraseSource,
@@ -95,7 +92,7 @@ def _run(args: Args) -> int:
         PassphraseMismatch,
         Passphrases,
     )
-    from keyagent.protocol import AccessDenied, InvalidName, KeyAgentError
+    from keyagent.protocol import KeyAgentError
 
     ctx = Context(args, Passphrases(getattr(args, "passphrase_fd", None)))
     try:
@@ -116,17 +113,8 @@ def _run(args: Args) -> int:
     except (PassphraseFdError, PassphraseMismatch, OutputError) as e:
         _report(str(e))
         return EXIT_FAILED
-    except AgentUnavailable as e:
-        _report(e.message, hint_for(e, args.command))
-        return EXIT_UNAVAILABLE
-    except AccessDenied as e:
-        _report(e.message, hint_for(e, args.command))
-        return EXIT_DENIED
-    except InvalidName as e:
-        _report(e.message, hint_for(e, args.command))
-        return EXIT_USAGE
     except KeyAgentError as e:
         _report(e.message, hint_for(e, args.command))
-        return EXIT_FAILED
+        return exit_status(e)
     finally:
         ctx.close()
