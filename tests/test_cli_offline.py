@@ -12,7 +12,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -558,8 +557,7 @@ def _pty_answer(master: int, answers: list[bytes], seen: list[bytes]) -> None:
         buf = b""
         while b": " not in buf:
             buf += os.read(master, 1024)
-        seen.append(buf)
-        time.sleep(0.05)
+        seen.append(buf)  # the prompt comes after echo is off and typeahead dropped
         os.write(master, answer)
 
 
