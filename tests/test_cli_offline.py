@@ -161,7 +161,8 @@ def test_import_time_skips_heavy_modules() -> None:
 
 def test_decrypt_hot_path_skips_slow_modules(tmp_path: Path) -> None:
     """`keyagent decrypt -o OUT FILE` loads none of the modules that cost milliseconds at each
-    start (the command's start-up goal): it gets as far as the bus, which is missing here."""
+    start (the command's start-up goal): it gets as far as the bus, which is missing here;
+    `status` likewise (no dataclasses, json or pathlib)."""
     src = tmp_path / "in.age"
     src.write_bytes(b"x")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DBUS_")}
@@ -179,6 +180,9 @@ def test_decrypt_hot_path_skips_slow_modules(tmp_path: Path) -> None:
     slow = ["dataclasses", "inspect", "pathlib", "tempfile", "shutil", "threading", "traceback"]
     slow += ["argparse", "gettext", "locale"]  # grammar.parse_fast reads this command line
     assert not [m for m in slow if m in loaded - baseline]
+    status = imported("-m", "keyagent", "status")
+    assert {"keyagent.commands", "keyagent.keyinfo", "keyagent.status"} <= status
+    assert not [m for m in [*slow, "json"] if m in status - baseline]
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import sys
 import time
-from pathlib import Path
 
 from keyagent.context import (
     CommandError,
@@ -63,6 +62,8 @@ def parse_identity_file(text: str, source: str) -> str:
 
 
 def cmd_import(ctx: Context) -> int:
+    from pathlib import Path  # here: pathlib costs milliseconds at every start of `status`
+
     a = ctx.args
     name = key_name(a.name)
     source = "standard input" if a.file in (None, "-") else f"'{a.file}'"
@@ -211,6 +212,8 @@ def cmd_status(ctx: Context) -> int:
 
 
 def cmd_install(ctx: Context) -> int:
+    from pathlib import Path
+
     from keyagent import install
 
     bindir = Path(ctx.args.bindir) if ctx.args.bindir else None
