@@ -682,8 +682,7 @@ def _options_by_command() -> dict[str, set[str]]:
     parser = argparse_cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return {
-        name: {s for a in p._actions for s in a.option_strings if s.startswith("--")}
-        for name, p in sub.choices.items()
+        name: {s for a in p._actions for s in a.option_strings} for name, p in sub.choices.items()
     }
 
 
@@ -700,11 +699,17 @@ def test_completions_and_man_page_know_every_command_and_option(path: str) -> No
     text = (ROOT / path).read_text()
     if path.endswith(".1"):
         text = text.replace("\\-", "-")
+    fish = path.endswith(".fish")
     for command, options in _options_by_command().items():
         assert command in text, command
-        for opt in options - {"--help"}:
-            bare = opt[2:] if path.endswith(".fish") else opt
-            assert bare in text, (command, opt)
+        for opt in options - {"--help", "-h"}:
+            if opt.startswith("--"):
+                assert (opt[2:] if fish else opt) in text, (command, opt)
+            else:  # a short option: as fish spells it, or as a word of its own
+                assert (f"-s {opt[1:]}" if fish else f"{opt} ") in text.replace(",", " "), (
+                    command,
+                    opt,
+                )
 
 
 def test_bash_completion_completes_commands_and_options() -> None:
