@@ -24,7 +24,7 @@ from jeepney import HeaderFields
 from cli_support import KEYAGENT, error_line, ka, passphrase_fd
 from conftest import OTHER_UID, PrivateBus, as_other_user, requires_root
 from keyagent import args as argparse_cli
-from keyagent import cli, grammar
+from keyagent import cli, fastargs, grammar
 from keyagent.client import KeyInfo
 from keyagent.commands import armor, parse_identity_file
 from keyagent.context import CommandError
@@ -178,7 +178,7 @@ def test_decrypt_hot_path_skips_slow_modules(tmp_path: Path) -> None:
     loaded = imported("-m", "keyagent", "decrypt", "-o", str(tmp_path / "out"), str(src))
     assert {"keyagent.client", "keyagent.crypt", "keyagent.output", "jeepney"} <= loaded
     slow = ["dataclasses", "inspect", "pathlib", "tempfile", "shutil", "threading", "traceback"]
-    slow += ["argparse", "gettext", "locale"]  # grammar.parse_fast reads this command line
+    slow += ["argparse", "gettext", "locale"]  # fastargs.parse_fast reads this command line
     assert not [m for m in slow if m in loaded - baseline]
     status = imported("-m", "keyagent", "status")
     assert {"keyagent.commands", "keyagent.keyinfo", "keyagent.status"} <= status
@@ -230,7 +230,7 @@ def _argparse_or_none(argv: list[str]) -> dict[str, object] | None:
 def test_fast_args_agree_with_argparse(lead: list[str], command: str, rest: list[str]) -> None:
     """The fast reader reads a line only as argparse does; anything else it leaves to argparse."""
     argv = [*lead, command, *rest]
-    fast = grammar.parse_fast(argv)
+    fast = fastargs.parse_fast(argv)
     if fast is not None:
         assert vars(fast) == _argparse_or_none(argv)
 
@@ -254,7 +254,7 @@ def test_fast_args_agree_with_argparse(lead: list[str], command: str, rest: list
     ],
 )
 def test_fast_args_read_the_usual_lines(argv: list[str]) -> None:
-    fast = grammar.parse_fast(argv)
+    fast = fastargs.parse_fast(argv)
     assert fast is not None and vars(fast) == _argparse_or_none(argv)
 
 

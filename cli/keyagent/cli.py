@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import sys
 
+from keyagent.fastargs import parse_fast
 from keyagent.grammar import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     Args,
-    parse_fast,
 )
 
 TYPE_CHECKING = False  # `typing` costs milliseconds at every start
