@@ -84,7 +84,6 @@ def _silence_stdout() -> None:
 def _run(args: Args) -> int:
     # Imports here, not at the top: `keyagent --version` and `--help` need none of them.
     from keyagent.context import CommandError, Context, UsageError
-    from keyagent.errors import exit_status, hint_for
     from keyagent.output import OutputError
     from keyagent.prompt import (
         NoPassphraseSource,
@@ -114,6 +113,8 @@ def _run(args: Args) -> int:
         _report(str(e))
         return EXIT_FAILED
     except KeyAgentError as e:
+        from keyagent.errors import exit_status, hint_for
+
         _report(e.message, hint_for(e, args.command))
         return exit_status(e)
     finally:
