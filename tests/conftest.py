@@ -277,5 +277,28 @@ def as_other_user() -> None:
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
 
 
+def _copy_readable(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in [dst, *dst.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+@pytest.fixture(scope="session")
+def other_user_pythonpath() -> Iterator[str]:
+    """A PYTHONPATH that uid 65534 can read, wherever the checkout and the venv live (a 0700
+    home, a `mktemp -d` folder): copies of our packages and jeepney in a world-readable dir."""
+    import jeepney
+
+    top = Path(tempfile.mkdtemp(prefix="keyagent-other-uid-"))
+    try:
+        top.chmod(0o755)
+        for package in (ROOT / "service" / "keyagentd", ROOT / "cli" / "keyagent"):
+            _copy_readable(package, top / package.name)
+        _copy_readable(Path(jeepney.__file__).resolve().parent, top / "jeepney")
+        yield str(top)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None

@@ -208,26 +208,26 @@ def test_idle_exit_waits_for_unlocked_keys(bus_factory: conftest.BusFactory) -> 
     bus = bus_factory(agent_args=(*FAST_ARGS, "--idle-exit", "1"))
     with Client(bus.address) as c:
         c.create("idle")
-        c.unlock_for("idle", 2)
+        c.unlock_for("idle", 6)
         pid = agent_pid(bus)
-    time.sleep(1.5)
+    time.sleep(1.5)  # past --idle-exit, well before the key locks (a time feature: generous)
     assert bus.agent_pid() == pid  # an unlocked key keeps it alive past --idle-exit
-    assert bus.wait_agent_gone(10)  # the key locks at 2 s, then 1 s idle
+    assert bus.wait_agent_gone(20)  # the key locks at 6 s, then 1 s idle
     with Client(bus.address) as c:  # activation brings it back, key still there
         assert c.prop(protocol.key_path("idle"), KI, "Locked") is True
         assert bus.agent_pid() != pid
 
 
 def test_idle_exit_after_calls_stop(bus_factory: conftest.BusFactory) -> None:
-    bus = bus_factory(agent_args=(*FAST_ARGS, "--idle-exit", "1"))
+    bus = bus_factory(agent_args=(*FAST_ARGS, "--idle-exit", "3"))
     with Client(bus.address) as c:
         c.prop(MANAGER, MI, "Version")
         pid = agent_pid(bus)
-        for _ in range(8):  # calls keep it alive
+        for _ in range(8):  # calls keep it alive: 4 s in all, 0.5 s apart (2.5 s of margin)
             c.prop(MANAGER, MI, "Version")
-            time.sleep(0.25)
+            time.sleep(0.5)
         assert bus.agent_pid() == pid
-    assert bus.wait_agent_gone(10)
+    assert bus.wait_agent_gone(20)
 
 
 # --- timers ------------------------------------------------------------------------------

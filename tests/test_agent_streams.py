@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -179,7 +178,6 @@ def test_parallel_streams_keep_the_bus_responsive(bus: PrivateBus) -> None:
 def test_too_many_streams_per_caller(bus: PrivateBus) -> None:
     with Client(bus.address) as c:
         held = c.hold_decrypt_streams(MAX_STREAMS)  # streams that wait for input
-        time.sleep(0.2)
         with pytest.raises(CallError) as e:
             stream(c, "DecryptFd", b"", {})
         assert e.value.short == "RateLimited"
@@ -197,14 +195,9 @@ def test_streams_of_a_caller_that_leaves_are_cancelled(bus: PrivateBus) -> None:
         c.prop(MANAGER, MI, "Version")
     pid = agent_pid(bus)
     base = fd_count(pid)
-    in_r, in_w = os.pipe()  # we keep the write end open: the stream would wait forever
-    out_r, out_w = os.pipe()
     leaving = Client(bus.address)
-    addr = DBusAddress(MANAGER, bus_name=protocol.BUS_NAME, interface=MI)
-    leaving.conn.send(new_method_call(addr, "DecryptFd", "hha{sv}", (in_r, out_w, {})))
-    os.close(in_r)
-    os.close(out_w)
-    time.sleep(0.3)
+    # We keep the write end open: the stream would wait forever.
+    ((in_w, out_r),) = leaving.hold_decrypt_streams(1)
     assert fd_count(pid) >= base + 2  # the stream holds its two fds
     leaving.close()
     assert settle_fds(pid, base) <= base  # cancelled when its caller left the bus
