@@ -27,22 +27,10 @@ KEYRING_PASSWORD = b"bench keyring password, not a secret"
 
 
 def _bus_pid(env: dict[str, str], name: str) -> int | None:
-    out = subprocess.run(
-        [
-            "dbus-send",
-            "--session",
-            "--print-reply",
-            "--dest=org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus.GetConnectionUnixProcessID",
-            f"string:{name}",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return int(out.stdout.split()[-1]) if out.returncode == 0 else None
+    from bench.harness import load_conftest
+
+    pid: int | None = load_conftest().name_owner_pid(env, name)
+    return pid
 
 
 def _wait_for_name(env: dict[str, str], name: str, timeout: float) -> bool:

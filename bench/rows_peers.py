@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ from typing import Any
 from bench.context import SMALL, Context
 from bench.peers import SECRET_ATTRS, GnomeKeyring, Gpg
 from bench.report import Goal, Row, failed
+from bench.rows_agent import decrypt_fd
 from bench.timing import MIB, Stats, interleaved, mib_per_s
 
 
@@ -190,25 +190,11 @@ def _cp_and_stream(ctx: Context, reps: int) -> tuple[Stats, Stats]:
     src = ctx.ciphertext(ctx.cfg.stream_bytes)
     dst = ctx.out("limit")
     ctx.h.ensure_key()
-    client = ctx.h.client(timeout=600)
-
-    def stream() -> None:
-        fi = os.open(src, os.O_RDONLY)
-        fo = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            client.decrypt_fd(fi, fo)
-        finally:
-            os.close(fi)
-            os.close(fo)
-
     fns: dict[str, Callable[[], object]] = {
         "cp": lambda: shutil.copyfile(src, dst),
-        "DecryptFd": stream,
+        "DecryptFd": lambda: decrypt_fd(ctx, src, dst),
     }
-    try:
-        stats = interleaved(fns, reps, warmup=1, after=lambda _n: dst.unlink(missing_ok=True))
-    finally:
-        client.close()
+    stats = interleaved(fns, reps, warmup=1, after=lambda _n: dst.unlink(missing_ok=True))
     return stats["cp"], stats["DecryptFd"]
 
 

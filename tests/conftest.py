@@ -59,21 +59,7 @@ class PrivateBus:
 
     def agent_pid(self) -> int | None:
         """The pid of the process owning org.example.KeyAgent, or None when nobody owns it."""
-        out = self.run(
-            [
-                "dbus-send",
-                "--session",
-                "--print-reply",
-                "--dest=org.freedesktop.DBus",
-                "/org/freedesktop/DBus",
-                "org.freedesktop.DBus.GetConnectionUnixProcessID",
-                f"string:{BUS_NAME}",
-            ],
-            check=False,
-        )
-        if out.returncode != 0:
-            return None
-        return int(out.stdout.split()[-1])
+        return name_owner_pid(self.env, BUS_NAME)
 
     def wait_agent_gone(self, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -82,6 +68,27 @@ class PrivateBus:
                 return True
             time.sleep(0.05)
         return False
+
+
+def name_owner_pid(env: dict[str, str], name: str) -> int | None:
+    """The pid of the process owning bus ``name`` on ``env``'s session bus, or None."""
+    out = subprocess.run(
+        [
+            "dbus-send",
+            "--session",
+            "--print-reply",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.GetConnectionUnixProcessID",
+            f"string:{name}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    return int(out.stdout.split()[-1]) if out.returncode == 0 else None
 
 
 def _write_config(
