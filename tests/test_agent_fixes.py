@@ -15,12 +15,14 @@ import socket
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import cast
+from typing import Annotated, cast
 
 import pytest
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 from dbus_fast.aio import message_bus as _aio
+from dbus_fast.annotations import DBusSignature
+from dbus_fast.service import ServiceInterface, dbus_signal
 from jeepney import DBusAddress, HeaderFields, message_bus, new_method_call, new_signal
 
 from agent_support import (
@@ -129,6 +131,7 @@ def _writer_on(
     if patient:
         writer.__class__ = PatientWriter
         cast(PatientWriter, writer)._waiting = False
+        cast(PatientWriter, writer)._failed = None
     return writer, fake_bus
 
 
@@ -290,3 +293,50 @@ async def _stock_bus_leaks(bus_cls: type[MessageBus], address: str, count: int) 
 def test_stock_dbus_fast_still_leaks_fds(private_bus: PrivateBus) -> None:
     assert asyncio.run(_stock_bus_leaks(FixedMessageBus, private_bus.address, 200)) < 5
     assert asyncio.run(_stock_bus_leaks(MessageBus, private_bus.address, 200)) >= 200
+
+
+# --- fix 3: a signal sent onto a dying bus must not break dbus-fast's signal loop ---------
+
+
+class _Emitter(ServiceInterface):
+    def __init__(self) -> None:
+        super().__init__("test.Emitter")
+
+    @dbus_signal()
+    def Ping(self) -> Annotated[str, DBusSignature("s")]:
+        return "ping"
+
+
+async def _signal_onto_a_dying_bus(bus_cls: type[FixedMessageBus], address: str) -> str:
+    """Emit a signal while the bus's socket refuses writes (as when the bus daemon has just
+    exited): what the emitting code saw ("" when nothing was raised into it)."""
+    bus = await bus_cls(address).connect()
+    emitter = _Emitter()
+    bus.export("/test", emitter)
+    await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus.Peer",
+            member="Ping",
+        )
+    )  # the writer has nothing queued
+    cast(socket.socket, bus._sock).shutdown(socket.SHUT_WR)  # the next send fails: EPIPE
+    try:
+        emitter.Ping()
+        seen = ""
+    except RuntimeError as exc:
+        seen = str(exc)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(bus.wait_for_disconnect(), 5)  # type: ignore[no-untyped-call]
+    return seen
+
+
+def test_a_signal_onto_a_dying_bus_raises_nothing(private_bus: PrivateBus) -> None:
+    """dbus-fast's `_handle_signal` iterates the interface's set of buses and sends on each.
+    Our writer sends at once (stock dbus-fast waits for the loop), and when that send failed
+    it finalized the bus right there, which unexports it from inside that loop: "Set
+    changed size during iteration" (the agent logged a traceback when the bus daemon
+    restarted, test_rel_faults.py::test_bus_daemon_restart). It now finalizes on the next
+    loop turn; this failed every run before."""
+    assert asyncio.run(_signal_onto_a_dying_bus(FixedMessageBus, private_bus.address)) == ""

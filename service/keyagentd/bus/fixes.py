@@ -78,6 +78,7 @@ class PatientWriter(_aio._MessageWriter):
     """A writer that waits for a writable socket on EAGAIN instead of disconnecting."""
 
     _waiting: bool
+    _failed: Exception | None  # the error the connection failed with, until finalized
 
     def _wait_writable(self) -> None:
         if not self._waiting:
@@ -91,7 +92,7 @@ class PatientWriter(_aio._MessageWriter):
 
     def write_callback(self, remove_writer: bool = True) -> None:
         sock = cast(socket.socket, self.sock)
-        if self.bus._disconnected:
+        if self.bus._disconnected or self._failed is not None:
             self._drop_all(ConnectionError("The bus connection is closed."))
             return
         try:
@@ -130,8 +131,22 @@ class PatientWriter(_aio._MessageWriter):
             # and asyncio would log "Future exception was never retrieved" with a traceback.
             self._waiting = False
             self._drop_all(exc)
+            self._fail_later(exc)
+
+    def _fail_later(self, exc: Exception) -> None:
+        """Finalize the bus on the next loop turn, once. We may be deep inside dbus-fast
+        (`ServiceInterface._handle_signal` iterating the interface's set of buses, which
+        `_finalize` empties by unexporting): finalizing here raised "Set changed size during
+        iteration" into whoever sent the signal. Until then the bus counts as failed."""
+        if self._failed is not None:
+            return
+        self._failed = exc
+
+        def finalize() -> None:
             if not self.bus._disconnected:
                 self.bus._finalize(exc)
+
+        self.loop.call_soon(finalize)
 
     def _drop_all(self, exc: Exception) -> None:
         """Fail the message being written and every queued one (the connection is gone)."""
@@ -150,7 +165,7 @@ class PatientWriter(_aio._MessageWriter):
                 _fail_quietly(fut, exc)
 
     def schedule_write(self, msg: Message | None = None, future: Any = None) -> None:
-        if self.bus._disconnected:
+        if self.bus._disconnected or self._failed is not None:
             _fail_quietly(future, ConnectionError("The bus connection is closed."))
             return
         if msg is not None:
@@ -175,6 +190,7 @@ def install_patient_writer(bus: MessageBus) -> None:
     writer.__class__ = PatientWriter
     assert isinstance(writer, PatientWriter)
     writer._waiting = False
+    writer._failed = None
     # The stock writer may have left its callback registered; ours tracks registration itself.
     writer.loop.remove_writer(cast(int, writer.fd))
     if writer.buf is not None or writer.messages:
