@@ -331,6 +331,11 @@ def test_decrypt_names_locked_candidates_and_pins(client: Client) -> None:
     assert err(e) == "Locked"
     names = protocol.parse_locked_names(e.value.text)
     assert "cand1" in names and "cand2" in names  # every locked X25519 key could match
+    # The candidates travel as data too: (s message, as names), the sentence unchanged.
+    assert e.value.data == (sorted(names),)
+    assert e.value.text == protocol.locked_message(tuple(sorted(names)))
+    parsed = protocol.error_from_wire(e.value.name, e.value.text, *e.value.data)
+    assert isinstance(parsed, protocol.Locked) and parsed.names == tuple(sorted(names))
     client.unlock("cand2")
     with pytest.raises(CallError) as e:
         client.decrypt(ct)
@@ -353,6 +358,7 @@ def test_no_match_when_every_candidate_is_unlocked(private_bus: PrivateBus) -> N
         with pytest.raises(CallError) as e:
             client.decrypt(ct)
         assert err(e) == "Locked" and protocol.parse_locked_names(e.value.text) == ("only",)
+        assert e.value.data == (["only"],)
         client.unlock("only")
         with pytest.raises(CallError) as e:
             client.decrypt(ct)

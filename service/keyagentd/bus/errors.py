@@ -8,8 +8,9 @@ the caller only as a one-sentence `Failed`: never a traceback, never key materia
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from dbus_fast import DBusError, Message
+from dbus_fast import DBusError, Message, MessageType
 
 from keyagent.protocol import (
     ACCESS_DENIED,
@@ -25,19 +26,44 @@ log = logging.getLogger(__name__)
 INTERNAL_ERROR_TEXT = "The agent hit an internal error; see its log."
 
 
+class _ErrorWithData(DBusError):
+    """A `DBusError` whose reply carries the protocol error's whole body (`wire_args`):
+    dbus-fast's own replies carry only the sentence."""
+
+    def __init__(self, exc: KeyAgentError) -> None:
+        super().__init__(exc.wire_name(), exc.message)
+        self.signature, self.body = exc.wire_args()
+
+    def _as_message(self, msg: Message) -> Message:
+        return _error_message(msg, self.type, self.signature, self.body)
+
+
+def _error_message(msg: Message, name: str, signature: str, body: list[Any]) -> Message:
+    return Message(
+        message_type=MessageType.ERROR,
+        reply_serial=msg.serial,
+        destination=msg.sender,
+        error_name=name,
+        signature=signature,
+        body=body,
+    )
+
+
 def to_dbus_error(exc: KeyAgentError) -> DBusError:
-    """The D-Bus error for a protocol exception (its class's wire name, its one sentence)."""
-    return DBusError(exc.wire_name(), exc.message)
+    """The D-Bus error for a protocol exception (its class's wire name, its one sentence,
+    then any data, e.g. `Locked`'s candidate names)."""
+    return _ErrorWithData(exc)
 
 
 def from_dbus_error(exc: DBusError) -> KeyAgentError:
     """The protocol exception for a D-Bus error (unknown names become ``Failed``)."""
-    return error_from_wire(exc.type, exc.text)
+    data = exc.reply.body[1:] if exc.reply is not None else []
+    return error_from_wire(exc.type, exc.text, *data)
 
 
 def error_reply(msg: Message, exc: KeyAgentError) -> Message:
     """An error reply to ``msg`` carrying ``exc``."""
-    return Message.new_error(msg, exc.wire_name(), exc.message)
+    return _error_message(msg, exc.wire_name(), *exc.wire_args())
 
 
 def access_denied(msg: Message) -> Message:

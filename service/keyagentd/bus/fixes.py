@@ -34,7 +34,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, cast
 
-from dbus_fast import Message
+from dbus_fast import DBusError, Message
 from dbus_fast.aio import MessageBus
 from dbus_fast.aio import message_bus as _aio
 from dbus_fast.message_bus import BaseMessageBus
@@ -57,6 +57,7 @@ _REQUIRED: tuple[tuple[object, str], ...] = (
     (BaseMessageBus, "_emit_interface_added"),
     (BaseMessageBus, "_emit_interface_removed"),
     (ServiceInterface, "_get_all_property_values"),
+    (DBusError, "_as_message"),  # errors.py: error replies with data (Locked's names)
 )
 
 
