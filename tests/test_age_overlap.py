@@ -11,7 +11,7 @@ from typing import BinaryIO, cast
 
 import pytest
 
-from keyagent.protocol import Failed, Integrity
+from keyagent.protocol import Failed
 from keyagentd import age
 from keyagentd.age import overlap, stream
 from keyagentd.age.stream import CHUNK, CHUNK_CT, NONCE_SIZE, OVERLAP_AFTER
@@ -130,7 +130,7 @@ def test_tampered_chunk_releases_exactly_the_authenticated_prefix(
     ct = _tamper(_encrypt(plain), bad)
     before = threading.active_count()
     sink = Sink()
-    with pytest.raises(Integrity):
+    with pytest.raises(age.PayloadError):
         _decrypt(ct, sink)
     assert bytes(sink.data) == plain[: bad * CHUNK]
     assert threading.active_count() == before
@@ -141,13 +141,13 @@ def test_truncated_and_trailing_with_overlap(cut: int, overlap_after: int) -> No
     plain = os.urandom(2 * MIB)  # 32 chunks
     ct = _encrypt(plain)
     ref, got = Sink(), Sink()
-    with pytest.raises(Integrity):
+    with pytest.raises(age.PayloadError):
         _decrypt(ct[:-cut], ref, overlap=False)
-    with pytest.raises(Integrity):
+    with pytest.raises(age.PayloadError):
         _decrypt(ct[:-cut], got)
     assert got.data == ref.data and len(got.data) % CHUNK == 0
     trailing = Sink()
-    with pytest.raises(Integrity):
+    with pytest.raises(age.PayloadError):
         _decrypt(ct + b"x", trailing)
     assert bytes(trailing.data) == plain
 
@@ -194,7 +194,7 @@ def test_write_error_wins_over_a_later_bad_chunk(overlap_after: int) -> None:
     sink = Sink(fail_at=overlap_after + 2, delay=0.005)
     with pytest.raises(Failed) as info:
         _decrypt(ct, sink)
-    assert not isinstance(info.value, Integrity)
+    assert not isinstance(info.value, age.PayloadError)
     assert threading.active_count() == before
 
 
@@ -277,7 +277,7 @@ def test_writer_comes_and_goes_as_streams_do(
         assert _decrypt(ct, sink) == len(plain)
         assert bytes(sink.data) == plain
     else:
-        with pytest.raises(Integrity):
+        with pytest.raises(age.PayloadError):
             _decrypt(ct, sink)
         assert bytes(sink.data) == plain[: bad * CHUNK]
     assert me in sink.threads and sink.threads - {me}

@@ -160,7 +160,6 @@ def test_runs_inline_only_small_keyless_work() -> None:
 
 
 def test_parse_recipient_is_remembered_but_errors_are_not() -> None:
-    from keyagent.protocol import Malformed
     from keyagentd import age
     from keyagentd.bus import crypto
 
@@ -169,7 +168,7 @@ def test_parse_recipient_is_remembered_but_errors_are_not() -> None:
     assert crypto.parse_recipient(text) is first
     assert first == age.parse_recipient(text)
     for _ in range(2):
-        with pytest.raises(Malformed):
+        with pytest.raises(age.ParseError):
             crypto.parse_recipient("age1notarecipient")
 
 

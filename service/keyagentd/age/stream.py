@@ -19,8 +19,7 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from keyagent.protocol import Integrity
-
+from .errors import PayloadError
 from .format import hkdf
 from .overlap import STREAMS, OverlapWriter, retune
 from .source import Readable, read_full, write_all
@@ -84,7 +83,7 @@ def decrypt_payload(
 ) -> int:
     """Decrypt the chunks of ``src`` to ``dst``; returns plaintext bytes written.
 
-    Raises Integrity on any failure, after writing every chunk that authenticated
+    Raises PayloadError on any failure, after writing every chunk that authenticated
     (as age does: a valid final chunk followed by trailing data is released).
     ``progress`` gets the running total of plaintext bytes after each chunk (with
     ``overlap``: authenticated and queued for writing).
@@ -104,11 +103,11 @@ def decrypt_payload(
                 # A short chunk ends the stream: it must be the final chunk, and may
                 # be empty only when it is the whole payload.
                 if n < TAG or (n == TAG and counter != 0):
-                    raise Integrity("The encrypted file is cut short or damaged.")
+                    raise PayloadError("The encrypted file is cut short or damaged.")
                 out_mv = out.slot(n - TAG)
                 k = _open(aead, prefix + _LAST, memoryview(cur)[:n], out_mv)
                 if k < 0:
-                    raise Integrity()
+                    raise PayloadError()
                 m = 0
             else:
                 if nxt is None:
@@ -122,11 +121,11 @@ def decrypt_payload(
                 if k < 0:
                     k = _open(aead, prefix + (_MORE if m == 0 else _LAST), cur, out_mv)
                     if k < 0:
-                        raise Integrity()
+                        raise PayloadError()
                     out.emit(out_mv, k)
                     if m == 0:
-                        raise Integrity("The encrypted file is cut short.")
-                    raise Integrity("The encrypted file has data after its end.")
+                        raise PayloadError("The encrypted file is cut short.")
+                    raise PayloadError("The encrypted file has data after its end.")
             out.emit(out_mv, k)
             written += k
             if progress is not None:

@@ -107,7 +107,7 @@ def unwrap(
             raise BadPassphrase(PASSPHRASE_NEEDED)
         try:
             dec.unwrap([age.ScryptIdentity(passphrase)])
-        except NoMatch:
+        except age.NoMatchError:
             raise BadPassphrase(WRONG_FILE_PASSPHRASE) from None
         return ""
     if pin is not None:
@@ -133,7 +133,7 @@ def unwrap(
         except Locked:  # expired since we looked
             locked.append(name)
             continue
-        except NoMatch:
+        except age.NoMatchError:
             continue
         return name
     if locked:

@@ -20,6 +20,7 @@ from keyagent.protocol import (
     KeyAgentError,
     error_from_wire,
 )
+from keyagentd.errors import wire_error
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def invalid_args(msg: Message, text: str) -> Message:
 
 def convert(exc: BaseException) -> DBusError:
     """Map any exception raised by a method to the error its caller sees."""
+    exc = wire_error(exc)
     if isinstance(exc, DBusError):
         return exc
     if isinstance(exc, KeyAgentError):

@@ -19,6 +19,7 @@ from typing import ParamSpec, TypeVar
 from keyagent.protocol import KeyAgentError
 from keyagentd.bus.errors import convert
 from keyagentd.bus.gate import CURRENT_CALLER
+from keyagentd.errors import wire_error
 
 log = logging.getLogger("keyagentd.ops")
 
@@ -86,7 +87,8 @@ def _logged(name: str, args: tuple[object, ...]) -> Iterator[None]:
     _KEY.set(getattr(args[0], "key_name", "") if args else "")
     try:
         yield
-    except Exception as exc:  # every error is mapped; none escapes raw
+    except Exception as raw:  # every error is mapped; none escapes raw
+        exc = wire_error(raw)
         outcome = exc.short_name if isinstance(exc, KeyAgentError) else "error"
         _line(name, outcome)
         raise convert(exc) from None
