@@ -503,3 +503,29 @@ def test_engine_errors_are_its_own_and_mapped_once() -> None:
     assert wire_error(age.NoMatchError()).message == protocol.NoMatch().message
     other = OSError("disk")
     assert wire_error(other) is other
+
+
+def test_the_engine_stands_alone() -> None:
+    """age/ imports no D-Bus, no agent names (keyagent.protocol), no threads and none of the
+    agent but the leaf `keyagentd.secrets` (wiping buffers): it is a library on its own."""
+    import ast
+    from pathlib import Path
+
+    allowed_outside = {"keyagentd.secrets"}
+    banned = {"threading", "concurrent", "asyncio", "dbus_fast", "jeepney", "keyagent"}
+    root = Path(age.__file__).parent
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top not in banned, f"{path.name} imports {name}"
+                if top == "keyagentd":
+                    assert name.startswith("keyagentd.age") or name in allowed_outside, (
+                        f"{path.name} imports {name}"
+                    )

@@ -13,7 +13,7 @@ from .errors import HeaderMacError, NoMatchError, ParseError, UnsupportedError
 from .format import FILE_KEY_SIZE, Header, encode_header, header_mac, parse_header
 from .keys import Identity, Recipient
 from .source import PrefixedSource, RawSource, Readable, read_full, write_all
-from .stream import NONCE_SIZE, decrypt_payload, encrypt_payload, payload_key
+from .stream import NONCE_SIZE, OutputFactory, decrypt_payload, encrypt_payload, payload_key
 
 _PQ: Final = hybrid.STANZA_TYPE
 _SCRYPT: Final = scrypt.STANZA_TYPE
@@ -26,13 +26,12 @@ def encrypt(
     *,
     armor: bool = False,
     rng: Callable[[int], bytes] = os.urandom,
-    overlap: bool = False,
+    output: OutputFactory | None = None,
 ) -> int:
     """Encrypt ``src`` to ``recipients`` into ``dst``; returns the bytes written to ``dst``.
 
-    ``overlap`` writes on a second thread while the cipher runs: faster for big streams
-    when a core is free for it (see stream.py and overlap.py: payloads up to 1 MiB, and
-    streams while others already keep the cores busy, stay on the calling thread).
+    ``output`` makes where the ciphertext chunks go (stream.py `ChunkOutput`; default:
+    written on the calling thread). The agent passes its overlapped writer.
 
     A passphrase (scrypt) recipient must be alone, and the post-quantum hybrid
     is not mixed with classic recipients (it would lose its point): both raise
@@ -50,10 +49,10 @@ def encrypt(
     source = RawSource(src)
     if not armor:
         write_all(dst, header + nonce)
-        return len(header) + NONCE_SIZE + encrypt_payload(key, source, dst, overlap=overlap)
+        return len(header) + NONCE_SIZE + encrypt_payload(key, source, dst, output=output)
     out = ArmorWriter(dst)
     out.write(header + nonce)
-    encrypt_payload(key, source, out, overlap=overlap)
+    encrypt_payload(key, source, out, output=output)
     out.close()
     return out.written
 
@@ -132,20 +131,20 @@ class Decryptor:
         dst: BinaryIO,
         *,
         progress: Callable[[int], None] | None = None,
-        overlap: bool = False,
+        output: OutputFactory | None = None,
     ) -> int:
         """Stream the plaintext to ``dst``, each chunk written only once authenticated.
 
         Returns plaintext bytes written. Raises PayloadError if a chunk fails or the
         file is cut short; what was written by then is the authenticated prefix.
-        ``overlap`` writes on a second thread while the cipher runs (as in `encrypt`).
+        ``output`` makes where the plaintext chunks go (as in `encrypt`).
         """
         if self._file_key is None:
             raise RuntimeError("Decryptor.unwrap must succeed before decrypt_to.")
         if self._done:
             raise RuntimeError("This file was already decrypted.")
         self._done = True
-        return decrypt_payload(self._payload_key, self._source, dst, progress, overlap=overlap)
+        return decrypt_payload(self._payload_key, self._source, dst, progress, output=output)
 
 
 def _peek_start(src: Readable) -> bytes:

@@ -50,6 +50,7 @@ from keyagentd.bus.streams import Cancelled, FdSink, FdSource, close_fds
 from keyagentd.cache import KeyCache
 from keyagentd.config import Config as UserConfig
 from keyagentd.keystore import KeyRecord
+from keyagentd.overlap import OverlappedOutput
 from keyagentd.secrets import wipe
 
 if TYPE_CHECKING:
@@ -268,7 +269,7 @@ class Manager(ServiceInterface):
 
         def job(cancel: threading.Event) -> int:
             src, dst = FdSource(input, cancel), FdSink(output, cancel)
-            return age.encrypt(targets, _io(src), _io(dst), armor=armor, overlap=True)
+            return age.encrypt(targets, _io(src), _io(dst), armor=armor, output=OverlappedOutput)
 
         return await self.agent.stream(current_sender(), fds, job)
 
@@ -302,7 +303,7 @@ class Manager(ServiceInterface):
                 _wait(asyncio.run_coroutine_threadsafe(unlock, loop), cancel)
                 name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
             _check_policy(name, pid, user)
-            return name, dec.decrypt_to(_io(FdSink(output, cancel)), overlap=True)
+            return name, dec.decrypt_to(_io(FdSink(output, cancel)), output=OverlappedOutput)
 
         name, written = await self.agent.stream(current_sender(), fds, job)
         note_key(name)
