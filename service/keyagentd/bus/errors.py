@@ -8,9 +8,8 @@ the caller only as a one-sentence `Failed`: never a traceback, never key materia
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from dbus_fast import DBusError, Message, MessageType
+from dbus_fast import DBusError, Message
 
 from keyagent.protocol import (
     ACCESS_DENIED,
@@ -20,6 +19,7 @@ from keyagent.protocol import (
     KeyAgentError,
     error_from_wire,
 )
+from keyagentd.bus.fixes import ErrorWithData, error_message
 from keyagentd.errors import wire_error
 
 log = logging.getLogger(__name__)
@@ -27,33 +27,11 @@ log = logging.getLogger(__name__)
 INTERNAL_ERROR_TEXT = "The agent hit an internal error; see its log."
 
 
-class _ErrorWithData(DBusError):
-    """A `DBusError` whose reply carries the protocol error's whole body (`wire_args`):
-    dbus-fast's own replies carry only the sentence."""
-
-    def __init__(self, exc: KeyAgentError) -> None:
-        super().__init__(exc.wire_name(), exc.message)
-        self.signature, self.body = exc.wire_args()
-
-    def _as_message(self, msg: Message) -> Message:
-        return _error_message(msg, self.type, self.signature, self.body)
-
-
-def _error_message(msg: Message, name: str, signature: str, body: list[Any]) -> Message:
-    return Message(
-        message_type=MessageType.ERROR,
-        reply_serial=msg.serial,
-        destination=msg.sender,
-        error_name=name,
-        signature=signature,
-        body=body,
-    )
-
-
 def to_dbus_error(exc: KeyAgentError) -> DBusError:
     """The D-Bus error for a protocol exception (its class's wire name, its one sentence,
     then any data, e.g. `Locked`'s candidate names)."""
-    return _ErrorWithData(exc)
+    signature, body = exc.wire_args()
+    return ErrorWithData(exc.wire_name(), signature, body)
 
 
 def from_dbus_error(exc: DBusError) -> KeyAgentError:
@@ -64,7 +42,7 @@ def from_dbus_error(exc: DBusError) -> KeyAgentError:
 
 def error_reply(msg: Message, exc: KeyAgentError) -> Message:
     """An error reply to ``msg`` carrying ``exc``."""
-    return _error_message(msg, exc.wire_name(), *exc.wire_args())
+    return error_message(msg, exc.wire_name(), *exc.wire_args())
 
 
 def access_denied(msg: Message) -> Message:

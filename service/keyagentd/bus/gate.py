@@ -11,7 +11,7 @@ the built-in Introspectable/Properties/Peer/ObjectManager handling and see every
 4. Caller: the sender's uid, as the bus daemon reports it, must be the agent's. Verdicts
    are cached per unique name. A sender seen for the first time has its calls queued
    while one credentials lookup runs; then they are replayed, in order, through the bus's
-   `_process_message` (which meets the cached verdict this time). A failed lookup denies.
+   `replay` (which meets the cached verdict this time). A failed lookup denies.
    Denied calls get AccessDenied, or nothing when the caller asked for no reply.
 5. A known member of our interfaces called with the wrong signature gets InvalidArgs
    (dbus-fast would answer UnknownMethod).
@@ -200,7 +200,7 @@ class Gate:
         def done(reply: Message | None, err: Exception | None) -> None:
             self._looked_up(sender, member, reply, err)
 
-        self._bus._call(
+        self._bus.call_back(
             Message(
                 destination=BUS_DAEMON,
                 path=BUS_PATH,
@@ -230,7 +230,7 @@ class Gate:
             return
         self._verdicts[sender] = caller
         for queued in self._queues.pop(sender, []):
-            self._bus._process_message(queued)
+            self._bus.replay(queued)
         if sender in self._gone_while_pending:
             self._gone_while_pending.discard(sender)
             self._verdicts.pop(sender, None)

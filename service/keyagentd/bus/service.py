@@ -15,17 +15,15 @@ import functools
 import logging
 import os
 import signal
-import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, TypeVar
 
 from dbus_fast import RequestNameReply
 from dbus_fast.constants import NameFlag
-from dbus_fast.service import ServiceInterface
 
 from keyagent.protocol import (
     BUS_NAME,
@@ -42,7 +40,7 @@ from keyagentd import askpass
 from keyagentd.auth import Caller, check_bus_peer
 from keyagentd.bus import oplog
 from keyagentd.bus.accesslog import AccessLog
-from keyagentd.bus.fixes import FixedMessageBus
+from keyagentd.bus.fixes import FixedMessageBus, bus_socket, method_signatures
 from keyagentd.bus.gate import Gate, current_sender
 from keyagentd.bus.key import KeyObject
 from keyagentd.bus.manager import Manager
@@ -79,15 +77,6 @@ class Config:
     crypto_workers: int = 4
     bus_address: str | None = None
     user: UserConfig = UserConfig()  # noqa: RUF009 - frozen; config.toml
-
-
-def _signatures(*interfaces: ServiceInterface) -> dict[tuple[str, str], str]:
-    """(interface, member) -> input signature of every method we export."""
-    table = {}
-    for iface in interfaces:
-        for method in ServiceInterface._get_methods(iface):
-            table[(iface.name, method.name)] = method.in_signature
-    return table
 
 
 class Agent(KeyRegistry):
@@ -147,7 +136,7 @@ class Agent(KeyRegistry):
             raise Failed(f"Cannot connect to the session bus: {_reason(exc)}.") from None
         self._bus = bus
         try:
-            check_bus_peer(cast(socket.socket, bus._sock), self.uid)
+            check_bus_peer(bus_socket(bus), self.uid)
             bus.object_manager_path = MANAGER_PATH
             bus.export(MANAGER_PATH, self.manager)
             for record in list(self.records.values()):
@@ -162,7 +151,7 @@ class Agent(KeyRegistry):
                 bus,
                 uid=self.uid,
                 max_payload=self.config.max_payload,
-                signatures=_signatures(self.manager, sample),
+                signatures=method_signatures([self.manager, sample]),
                 on_call=self._on_call,
                 on_gone=self._caller_gone,
             )
