@@ -12,7 +12,7 @@ from dbus_fast import Variant
 from keyagent.protocol import BadPassphrase, Failed, InvalidArgs, RateLimited
 from keyagentd.auth import Caller, caller_from_credentials, check_bus_peer, socket_peer
 from keyagentd.bus import options
-from keyagentd.bus.gate import body_size
+from keyagentd.bus.dispatch import body_size
 from keyagentd.ratelimit import FailureLimiter, LimitPolicy
 
 
@@ -255,28 +255,3 @@ def test_stream_runner_shortens_the_gil_switch_interval() -> None:
         runner.shutdown()
     finally:
         sys.setswitchinterval(before)
-
-
-def test_operation_hook_sees_each_operation_and_its_key() -> None:
-    from dbus_fast import DBusError
-
-    from keyagent.protocol import NoSuchKey
-    from keyagentd.bus import oplog
-
-    seen: list[tuple[str, str, str]] = []
-
-    @oplog.sync_operation("Thing")
-    def thing(fail: bool) -> None:
-        oplog.note_key("k1")
-        if fail:
-            raise NoSuchKey("There is no key named 'k1'.")
-
-    oplog.set_operation_hook(lambda op, key, outcome: seen.append((op, key, outcome)))
-    try:
-        thing(False)
-        with pytest.raises(DBusError):
-            thing(True)
-    finally:
-        oplog.set_operation_hook(None)
-    thing(False)
-    assert seen == [("Thing", "k1", "ok"), ("Thing", "k1", "NoSuchKey")]

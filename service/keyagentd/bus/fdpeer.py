@@ -12,21 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from keyagent.protocol import AccessDenied
-from keyagentd.bus.gate import CURRENT_CALLER
 from keyagentd.hardening import peer_uid_of_socket
 
 
 def check_fd_peers(
     fds: Sequence[int],
-    caller_uid: int | None = None,
+    caller_uid: int | None,
     *,
     peer_uid: Callable[[int], int | None] = peer_uid_of_socket,
 ) -> None:
     """Raise AccessDenied if one of ``fds`` is a socket to another uid (the caller closes
-    the fds, once). ``caller_uid`` defaults to the uid of the caller being served."""
-    if caller_uid is None:
-        caller = CURRENT_CALLER.get()
-        caller_uid = caller.uid if caller is not None else None
+    the fds, once). ``caller_uid``: the checked caller's (None matches no socket)."""
     for fd in fds:
         uid = peer_uid(fd)
         if uid is not None and uid != caller_uid:

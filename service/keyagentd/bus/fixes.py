@@ -20,9 +20,12 @@ Stock behaviour -> ours (upstream report):
    D-Bus specification; GDBus's client expects it).
 5. Error replies carry only the sentence (`s`) -> `ErrorWithData` sends the protocol
    error's whole body (`Locked`: `sas`, the candidate names as data).
-6. No public way to read a method table, reach the socket, call with a plain callback or
-   replay a held message -> `method_signatures`, `bus_socket`, `FixedMessageBus.call_back`,
-   `FixedMessageBus.replay`.
+6. No public way to reach the socket, call with a plain callback or replay a held
+   message -> `bus_socket`, `FixedMessageBus.call_back`, `FixedMessageBus.replay`.
+
+Method calls to our own interfaces never reach dbus-fast's method dispatch: the dispatcher
+(dispatch.py) answers them from a user message handler (`add_message_handler`, public), and
+sends replies and signals with `send` (public); see docs/DECISIONS.md.
 
 Each fix has a test that fails without it, and a canary showing stock dbus-fast still has
 the bug (tests/test_agent_fixes.py), so the day an upgrade fixes one upstream, it can go.
@@ -35,7 +38,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -44,7 +47,6 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.aio import message_bus as _aio
 from dbus_fast.message_bus import BaseMessageBus
 from dbus_fast.service import ServiceInterface
-from dbus_fast.signature import get_signature_tree
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +62,12 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (BaseMessageBus, "_call"),
     (BaseMessageBus, "_emit_interface_added"),
     (BaseMessageBus, "_emit_interface_removed"),
-    (MessageBus, "_make_method_handler"),
     (MessageBus, "_writer"),
     (MessageBus, "_finalize"),
     (MessageBus, "_disconnected"),
     (MessageBus, "_user_disconnect"),
     (MessageBus, "_sock"),
     (ServiceInterface, "_get_all_property_values"),
-    (ServiceInterface, "_get_methods"),
     (DBusError, "_as_message"),
 )
 #: What `PatientWriter` reads and writes on the stock writer it replaces.
@@ -101,15 +101,6 @@ def check_dbus_fast() -> None:
 
 
 check_dbus_fast()
-
-
-def method_signatures(interfaces: Iterable[ServiceInterface]) -> dict[tuple[str, str], str]:
-    """(interface, member) -> input signature of every method the interfaces export."""
-    table = {}
-    for iface in interfaces:
-        for method in ServiceInterface._get_methods(iface):
-            table[(iface.name, method.name)] = method.in_signature
-    return table
 
 
 def bus_socket(bus: MessageBus) -> socket.socket:
@@ -271,16 +262,6 @@ def _close_fds(fds: list[int]) -> None:
             log.debug("fd %d was already closed", fd)
 
 
-def _top_level_fd_indices(method_signature: str, body: list[Any]) -> set[int]:
-    """The fd indices a call's top-level `h` arguments refer to (all ours are top level)."""
-    types = get_signature_tree(method_signature).types
-    return {
-        value
-        for type_, value in zip(types, body, strict=False)
-        if type_.token == "h" and isinstance(value, int)
-    }
-
-
 OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
 
 
@@ -352,7 +333,8 @@ class FixedMessageBus(MessageBus):
         self._process_message(msg)
 
     def keep_fds(self) -> None:
-        """Called while processing a message: its fds stay open (someone else owns them now)."""
+        """Called while processing a message: its fds stay open (someone else owns them now:
+        the dispatcher's `ReceivedFds`, or the gate's queue until the replay)."""
         self._fds_taken = True
 
     def _process_message(self, msg: Message) -> None:
@@ -372,22 +354,3 @@ class FixedMessageBus(MessageBus):
             self._fds_taken = outer
             if not taken:
                 _close_fds(fds)
-
-    def _make_method_handler(
-        self, interface: ServiceInterface, method: Any
-    ) -> Callable[[Message, Any], None]:
-        inner = super()._make_method_handler(interface, method)
-        signature: str = method.in_signature
-        if "h" not in signature:
-            return inner
-
-        def handler(msg: Message, send_reply: Any) -> None:
-            inner(msg, send_reply)  # if this raises, the fds are closed as unclaimed
-            self._fds_taken = True
-            # The method owns the fds its `h` arguments name; close any extra ones sent along.
-            used = _top_level_fd_indices(signature, list(msg.body))
-            extra = [fd for i, fd in enumerate(msg.unix_fds) if i not in used]
-            if extra:
-                _close_fds(extra)
-
-        return handler

@@ -1,20 +1,12 @@
-"""The gate: every incoming method call passes here before dbus-fast dispatches it.
+"""The gate: who is calling, and may they? Behind the dispatcher (dispatch.py).
 
-One user message handler on the bus does it all (on dbus-fast 5.2, user handlers run before
-the built-in Introspectable/Properties/Peer/ObjectManager handling and see every message):
-
-1. Only method calls are examined; replies and signals always pass (swallowing a reply
-   would hang the agent's own calls). NameOwnerChanged signals drop cached verdicts.
-2. Size: a call whose body is larger than the payload cap (plus room for the other
-   arguments) is answered ``TooLarge`` before anything else looks at it.
-3. ``Introspectable`` and ``Peer`` are open to all, and the bus daemon itself passes.
-4. Caller: the sender's uid, as the bus daemon reports it, must be the agent's. Verdicts
+1. Signals: NameOwnerChanged drops cached verdicts (`observe`).
+2. ``Introspectable`` and ``Peer`` are open to all, and the bus daemon itself passes.
+3. Caller: the sender's uid, as the bus daemon reports it, must be the agent's. Verdicts
    are cached per unique name. A sender seen for the first time has its calls queued
    while one credentials lookup runs; then they are replayed, in order, through the bus's
    `replay` (which meets the cached verdict this time). A failed lookup denies.
    Denied calls get AccessDenied, or nothing when the caller asked for no reply.
-5. A known member of our interfaces called with the wrong signature gets InvalidArgs
-   (dbus-fast would answer UnknownMethod).
 
 Checking inside each method instead would be unsafe: property getters and
 GetManagedObjects never reach our methods.
@@ -23,15 +15,14 @@ GetManagedObjects never reach our methods.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import Any
 
-from dbus_fast import Message, MessageFlag, MessageType, Variant
+from dbus_fast import Message, MessageFlag, MessageType
 
-from keyagent.protocol import RateLimited, TooLarge
+from keyagent.protocol import RateLimited
 from keyagentd.auth import Caller, caller_from_credentials
-from keyagentd.bus.errors import access_denied, error_reply, invalid_args
+from keyagentd.bus.errors import access_denied, error_reply
 from keyagentd.bus.fixes import FixedMessageBus
 
 log = logging.getLogger(__name__)
@@ -43,53 +34,12 @@ NAME_LOST_RULE = (
     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
     "path='/org/freedesktop/DBus',member='NameOwnerChanged'"
 )
-#: Room for the arguments besides the payload (recipients, options) in the gate's size check.
-SIZE_SLACK = 1024 * 1024
 MAX_QUEUED_PER_SENDER = 64
 MAX_PENDING_SENDERS = 256
-
-#: The checked caller of the call being dispatched (copied into each method's task).
-CURRENT_CALLER: ContextVar[Caller | None] = ContextVar("keyagent_current_caller", default=None)
-
-
-def current_sender() -> str:
-    """The unique bus name of the caller whose method is running ("" outside a call)."""
-    caller = CURRENT_CALLER.get()
-    return caller.sender if caller is not None else ""
-
 
 _CALL = MessageType.METHOD_CALL
 _SIGNAL = MessageType.SIGNAL
 _ERROR = MessageType.ERROR
-
-
-def body_size(body: Any, limit: int) -> int:
-    """The size of a message body's data, counted until it passes ``limit`` (then returned).
-
-    dbus-fast has already unmarshalled the message; this walks it cheaply instead of
-    re-marshalling, and stops as soon as the answer is known.
-    """
-    total = 0
-    stack = [body]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, bytes | bytearray | str):
-            total += len(value) + 4
-        elif isinstance(value, list | tuple):
-            total += 4
-            stack.extend(value)
-        elif isinstance(value, dict):
-            total += 4
-            stack.extend(value.keys())
-            stack.extend(value.values())
-        elif isinstance(value, Variant):
-            total += 4
-            stack.append(value.value)
-        else:
-            total += 8
-        if total > limit:
-            break
-    return total
 
 
 def _no_reply(msg: Message) -> bool:
@@ -104,25 +54,16 @@ class Gate:
         bus: FixedMessageBus,
         *,
         uid: int,
-        max_payload: int,
-        signatures: Mapping[tuple[str, str], str],
-        on_call: Callable[[Caller], None] = lambda caller: None,
         on_gone: Callable[[str], None] = lambda sender: None,
     ) -> None:
         self._bus = bus
         self._uid = uid
-        # Decrypt takes armored ciphertext of a payload at the cap: up to 1.5 times it.
-        self._size_limit = max_payload * 3 // 2 + SIZE_SLACK
-        self._signatures = dict(signatures)
-        self._interfaces = frozenset(iface for iface, _ in signatures)
-        self._on_call = on_call
         self._on_gone = on_gone
         self._verdicts: dict[str, Caller] = {}
         self._queues: dict[str, list[Message]] = {}
         self._gone_while_pending: set[str] = set()
 
     async def install(self) -> None:
-        self._bus.add_message_handler(self.handle)
         await self._bus.call(
             Message(
                 destination=BUS_DAEMON,
@@ -137,18 +78,20 @@ class Gate:
     def cached(self, sender: str) -> Caller | None:
         return self._verdicts.get(sender)
 
-    # --- the handler ---------------------------------------------------------------------
+    # --- the checks --------------------------------------------------------------------
 
-    def handle(self, msg: Message) -> Message | bool | None:
-        """dbus-fast user message handler: None lets the call through, else it is answered."""
-        mtype = msg.message_type
-        if mtype is not _CALL:
-            if mtype is _SIGNAL and msg.member == "NameOwnerChanged" and msg.sender == BUS_DAEMON:
-                self._name_owner_changed(msg)
-            return None
-        if msg.body and body_size(msg.body, self._size_limit) > self._size_limit:
-            log.info("refused %s.%s: message too large", msg.interface, msg.member)
-            return self._answer(msg, TooLarge("The message is too large: use the Fd methods."))
+    def observe(self, msg: Message) -> None:
+        """A message that is not a call (replies and signals always pass on)."""
+        if (
+            msg.message_type is _SIGNAL
+            and msg.member == "NameOwnerChanged"
+            and msg.sender == BUS_DAEMON
+        ):
+            self._name_owner_changed(msg)
+
+    def admit(self, msg: Message) -> Caller | Message | bool | None:
+        """A method call's caller if they may call; else None (open to all: pass it on to
+        dbus-fast), or the answer (an error reply; True: answered, or queued for replay)."""
         sender = msg.sender
         if msg.interface in OPEN_INTERFACES or sender == BUS_DAEMON:
             return None
@@ -159,13 +102,7 @@ class Gate:
             return self._enqueue(sender, msg)
         if not caller.allowed(self._uid):
             return self._deny(msg, caller)
-        expected = self._signatures.get((msg.interface or "", msg.member or ""))
-        if expected is not None and expected != msg.signature:
-            text = f"{msg.member} takes arguments '{expected}', not '{msg.signature}'."
-            return True if _no_reply(msg) else invalid_args(msg, text)
-        CURRENT_CALLER.set(caller)
-        self._on_call(caller)
-        return None
+        return caller
 
     def _answer(self, msg: Message, exc: Any) -> Message | bool:
         return True if _no_reply(msg) else error_reply(msg, exc)

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, cast
 
 from keyagent.protocol import NoSuchKey
+from keyagentd.bus.dispatch import Method
 from keyagentd.bus.fixes import FixedMessageBus
 from keyagentd.bus.key import KeyObject
 from keyagentd.bus.manager import Manager
 from keyagentd.cache import KeyCache
 from keyagentd.keystore import KeyRecord
 from keyagentd.ratelimit import FailureLimiter
-
-if TYPE_CHECKING:
-    from keyagentd.bus.service import Agent
 
 # The agent's logger: these messages were always the service's.
 log = logging.getLogger("keyagentd.bus.service")
@@ -29,8 +26,10 @@ class KeyRegistry:
     cache: KeyCache
     limiter: FailureLimiter
     manager: Manager
+    methods: list[Method]
     records: dict[str, KeyRecord]
     keys: dict[str, KeyObject]
+    paths: dict[str, str]  # key object path -> key name
     _bus: FixedMessageBus | None
     _loop: asyncio.AbstractEventLoop | None
     _expiry_handle: asyncio.TimerHandle | None
@@ -41,11 +40,17 @@ class KeyRegistry:
 
     def _export_key(self, record: KeyRecord) -> KeyObject:
         assert self._bus is not None
-        obj = KeyObject(cast("Agent", self), record)  # only ever an Agent
+        obj = KeyObject(self.cache, record, self.methods)
         self._bus.export(obj.path, obj)
         self.keys[record.name] = obj
+        self.paths[obj.path] = record.name
         self.records[record.name] = record
         return obj
+
+    def key_target(self, path: str) -> list[str] | None:
+        """The dispatcher's target for Key methods: [name] of the key at ``path``."""
+        name = self.paths.get(path)
+        return None if name is None else [name]
 
     def key_paths(self) -> list[str]:
         return [self.keys[name].path for name in sorted(self.keys)]
@@ -68,6 +73,7 @@ class KeyRegistry:
         self.records.pop(name, None)
         obj = self.keys.pop(name, None)
         if obj is not None:
+            self.paths.pop(obj.path, None)
             self._bus.unexport(obj.path)
         self.manager.emit_properties_changed({"Keys": self.key_paths()})
         self._schedule_expiry()

@@ -37,13 +37,14 @@ from keyagent.protocol import (
     NoSuchKey,
 )
 from keyagentd import askpass
-from keyagentd.auth import Caller, check_bus_peer
-from keyagentd.bus import oplog
-from keyagentd.bus.accesslog import AccessLog
-from keyagentd.bus.fixes import FixedMessageBus, bus_socket, method_signatures
-from keyagentd.bus.gate import Gate, current_sender
+from keyagentd.audit import Audit
+from keyagentd.auth import check_bus_peer
+from keyagentd.bus.dispatch import Dispatcher
+from keyagentd.bus.fixes import FixedMessageBus, bus_socket
+from keyagentd.bus.gate import Gate
 from keyagentd.bus.key import KeyObject
-from keyagentd.bus.manager import Manager
+from keyagentd.bus.manager import Manager, access_log_signal
+from keyagentd.bus.methods import method_table
 from keyagentd.bus.options import Options
 from keyagentd.bus.registry import KeyRegistry
 from keyagentd.bus.streams import DEFAULT_MAX_STREAMS, StreamRunner
@@ -52,6 +53,7 @@ from keyagentd.config import Config as UserConfig
 from keyagentd.desktop import LockTriggers, install_lock_triggers
 from keyagentd.kdf import KdfParams
 from keyagentd.keystore import KeyRecord, KeyStore
+from keyagentd.policy import AccessRecord
 from keyagentd.ratelimit import FailureLimiter
 from keyagentd.secrets import wipe
 
@@ -92,8 +94,10 @@ class Agent(KeyRegistry):
         self.limiter = FailureLimiter()
         self.records: dict[str, KeyRecord] = {}
         self.keys: dict[str, KeyObject] = {}
-        self.manager = Manager(self)
-        self.access_log = AccessLog(self.manager.emit_access)
+        self.paths: dict[str, str] = {}
+        self.methods = method_table(self)
+        self.manager = Manager(self.key_paths, self.methods)
+        self.audit = Audit(self._send_access)
         # Passphrase dialogs wait for a person: never in the crypto pool (askpass.py also
         # shows one at a time).
         self._dialogs = ThreadPoolExecutor(1, thread_name_prefix="askpass")
@@ -145,16 +149,20 @@ class Agent(KeyRegistry):
                 except Exception as exc:  # one odd file must not keep the others from service
                     log.warning("Skipping key %r: %s", record.name, exc)
                     self.records.pop(record.name, None)
-            # A stand-in key object, only to read the Key interface's method signatures.
-            sample = KeyObject(self, KeyRecord("x", "", "x25519", "", 0))
-            gate = Gate(
+            gate = Gate(bus, uid=self.uid, on_gone=self._caller_gone)
+            dispatcher = Dispatcher(
                 bus,
-                uid=self.uid,
+                gate,
+                self.audit,
                 max_payload=self.config.max_payload,
-                signatures=method_signatures([self.manager, sample]),
+                methods=self.methods,
+                targets={
+                    MANAGER_INTERFACE: lambda path: [] if path == MANAGER_PATH else None,
+                    KEY_INTERFACE: self.key_target,
+                },
                 on_call=self._on_call,
-                on_gone=self._caller_gone,
             )
+            bus.add_message_handler(dispatcher.handle)
             await gate.install()
             reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
             if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
@@ -162,7 +170,6 @@ class Agent(KeyRegistry):
         except BaseException:
             bus.disconnect()
             raise
-        oplog.set_operation_hook(self.access_log.on_operation)
         log.info("serving %s with %d key(s) from %s", BUS_NAME, len(self.records), self.config.home)
         try:
             self._triggers = await install_lock_triggers(
@@ -219,7 +226,6 @@ class Agent(KeyRegistry):
         self.cache.lock_all()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._dialogs.shutdown(wait=False, cancel_futures=True)
-        oplog.set_operation_hook(None)
 
     def lock_from_trigger(self, reason: str) -> None:
         """The desktop locked, slept or started its screen saver: lock every key."""
@@ -231,13 +237,17 @@ class Agent(KeyRegistry):
 
     # --- activity and idle exit ----------------------------------------------------------
 
-    def _on_call(self, caller: Caller) -> None:
+    def _on_call(self) -> None:
         assert self._loop is not None
         self._last_activity = self._loop.time()
 
     def _caller_gone(self, sender: str) -> None:
         self._streams.cancel(sender)
-        self.access_log.forget(sender)
+        self.audit.forget(sender)
+
+    def _send_access(self, record: AccessRecord) -> None:
+        if self._bus is not None:  # a closed bus drops it quietly (PatientWriter)
+            self._bus.send(access_log_signal(record))
 
     def _touch(self) -> None:
         if self._loop is not None:
@@ -283,10 +293,6 @@ class Agent(KeyRegistry):
         finally:
             self._inflight -= 1
             self._touch()
-
-    async def read_fd(self, fd: int, reader: Callable[[int, threading.Event], T]) -> T:
-        """Run ``reader(fd, cancel)`` as a stream of the current caller; closes ``fd``."""
-        return await self.stream(current_sender(), [fd], lambda cancel: reader(fd, cancel))
 
     async def unlock(self, name: str, passphrase: str, options: Options) -> None:
         record = self.require(name)

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
 from keyagent.protocol import Failed, RateLimited
+from keyagentd.bus.fds import close_fds
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +128,6 @@ class FdSink:
 
     def flush(self) -> None:
         pass
-
-
-def close_fds(fds: list[int]) -> None:
-    for fd in set(fds):
-        try:
-            os.close(fd)
-        except OSError:
-            log.debug("fd %d was already closed", fd)
 
 
 class StreamRunner:
