@@ -145,7 +145,7 @@ def test_socket_peer_credentials() -> None:
 
 
 def test_runs_inline_only_small_keyless_work() -> None:
-    from keyagentd.bus import crypto
+    from keyagentd import crypt as crypto
     from keyagentd.cache import KeyCache
 
     assert crypto.runs_inline(1024, None)
@@ -161,7 +161,7 @@ def test_runs_inline_only_small_keyless_work() -> None:
 
 def test_parse_recipient_is_remembered_but_errors_are_not() -> None:
     from keyagentd import age
-    from keyagentd.bus import crypto
+    from keyagentd import crypt as crypto
 
     text = age.generate_identity("x25519").recipient().encode()
     first = crypto.parse_recipient(text)
@@ -177,7 +177,7 @@ def test_unwrap_tries_unlocked_keys_one_at_a_time() -> None:
 
     from keyagent.protocol import Locked, NoMatch
     from keyagentd import age
-    from keyagentd.bus import crypto
+    from keyagentd import crypt as crypto
     from keyagentd.cache import KeyCache
     from keyagentd.keystore import KeyRecord
 
@@ -214,7 +214,7 @@ def test_fd_source_and_sink_poll_only_what_can_block(tmp_path: object) -> None:
     import threading
     from pathlib import Path
 
-    from keyagentd.bus.streams import Cancelled, FdSink, FdSource
+    from keyagentd.streams import Cancelled, FdSink, FdSource
 
     path = Path(str(tmp_path)) / "f"
     path.write_bytes(b"abc")
@@ -245,7 +245,7 @@ def test_fd_source_and_sink_poll_only_what_can_block(tmp_path: object) -> None:
 def test_stream_runner_shortens_the_gil_switch_interval() -> None:
     import sys
 
-    from keyagentd.bus.streams import SWITCH_INTERVAL, StreamRunner
+    from keyagentd.streams import SWITCH_INTERVAL, StreamRunner
 
     before = sys.getswitchinterval()
     try:

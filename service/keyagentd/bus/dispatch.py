@@ -31,10 +31,10 @@ from keyagent.protocol import Failed, InvalidArgs, KeyAgentError, TooLarge
 from keyagentd.audit import Audit
 from keyagentd.auth import Caller
 from keyagentd.bus.errors import INTERNAL_ERROR_TEXT, error_reply
-from keyagentd.bus.fds import ReceivedFds
 from keyagentd.bus.fixes import FixedMessageBus
 from keyagentd.bus.gate import Gate
 from keyagentd.errors import wire_error
+from keyagentd.fds import ReceivedFds
 
 log = logging.getLogger(__name__)
 

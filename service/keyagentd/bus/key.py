@@ -2,70 +2,36 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Callable, Sequence
 
 from dbus_fast import introspection as intr
 from dbus_fast.annotations import DBusBool, DBusStr, DBusUInt32, DBusUInt64
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property
 
-from keyagent.protocol import KEY_INTERFACE, BadPassphrase, TooLarge, key_path
-from keyagentd import age
-from keyagentd.bus import options as opts
+from keyagent.protocol import KEY_INTERFACE, key_path
 from keyagentd.bus.dispatch import Method
 from keyagentd.bus.manager import with_methods
-from keyagentd.bus.streams import FdSource
 from keyagentd.cache import KeyCache
 from keyagentd.keystore import KeyRecord
-from keyagentd.secrets import wipe
-
-#: UnlockFromFd reads at most this much (a passphrase, not a file).
-MAX_PASSPHRASE_BYTES: Final = 4096
-PASSPHRASE_READ_TIMEOUT: Final = 30.0
-#: Unlock also takes ``askpass`` (b): the agent asks at the desktop (passphrase "").
-UNLOCK_OPTIONS: Final = {**opts.UNLOCK, "askpass": "b"}
-
-
-def read_passphrase(fd: int, cancel: threading.Event) -> str:
-    """The passphrase written to ``fd`` up to EOF, minus one trailing newline."""
-    src = FdSource(fd, cancel, timeout=PASSPHRASE_READ_TIMEOUT)
-    buf = bytearray(MAX_PASSPHRASE_BYTES + 1)
-    view = memoryview(buf)
-    try:
-        total = 0
-        while total < len(buf):
-            n = src.readinto(view[total:])
-            if n == 0:
-                break
-            total += n
-        if total > MAX_PASSPHRASE_BYTES:
-            raise TooLarge(f"A passphrase is at most {MAX_PASSPHRASE_BYTES} bytes.")
-        end = total - 1 if total and buf[total - 1] == 0x0A else total
-        try:
-            return bytes(view[:end]).decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadPassphrase("The passphrase is not valid UTF-8.") from None
-    finally:
-        view.release()
-        wipe(buf)
 
 
 class KeyObject(ServiceInterface):
     """One stored key: properties only, reflecting the cache. Its methods are answered by
     the dispatcher (dispatch.py, table in methods.py); `introspect` lists them."""
 
-    def __init__(self, cache: KeyCache, record: KeyRecord, methods: Sequence[Method] = ()) -> None:
+    def __init__(
+        self, cache: KeyCache, record: KeyRecord, methods: Callable[[], Sequence[Method]]
+    ) -> None:
         super().__init__(KEY_INTERFACE)
         self.cache = cache
         self.record = record
         self.key_name = record.name
         self.path = key_path(record.name)
-        self._methods = [m for m in methods if m.interface == KEY_INTERFACE]
+        self._methods = methods
 
     def introspect(self) -> intr.Interface:
-        return with_methods(super().introspect(), self._methods)
+        return with_methods(super().introspect(), self._methods(), KEY_INTERFACE)
 
     # --- properties ----------------------------------------------------------------------
 
@@ -115,20 +81,3 @@ class KeyObject(ServiceInterface):
             "IdleTimeout": idle,
             "MaxTimeout": maximum,
         }
-
-
-def export_identity(
-    key_type: str, seed: bytearray, passphrase: str, work_factor: int | None
-) -> bytes:
-    """The identity as an armored age file encrypted to ``passphrase`` (scrypt)."""
-    try:
-        identity = age.identity_from_seed(key_type, seed)
-        # The identity string is an immutable str for a moment: unavoidable, never logged.
-        text = bytearray(identity.encode().encode("ascii") + b"\n")
-    finally:
-        wipe(seed)
-    try:
-        recipient = age.ScryptRecipient(passphrase, work_factor)
-        return age.encrypt_bytes([recipient], bytes(text), armor=True)
-    finally:
-        wipe(text)

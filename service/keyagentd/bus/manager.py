@@ -22,14 +22,14 @@ from keyagentd.bus.dbustypes import DBusPathList
 from keyagentd.bus.dispatch import Method
 
 
-def with_methods(base: intr.Interface, methods: Sequence[Method]) -> intr.Interface:
-    """``base`` (properties and signals, from dbus-fast) plus the table's methods, with
-    every argument named as the contract names it."""
+def with_methods(base: intr.Interface, methods: Sequence[Method], interface: str) -> intr.Interface:
+    """``base`` (properties and signals, from dbus-fast) plus the table's methods of
+    ``interface``, with every argument named as the contract names it."""
 
     def args(pairs: Sequence[tuple[str, str]], direction: ArgDirection) -> list[intr.Arg]:
         return [intr.Arg(sig, direction, name) for name, sig in pairs]
 
-    for m in methods:
+    for m in (m for m in methods if m.interface == interface):
         base.methods.append(
             intr.Method(
                 m.member, args(m.in_args, ArgDirection.IN), args(m.out_args, ArgDirection.OUT)
@@ -39,13 +39,15 @@ def with_methods(base: intr.Interface, methods: Sequence[Method]) -> intr.Interf
 
 
 class Manager(ServiceInterface):
-    def __init__(self, key_paths: Callable[[], list[str]], methods: Sequence[Method] = ()) -> None:
+    def __init__(
+        self, key_paths: Callable[[], list[str]], methods: Callable[[], Sequence[Method]]
+    ) -> None:
         super().__init__(MANAGER_INTERFACE)
         self._key_paths = key_paths
-        self._methods = [m for m in methods if m.interface == MANAGER_INTERFACE]
+        self._methods = methods
 
     def introspect(self) -> intr.Interface:
-        return with_methods(super().introspect(), self._methods)
+        return with_methods(super().introspect(), self._methods(), MANAGER_INTERFACE)
 
     # --- properties ----------------------------------------------------------------------
 

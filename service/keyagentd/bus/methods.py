@@ -9,23 +9,26 @@ The argument names are the contract's (dbus/org.example.KeyAgent.xml; a test com
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from keyagent.protocol import KEY_INTERFACE as KI
+from keyagent.protocol import KEY_TYPE_X25519, KEY_TYPES, InvalidArgs, Unsupported, key_path
 from keyagent.protocol import MANAGER_INTERFACE as MI
-from keyagent.protocol import BadPassphrase, InvalidArgs
+from keyagentd import age
 from keyagentd.auth import Caller
-from keyagentd.bus import operations as ops
 from keyagentd.bus import options as opts
 from keyagentd.bus.dispatch import Method, Reply
-from keyagentd.bus.fdpeer import check_fd_peers
-from keyagentd.bus.fds import ReceivedFds
-from keyagentd.bus.key import UNLOCK_OPTIONS, export_identity, read_passphrase
-
-if TYPE_CHECKING:
-    from keyagentd.bus.service import Agent
+from keyagentd.crypt import Crypt
+from keyagentd.fds import ReceivedFds
+from keyagentd.keys import Keys
+from keyagentd.streams import check_fd_peers, read_passphrase
+from keyagentd.work import Work
 
 OPTIONS: Final = ("options", "a{sv}")
+#: Decrypt and DecryptFd also take ``askpass`` (b): ask at the desktop for a locked key.
+DECRYPT_OPTIONS: Final = {**opts.DECRYPT, "askpass": "b"}
+#: Unlock also takes ``askpass`` (b): the agent asks at the desktop (passphrase "").
+UNLOCK_OPTIONS: Final = {**opts.UNLOCK, "askpass": "b"}
 
 
 def pid_of(caller: Caller) -> int:
@@ -33,57 +36,87 @@ def pid_of(caller: Caller) -> int:
 
 
 class Handlers:
-    """The handlers, bound to the agent they serve."""
+    """The handlers, bound to the core they call."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, keys: Keys, crypt: Crypt, work: Work) -> None:
+        self.keys = keys
+        self.crypt = crypt
+        self.work = work
 
     # --- manager: keys -------------------------------------------------------------------
 
     async def create_key(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         name, passphrase, options = args
-        path, recipient = await ops.create_key(self.agent, name, passphrase, options)
-        return Reply((path, recipient), key=name)
+        parsed = opts.parse(options, opts.CREATE_KEY)
+        self.keys.check_new(name)
+        key_type = parsed.text("type", KEY_TYPE_X25519) or KEY_TYPE_X25519
+        if key_type not in KEY_TYPES:
+            raise Unsupported(f"Unknown key type {key_type!r}: use {' or '.join(KEY_TYPES)}.")
+        label = parsed.text("label", "") or ""
+        record = await self.keys.create(name, age.generate_identity(key_type), passphrase, label)
+        return Reply((key_path(name), record.recipient), key=name)
 
     async def import_key(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         name, identity, passphrase, options = args
-        path = await ops.import_key(self.agent, name, identity, passphrase, options)
-        return Reply((path,), key=name)
+        label = opts.parse(options, opts.IMPORT_KEY).text("label", "") or ""
+        self.keys.check_new(name)
+        await self.keys.create(name, age.parse_identity(identity), passphrase, label)
+        return Reply((key_path(name),), key=name)
 
     async def delete_key(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         name, options = args
-        await ops.delete_key(self.agent, name, options, pid_of(caller))
+        passphrase = opts.parse(options, opts.DELETE_KEY).text("passphrase")
+        await self.keys.delete(name, passphrase, pid_of(caller))
         return Reply()
 
     def lock_all(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         # Synchronous: it takes effect before the caller's next message is dispatched.
-        self.agent.lock_all()
+        self.keys.lock_all()
         return Reply()
 
     # --- manager: data -------------------------------------------------------------------
 
     async def encrypt(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         recipients, plaintext, options = args
-        return Reply((await ops.encrypt(self.agent, recipients, plaintext, options),))
+        parsed = opts.parse(options, opts.ENCRYPT)
+        armor, passphrase = parsed.flag("armor"), parsed.text("passphrase")
+        data = await self.crypt.encrypt(recipients, plaintext, armor=armor, passphrase=passphrase)
+        return Reply((data,))
 
     async def decrypt(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         ciphertext, options = args
-        plaintext, name = await ops.decrypt(self.agent, ciphertext, options, pid_of(caller))
+        parsed = opts.parse(options, DECRYPT_OPTIONS)
+        plaintext, name = await self.crypt.decrypt(
+            ciphertext,
+            pin=parsed.text("key"),
+            passphrase=parsed.text("passphrase"),
+            askpass=parsed.flag("askpass"),
+            pid=pid_of(caller),
+        )
         return Reply((plaintext, name), key=name)
 
     async def encrypt_fd(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         recipients, input_, output, options = args
-        job = ops.encrypt_fd_job(self.agent, recipients, options)
+        parsed = opts.parse(options, opts.ENCRYPT)
+        bind = self.crypt.encrypt_job(
+            recipients, armor=parsed.flag("armor"), passphrase=parsed.text("passphrase")
+        )
         check_fd_peers([fds.get(input_), fds.get(output)], caller.uid)
         streams = [fds.take(input_), fds.take(output)]  # the stream closes them
-        return Reply((await self.agent.stream(caller.sender, streams, job(*streams)),))
+        return Reply((await self.work.stream(caller.sender, streams, bind(*streams)),))
 
     async def decrypt_fd(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         input_, output, options = args
-        job = ops.decrypt_fd_job(self.agent, options, pid_of(caller))
+        parsed = opts.parse(options, DECRYPT_OPTIONS)
+        bind = self.crypt.decrypt_job(
+            pin=parsed.text("key"),
+            passphrase=parsed.text("passphrase"),
+            askpass=parsed.flag("askpass"),
+            pid=pid_of(caller),
+        )
         check_fd_peers([fds.get(input_), fds.get(output)], caller.uid)
         streams = [fds.take(input_), fds.take(output)]
-        name, written = await self.agent.stream(caller.sender, streams, job(*streams))
+        name, written = await self.work.stream(caller.sender, streams, bind(*streams))
         return Reply((name, written), key=name)
 
     # --- key objects ---------------------------------------------------------------------
@@ -91,12 +124,13 @@ class Handlers:
     async def unlock(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         name, passphrase, options = args
         parsed = opts.parse(options, UNLOCK_OPTIONS)
+        idle, maximum = parsed.number("idle-timeout"), parsed.number("max-timeout")
         if parsed.flag("askpass"):
             if passphrase:
                 raise InvalidArgs("Give a passphrase or the askpass option, not both.")
-            await self.agent.unlock_by_askpass(name, parsed, pid_of(caller))
+            await self.keys.unlock_by_askpass(name, pid_of(caller), idle, maximum)
         else:
-            await self.agent.unlock(name, passphrase, parsed)
+            await self.keys.unlock(name, passphrase, idle, maximum)
         return Reply()
 
     async def unlock_from_fd(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
@@ -104,44 +138,32 @@ class Handlers:
         parsed = opts.parse(options, opts.UNLOCK)
         check_fd_peers([fds.get(index)], caller.uid)
         fd = fds.take(index)
-        passphrase = await self.agent.stream(
+        passphrase = await self.work.stream(
             caller.sender, [fd], lambda cancel: read_passphrase(fd, cancel)
         )
-        await self.agent.unlock(name, passphrase, parsed)
+        idle, maximum = parsed.number("idle-timeout"), parsed.number("max-timeout")
+        await self.keys.unlock(name, passphrase, idle, maximum)
         return Reply()
 
     def lock(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         (name,) = args
-        self.agent.require(name)
-        if self.agent.cache.lock(name):
-            self.agent.key_changed(name)
+        self.keys.lock(name)
         return Reply()
 
     async def change_passphrase(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         name, old, new = args
-        self.agent.require(name)
-        if not new:  # checked first: a bad new passphrase is not a wrong guess of the old one
-            raise BadPassphrase("The new passphrase must not be empty.")
-        async with self.agent.limiter.attempt(name):
-            await self.agent.blocking(self.agent.store.change_passphrase, name, old, new)
+        await self.keys.change_passphrase(name, old, new)
         return Reply()
 
     async def export(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         name, passphrase = args
-        record = self.agent.require(name)
-        async with self.agent.limiter.attempt(name):
-            seed = await self.agent.blocking(self.agent.store.unseal, name, passphrase)
-        work_factor = self.agent.config.scrypt_work_factor
-        data = await self.agent.blocking(
-            export_identity, record.key_type, seed, passphrase, work_factor
-        )
-        return Reply((data,))
+        return Reply((await self.keys.export(name, passphrase, self.crypt.work_factor),))
 
     # --- audit keys ----------------------------------------------------------------------
 
     def known_recipients(self, args: Sequence[Any]) -> str:
         """The key names among an Encrypt's recipients (as the audit names them)."""
-        return ",".join(r for r in args[0] if isinstance(r, str) and r in self.agent.records)
+        return ",".join(r for r in args[0] if isinstance(r, str) and r in self.keys.records)
 
 
 def _first(args: Sequence[Any]) -> str:
@@ -149,9 +171,9 @@ def _first(args: Sequence[Any]) -> str:
     return str(args[0])[:64] if args else ""
 
 
-def method_table(agent: Agent) -> list[Method]:
+def method_table(keys: Keys, crypt: Crypt, work: Work) -> list[Method]:
     """Every method, as the contract names it."""
-    h = Handlers(agent)
+    h = Handlers(keys, crypt, work)
     return [
         Method(MI, "CreateKey", (("name", "s"), ("passphrase", "s"), OPTIONS),
                (("key", "o"), ("recipient", "s")), h.create_key, _first),

@@ -5,6 +5,11 @@ pipe or socket is a `poll` with a short timeout that also checks the stream's ca
 when the caller leaves the bus its streams stop, even if the other end of a pipe stays open.
 Regular files never block: they are read and written directly, the flag checked per chunk.
 The fds a stream received are closed when it ends, whatever happens.
+
+`check_fd_peers`: a caller may hand the agent a socket instead of a pipe or file. If the
+process at its other end (SO_PEERCRED) runs as another user, the agent would be reading
+plaintext from, or writing it to, that user: refused with AccessDenied before the stream
+starts. Pipes, files and unconnected sockets carry no peer and pass.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ import select
 import stat
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
-from keyagent.protocol import Failed, RateLimited
-from keyagentd.bus.fds import close_fds
+from keyagent.protocol import AccessDenied, BadPassphrase, Failed, RateLimited, TooLarge
+from keyagentd.fds import close_fds
+from keyagentd.hardening import peer_uid_of_socket
+from keyagentd.secrets import wipe
 
 log = logging.getLogger(__name__)
 
@@ -205,3 +212,49 @@ def stream_job(fn: Callable[..., T], *args: Any) -> Callable[[threading.Event], 
         return fn(*args, cancel)
 
     return job
+
+
+def check_fd_peers(
+    fds: Sequence[int],
+    caller_uid: int | None,
+    *,
+    peer_uid: Callable[[int], int | None] = peer_uid_of_socket,
+) -> None:
+    """Raise AccessDenied if one of ``fds`` is a socket to another uid (the caller closes
+    the fds, once). ``caller_uid``: the checked caller's (None matches no socket)."""
+    for fd in fds:
+        uid = peer_uid(fd)
+        if uid is not None and uid != caller_uid:
+            raise AccessDenied(
+                "A file descriptor passed to the agent is a socket connected to a process of "
+                "another user."
+            )
+
+
+#: UnlockFromFd reads at most this much (a passphrase, not a file).
+MAX_PASSPHRASE_BYTES: Final = 4096
+PASSPHRASE_READ_TIMEOUT: Final = 30.0
+
+
+def read_passphrase(fd: int, cancel: threading.Event) -> str:
+    """The passphrase written to ``fd`` up to EOF, minus one trailing newline."""
+    src = FdSource(fd, cancel, timeout=PASSPHRASE_READ_TIMEOUT)
+    buf = bytearray(MAX_PASSPHRASE_BYTES + 1)
+    view = memoryview(buf)
+    try:
+        total = 0
+        while total < len(buf):
+            n = src.readinto(view[total:])
+            if n == 0:
+                break
+            total += n
+        if total > MAX_PASSPHRASE_BYTES:
+            raise TooLarge(f"A passphrase is at most {MAX_PASSPHRASE_BYTES} bytes.")
+        end = total - 1 if total and buf[total - 1] == 0x0A else total
+        try:
+            return bytes(view[:end]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadPassphrase("The passphrase is not valid UTF-8.") from None
+    finally:
+        view.release()
+        wipe(buf)

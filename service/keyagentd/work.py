@@ -1,0 +1,69 @@
+"""Where the agent's work runs off the event loop, and how much of it is running.
+
+Three places: the crypto pool (Argon2, big payloads), one dialog thread (a passphrase
+prompt waits for a person: never in the crypto pool; askpass.py shows one at a time too)
+and the stream runner (EncryptFd/DecryptFd, bounded per caller). ``busy`` tells the idle
+exit whether anything runs; ``on_done`` is called as each piece of work ends (activity).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from keyagentd.streams import StreamRunner
+
+T = TypeVar("T")
+
+
+class Work:
+    def __init__(
+        self, crypto_workers: int, max_streams: int, on_done: Callable[[], None] = lambda: None
+    ) -> None:
+        self._pool = ThreadPoolExecutor(crypto_workers, thread_name_prefix="crypto")
+        self._dialogs = ThreadPoolExecutor(1, thread_name_prefix="askpass")
+        self.streams = StreamRunner(max_streams)
+        self.inflight = 0
+        self._on_done = on_done
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.inflight or self.streams.active)
+
+    async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run CPU or disk work in the crypto pool."""
+        return await self._run(self._pool, functools.partial(fn, *args, **kwargs))
+
+    async def dialog(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a dialog that waits for a person (it keeps the agent alive meanwhile)."""
+        return await self._run(self._dialogs, functools.partial(fn, *args))
+
+    async def stream(self, sender: str, fds: list[int], job: Callable[[threading.Event], T]) -> T:
+        """Run ``job(cancel)`` as one of ``sender``'s streams; ``fds`` are closed after it."""
+        self.inflight += 1
+        try:
+            return await self.streams.run(sender, fds, job)
+        finally:
+            self.inflight -= 1
+            self._on_done()
+
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        self.inflight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn)
+        finally:
+            self.inflight -= 1
+            self._on_done()
+
+    def cancel(self, sender: str) -> None:
+        """``sender`` left the bus: stop its streams."""
+        self.streams.cancel(sender)
+
+    def shutdown(self) -> None:
+        self.streams.shutdown()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._dialogs.shutdown(wait=False, cancel_futures=True)
