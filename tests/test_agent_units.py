@@ -11,7 +11,7 @@ from dbus_fast import Variant
 
 from keyagent.protocol import BadPassphrase, Failed, InvalidArgs, RateLimited
 from keyagentd.auth import Caller, caller_from_credentials, check_bus_peer, socket_peer
-from keyagentd.bus import options
+from keyagentd.bus import methods as options
 from keyagentd.bus.dispatch import body_size
 from keyagentd.ratelimit import FailureLimiter, LimitPolicy
 
@@ -102,15 +102,15 @@ def test_limiter_other_errors_count_as_neither() -> None:
 
 
 def test_options_are_checked_by_name_and_type() -> None:
-    parsed = options.parse({"armor": Variant("b", True)}, options.ENCRYPT)
+    parsed = options.parse_options({"armor": Variant("b", True)}, options.ENCRYPT)
     assert parsed.flag("armor") is True and parsed.text("passphrase") is None
-    assert options.parse({}, options.UNLOCK).number("idle-timeout") is None
+    assert options.parse_options({}, options.UNLOCK).number("idle-timeout") is None
     with pytest.raises(InvalidArgs, match="Unknown option 'armour'"):
-        options.parse({"armour": Variant("b", True)}, options.ENCRYPT)
+        options.parse_options({"armour": Variant("b", True)}, options.ENCRYPT)
     with pytest.raises(InvalidArgs, match="must have D-Bus type 'b'"):
-        options.parse({"armor": Variant("s", "yes")}, options.ENCRYPT)
+        options.parse_options({"armor": Variant("s", "yes")}, options.ENCRYPT)
     with pytest.raises(InvalidArgs, match="type 'u'"):
-        options.parse({"idle-timeout": Variant("i", 5)}, options.UNLOCK)
+        options.parse_options({"idle-timeout": Variant("i", 5)}, options.UNLOCK)
 
 
 def test_body_size_counts_and_stops_early() -> None:

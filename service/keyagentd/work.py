@@ -3,7 +3,7 @@
 Three places: the crypto pool (Argon2, big payloads), one dialog thread (a passphrase
 prompt waits for a person: never in the crypto pool; askpass.py shows one at a time too)
 and the stream runner (EncryptFd/DecryptFd, bounded per caller). ``busy`` tells the idle
-exit whether anything runs; ``on_done`` is called as each piece of work ends (activity).
+exit whether anything runs, ``last_activity`` when the last call or piece of work ended.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -22,13 +23,18 @@ T = TypeVar("T")
 
 class Work:
     def __init__(
-        self, crypto_workers: int, max_streams: int, on_done: Callable[[], None] = lambda: None
+        self, crypto_workers: int, max_streams: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._pool = ThreadPoolExecutor(crypto_workers, thread_name_prefix="crypto")
         self._dialogs = ThreadPoolExecutor(1, thread_name_prefix="askpass")
         self.streams = StreamRunner(max_streams)
         self.inflight = 0
-        self._on_done = on_done
+        self._clock = clock
+        self.last_activity = clock()
+
+    def touch(self) -> None:
+        """A call arrived or work ended: the agent is not idle."""
+        self.last_activity = self._clock()
 
     @property
     def busy(self) -> bool:
@@ -49,7 +55,7 @@ class Work:
             return await self.streams.run(sender, fds, job)
         finally:
             self.inflight -= 1
-            self._on_done()
+            self.touch()
 
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
         self.inflight += 1
@@ -57,7 +63,7 @@ class Work:
             return await asyncio.get_running_loop().run_in_executor(pool, fn)
         finally:
             self.inflight -= 1
-            self._on_done()
+            self.touch()
 
     def cancel(self, sender: str) -> None:
         """``sender`` left the bus: stop its streams."""

@@ -9,15 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Annotated
 
-from dbus_fast import Message
 from dbus_fast import introspection as intr
 from dbus_fast.annotations import DBusSignature, DBusStr
 from dbus_fast.constants import ArgDirection, PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property, dbus_signal
 
 import keyagentd
-from keyagent.protocol import MANAGER_INTERFACE, MANAGER_PATH
-from keyagentd import policy
+from keyagent.protocol import MANAGER_INTERFACE
 from keyagentd.bus.dbustypes import DBusPathList
 from keyagentd.bus.dispatch import Method
 
@@ -65,12 +63,5 @@ class Manager(ServiceInterface):
     def AccessLog(
         self, operation: str, key: str, pid: int, executable: str, result: str
     ) -> Annotated[tuple[str, str, int, str, str], DBusSignature("ssuss")]:
-        """Declared for introspection; sent by `access_log_signal`."""
+        """Declared for introspection; the agent sends it (service.py `_send_access`)."""
         return (operation, key, pid, executable, result)
-
-
-def access_log_signal(record: policy.AccessRecord) -> Message:
-    """One access record (audit.py) as the AccessLog signal."""
-    return Message.new_signal(
-        MANAGER_PATH, MANAGER_INTERFACE, "AccessLog", record.SIGNATURE, record.body()
-    )

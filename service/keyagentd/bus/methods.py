@@ -4,19 +4,24 @@ A handler is an adapter: options in, a core call, the reply out. It gets the che
 the arguments (key methods: the key's name first, from the object path) and the call's
 `ReceivedFds`; it `take`s an fd only when handing it to whatever closes it (a stream).
 The argument names are the contract's (dbus/org.example.KeyAgent.xml; a test compares).
+
+Options (`a{sv}`): unknown option names and values of the wrong D-Bus type are refused with
+InvalidArgs: a typo must not silently fall back to a default (an Encrypt that forgot
+`armor`, an Unlock that kept the default timeout).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
+
+from dbus_fast import Variant
 
 from keyagent.protocol import KEY_INTERFACE as KI
 from keyagent.protocol import KEY_TYPE_X25519, KEY_TYPES, InvalidArgs, Unsupported, key_path
 from keyagent.protocol import MANAGER_INTERFACE as MI
 from keyagentd import age
 from keyagentd.auth import Caller
-from keyagentd.bus import options as opts
 from keyagentd.bus.dispatch import Method, Reply
 from keyagentd.crypt import Crypt
 from keyagentd.fds import ReceivedFds
@@ -24,11 +29,65 @@ from keyagentd.keys import Keys
 from keyagentd.streams import check_fd_peers, read_passphrase
 from keyagentd.work import Work
 
+# --- options ---------------------------------------------------------------------------
+
+#: The D-Bus type of every option each method accepts.
+CREATE_KEY = {"type": "s", "label": "s"}
+IMPORT_KEY = {"label": "s"}
+DELETE_KEY = {"passphrase": "s"}
+ENCRYPT = {"armor": "b", "passphrase": "s"}
+DECRYPT = {"key": "s", "passphrase": "s"}
+UNLOCK = {"idle-timeout": "u", "max-timeout": "u"}
+
+
+class Options:
+    """Typed access to a checked option dictionary."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self._values.get(name, default)
+        assert value is None or isinstance(value, str)
+        return value
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        value = self._values.get(name, default)
+        assert isinstance(value, bool)
+        return value
+
+    def number(self, name: str) -> int | None:
+        value = self._values.get(name)
+        assert value is None or isinstance(value, int)
+        return value
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._values
+
+
+def parse_options(options: Mapping[str, Variant], schema: Mapping[str, str]) -> Options:
+    """Check ``options`` against ``schema`` (name -> D-Bus type); InvalidArgs if they differ."""
+    values: dict[str, Any] = {}
+    for name, variant in options.items():
+        expected = schema.get(name)
+        if expected is None:
+            known = ", ".join(sorted(schema)) or "none"
+            raise InvalidArgs(f"Unknown option {name!r} (known options: {known}).")
+        if variant.signature != expected:
+            raise InvalidArgs(
+                f"Option {name!r} must have D-Bus type '{expected}', not '{variant.signature}'."
+            )
+        values[name] = variant.value
+    return Options(values)
+
+
+# --- the handlers --------------------------------------------------------------------------
+
 OPTIONS: Final = ("options", "a{sv}")
 #: Decrypt and DecryptFd also take ``askpass`` (b): ask at the desktop for a locked key.
-DECRYPT_OPTIONS: Final = {**opts.DECRYPT, "askpass": "b"}
+DECRYPT_OPTIONS: Final = {**DECRYPT, "askpass": "b"}
 #: Unlock also takes ``askpass`` (b): the agent asks at the desktop (passphrase "").
-UNLOCK_OPTIONS: Final = {**opts.UNLOCK, "askpass": "b"}
+UNLOCK_OPTIONS: Final = {**UNLOCK, "askpass": "b"}
 
 
 def pid_of(caller: Caller) -> int:
@@ -47,7 +106,7 @@ class Handlers:
 
     async def create_key(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         name, passphrase, options = args
-        parsed = opts.parse(options, opts.CREATE_KEY)
+        parsed = parse_options(options, CREATE_KEY)
         self.keys.check_new(name)
         key_type = parsed.text("type", KEY_TYPE_X25519) or KEY_TYPE_X25519
         if key_type not in KEY_TYPES:
@@ -58,14 +117,14 @@ class Handlers:
 
     async def import_key(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         name, identity, passphrase, options = args
-        label = opts.parse(options, opts.IMPORT_KEY).text("label", "") or ""
+        label = parse_options(options, IMPORT_KEY).text("label", "") or ""
         self.keys.check_new(name)
         await self.keys.create(name, age.parse_identity(identity), passphrase, label)
         return Reply((key_path(name),), key=name)
 
     async def delete_key(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         name, options = args
-        passphrase = opts.parse(options, opts.DELETE_KEY).text("passphrase")
+        passphrase = parse_options(options, DELETE_KEY).text("passphrase")
         await self.keys.delete(name, passphrase, pid_of(caller))
         return Reply()
 
@@ -78,14 +137,14 @@ class Handlers:
 
     async def encrypt(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         recipients, plaintext, options = args
-        parsed = opts.parse(options, opts.ENCRYPT)
+        parsed = parse_options(options, ENCRYPT)
         armor, passphrase = parsed.flag("armor"), parsed.text("passphrase")
         data = await self.crypt.encrypt(recipients, plaintext, armor=armor, passphrase=passphrase)
         return Reply((data,))
 
     async def decrypt(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         ciphertext, options = args
-        parsed = opts.parse(options, DECRYPT_OPTIONS)
+        parsed = parse_options(options, DECRYPT_OPTIONS)
         plaintext, name = await self.crypt.decrypt(
             ciphertext,
             pin=parsed.text("key"),
@@ -97,7 +156,7 @@ class Handlers:
 
     async def encrypt_fd(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         recipients, input_, output, options = args
-        parsed = opts.parse(options, opts.ENCRYPT)
+        parsed = parse_options(options, ENCRYPT)
         bind = self.crypt.encrypt_job(
             recipients, armor=parsed.flag("armor"), passphrase=parsed.text("passphrase")
         )
@@ -107,7 +166,7 @@ class Handlers:
 
     async def decrypt_fd(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         input_, output, options = args
-        parsed = opts.parse(options, DECRYPT_OPTIONS)
+        parsed = parse_options(options, DECRYPT_OPTIONS)
         bind = self.crypt.decrypt_job(
             pin=parsed.text("key"),
             passphrase=parsed.text("passphrase"),
@@ -123,7 +182,7 @@ class Handlers:
 
     async def unlock(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         name, passphrase, options = args
-        parsed = opts.parse(options, UNLOCK_OPTIONS)
+        parsed = parse_options(options, UNLOCK_OPTIONS)
         idle, maximum = parsed.number("idle-timeout"), parsed.number("max-timeout")
         if parsed.flag("askpass"):
             if passphrase:
@@ -135,7 +194,7 @@ class Handlers:
 
     async def unlock_from_fd(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         name, index, options = args
-        parsed = opts.parse(options, opts.UNLOCK)
+        parsed = parse_options(options, UNLOCK)
         check_fd_peers([fds.get(index)], caller.uid)
         fd = fds.take(index)
         passphrase = await self.work.stream(

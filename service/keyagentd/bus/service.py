@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from dbus_fast import RequestNameReply
+from dbus_fast import Message, RequestNameReply
 from dbus_fast.constants import NameFlag
 
 from keyagent.protocol import (
@@ -35,7 +35,7 @@ from keyagentd.auth import check_bus_peer
 from keyagentd.bus.dispatch import Dispatcher, Method
 from keyagentd.bus.fixes import FixedMessageBus, bus_socket
 from keyagentd.bus.gate import Gate
-from keyagentd.bus.manager import Manager, access_log_signal
+from keyagentd.bus.manager import Manager
 from keyagentd.bus.methods import method_table
 from keyagentd.bus.objects import KeyObjects
 from keyagentd.cache import KeyCache
@@ -93,7 +93,6 @@ class Agent:
     ) -> None:
         self.config, self.bus, self.uid, self._loop = config, bus, uid, loop
         self._stop = asyncio.Event()
-        self._last_activity = loop.time()
         self._idle_handle: asyncio.TimerHandle | None = None
         self._triggers: LockTriggers | None = None  # a convenience: may stay off
         user = config.user
@@ -103,7 +102,7 @@ class Agent:
         self.methods: list[Method] = []  # the table, made once the core exists (below)
         self.manager = Manager(self._key_paths, self._table)
         self.objects = KeyObjects(bus, self.manager, cache, self._table, self._touch)
-        self.work = Work(config.crypto_workers, config.max_streams, on_done=self._touch)
+        self.work = Work(config.crypto_workers, config.max_streams, clock=loop.time)
         store = KeyStore(config.home, kdf=config.kdf)
         self.keys = Keys(store, cache, user, self.work, self.objects)
         self.crypt = Crypt(
@@ -122,7 +121,7 @@ class Agent:
                 MANAGER_INTERFACE: lambda path: [] if path == MANAGER_PATH else None,
                 KEY_INTERFACE: self.objects.target,
             },
-            on_call=self._on_call,
+            on_call=self.work.touch,
         )
 
     # The bus objects list the method table in their introspection, read when asked.
@@ -133,7 +132,10 @@ class Agent:
         return self.objects.key_paths()
 
     def _send_access(self, record: AccessRecord) -> None:
-        self.bus.send(access_log_signal(record))  # a closed bus drops it quietly
+        signal = Message.new_signal(
+            MANAGER_PATH, MANAGER_INTERFACE, "AccessLog", record.SIGNATURE, record.body()
+        )
+        self.bus.send(signal)  # a closed bus drops it quietly
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -220,21 +222,18 @@ class Agent:
 
     # --- activity and idle exit ----------------------------------------------------------
 
-    def _on_call(self) -> None:
-        self._last_activity = self._loop.time()
-
     def _caller_gone(self, sender: str) -> None:
         self.work.cancel(sender)
         self.audit.forget(sender)
 
     def _touch(self) -> None:
-        self._last_activity = self._loop.time()
+        self.work.touch()
         self._arm_idle()
 
     def _arm_idle(self) -> None:
         if self.config.idle_exit <= 0 or self._idle_handle is not None:
             return
-        when = self._last_activity + self.config.idle_exit
+        when = self.work.last_activity + self.config.idle_exit
         self._idle_handle = self._loop.call_at(when, self._idle_due)
 
     def _idle_due(self) -> None:
@@ -242,8 +241,8 @@ class Agent:
         if self.keys.cache.unlocked_names():
             return  # re-armed when the last key locks
         if self.work.busy:
-            self._last_activity = self._loop.time()
-        elif self._loop.time() >= self._last_activity + self.config.idle_exit:
+            self.work.touch()
+        elif self._loop.time() >= self.work.last_activity + self.config.idle_exit:
             self.stop(f"idle for {self.config.idle_exit:g} s with every key locked")
             return
         self._arm_idle()
