@@ -515,3 +515,16 @@ def test_object_manager_signals_come_from_the_manager_path(client: Client) -> No
         removed = client.conn.recv_until_filtered(signals, timeout=10)
         assert removed.header.fields[HeaderFields.member] == "InterfacesRemoved"
         assert removed.body == (protocol.key_path("omkey"), [KI])
+
+
+def test_error_text_bounds_what_the_caller_sent(client: Client) -> None:
+    """A huge option name must not come back whole in the error (issue 13). (Under the test
+    agent's payload cap: anything above it is TooLarge before any parsing.)"""
+    huge = "x" * (256 * 1024)
+    with pytest.raises(CallError) as e:
+        client.m("Encrypt", "asaya{sv}", ["age1x"], b"data", {huge: ("b", True)})
+    assert e.value.name == protocol.INVALID_ARGS
+    assert "Unknown option 'xxxx" in e.value.text and len(e.value.text) < 300
+    with pytest.raises(CallError) as e:
+        client.m("CreateKey", "ssa{sv}", "bounded", "pw", {"type": ("s", huge)})
+    assert e.value.short == "Unsupported" and len(e.value.text) < 300

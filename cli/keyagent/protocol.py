@@ -69,6 +69,8 @@ class KeyAgentError(Exception):
     """
 
     short_name: str = "Failed"
+    #: The agent's own note of the key an error is about, for its audit (never sent).
+    key: str = ""
 
     @classmethod
     def wire_name(cls) -> str:

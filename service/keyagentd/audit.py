@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Final
 
 from keyagentd.auth import Caller
-from keyagentd.hardening import caller_executable
+from keyagentd.hardening import caller_executable, sanitize
 from keyagentd.policy import AccessRecord, access_record
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class Audit:
         """``outcome``: "ok", an error's short name, or "error" for an unexpected exception
         (the caller saw Failed)."""
         pid = caller.pid if caller is not None and caller.pid is not None else 0
+        key = sanitize(key, 4096)  # names are checked before; whatever is logged is escaped
         if ops_log.isEnabledFor(logging.INFO):
             ops_log.info("%s pid=%s key=%s: %s", operation, pid or "-", key or "-", outcome)
         sender = caller.sender if caller is not None else ""

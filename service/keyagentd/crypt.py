@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, BinaryIO, Final, cast
 
 from keyagent.protocol import (
+    AccessDenied,
     BadPassphrase,
     InvalidArgs,
     InvalidName,
@@ -53,6 +54,10 @@ INLINE_MAX: Final = 64 * 1024
 #: A Decrypt may try every unlocked key of a matching type (~60-300 us each): inline only
 #: while there are few.
 INLINE_MAX_KEYS: Final = 8
+#: An inline Decrypt's header is parsed on the loop (linear in its size, at most 64 KiB);
+#: unwrapping costs ~60-300 us per stanza and key tried, so it stays inline only while
+#: stanzas x unlocked keys of a matching type is at most this (one normal file: 1 x 8).
+INLINE_MAX_TRIALS: Final = 8
 
 
 def runs_inline(size: int, passphrase: str | None, cache: KeyCache | None = None) -> bool:
@@ -216,12 +221,20 @@ class Crypt:
         self, ciphertext: bytes, pin: str | None, passphrase: str | None, pid: int
     ) -> tuple[str, bytes]:
         keys = self.keys
-        args = (ciphertext, keys.cache, dict(keys.records), pin, passphrase, self.user, pid)
+        records = dict(keys.records)
         inline = runs_inline(len(ciphertext), passphrase, keys.cache)
         # A confirmation dialog may wait for minutes: never on the event loop.
-        if inline and not policy.may_prompt(self.user):
-            return _decrypt_bytes(*args)
-        return await keys.work.blocking(_decrypt_bytes, *args)
+        if not inline or policy.may_prompt(self.user):
+            inline = False
+            dec = await keys.work.blocking(age.Decryptor, io.BytesIO(ciphertext))
+        else:
+            dec = age.Decryptor(io.BytesIO(ciphertext))
+            # Hundreds of bogus stanzas x several keys must not hold the loop either.
+            inline = _trials(dec, keys.cache, records, pin) <= INLINE_MAX_TRIALS
+        args = (dec, keys.cache, records, pin, passphrase, self.user, pid)
+        if inline:
+            return _finish_decrypt(*args)
+        return await keys.work.blocking(_finish_decrypt, *args)
 
     def encrypt_job(
         self, recipients: Sequence[str], *, armor: bool, passphrase: str | None
@@ -294,11 +307,31 @@ def _io(obj: object) -> BinaryIO:
 def _check_policy(name: str, pid: int, user: UserConfig) -> None:
     """Per-key policy, once the key is known and before any plaintext (may ask; blocks)."""
     if name and policy.is_restricted(name, user):
-        policy.check(name, pid, user, operation="decrypt")
+        try:
+            policy.check(name, pid, user, operation="decrypt")
+        except AccessDenied as exc:
+            exc.key = name  # the audit names the key that was refused
+            raise
 
 
-def _decrypt_bytes(
-    data: bytes,
+def _trials(
+    dec: age.Decryptor, cache: KeyCache, records: Mapping[str, KeyRecord], pin: str | None
+) -> int:
+    """How many (stanza, key) unwraps a Decrypt may try: stanzas x unlocked keys that match."""
+    types = dec.stanza_types
+    if pin is not None:
+        return len(dec.stanzas)
+    keys = [n for n in cache.unlocked_names() if STANZA_TYPE.get(_type(records, n)) in types]
+    return len(dec.stanzas) * len(keys)
+
+
+def _type(records: Mapping[str, KeyRecord], name: str) -> str:
+    record = records.get(name)
+    return record.key_type if record is not None else ""
+
+
+def _finish_decrypt(
+    dec: age.Decryptor,
     cache: KeyCache,
     records: Mapping[str, KeyRecord],
     pin: str | None,
@@ -306,7 +339,6 @@ def _decrypt_bytes(
     user: UserConfig,
     pid: int,
 ) -> tuple[str, bytes]:
-    dec = age.Decryptor(io.BytesIO(data))
     name = unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
     _check_policy(name, pid, user)
     out = io.BytesIO()

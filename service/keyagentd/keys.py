@@ -119,6 +119,7 @@ class Keys:
             )
         elif policy.is_restricted(name, self.user):
             await self.work.blocking(policy.check, name, pid, self.user, operation="delete")
+
         await self.work.blocking(self.store.delete, name)
         self.cache.forget(name)
         self.limiter.forget(name)

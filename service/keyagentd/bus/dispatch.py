@@ -213,7 +213,7 @@ class Dispatcher:
         else:
             exc = wire_error(outcome)
             if isinstance(exc, KeyAgentError):
-                short = exc.short_name
+                short, key = exc.short_name, exc.key or key
             else:
                 log.error("Internal error", exc_info=outcome)
                 exc, short = Failed(INTERNAL_ERROR_TEXT), "error"

@@ -18,7 +18,14 @@ from typing import Any, Final
 from dbus_fast import Variant
 
 from keyagent.protocol import KEY_INTERFACE as KI
-from keyagent.protocol import KEY_TYPE_X25519, KEY_TYPES, InvalidArgs, Unsupported, key_path
+from keyagent.protocol import (
+    KEY_TYPE_X25519,
+    KEY_TYPES,
+    InvalidArgs,
+    Unsupported,
+    is_valid_key_name,
+    key_path,
+)
 from keyagent.protocol import MANAGER_INTERFACE as MI
 from keyagentd import age
 from keyagentd.auth import Caller
@@ -65,6 +72,11 @@ class Options:
         return name in self._values
 
 
+def shown(text: str, limit: int = 64) -> str:
+    """Caller input quoted in an error sentence: bounded (an option name may be megabytes)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
 def parse_options(options: Mapping[str, Variant], schema: Mapping[str, str]) -> Options:
     """Check ``options`` against ``schema`` (name -> D-Bus type); InvalidArgs if they differ."""
     values: dict[str, Any] = {}
@@ -72,7 +84,7 @@ def parse_options(options: Mapping[str, Variant], schema: Mapping[str, str]) -> 
         expected = schema.get(name)
         if expected is None:
             known = ", ".join(sorted(schema)) or "none"
-            raise InvalidArgs(f"Unknown option {name!r} (known options: {known}).")
+            raise InvalidArgs(f"Unknown option {shown(name)} (known options: {known}).")
         if variant.signature != expected:
             raise InvalidArgs(
                 f"Option {name!r} must have D-Bus type '{expected}', not '{variant.signature}'."
@@ -110,7 +122,7 @@ class Handlers:
         self.keys.check_new(name)
         key_type = parsed.text("type", KEY_TYPE_X25519) or KEY_TYPE_X25519
         if key_type not in KEY_TYPES:
-            raise Unsupported(f"Unknown key type {key_type!r}: use {' or '.join(KEY_TYPES)}.")
+            raise Unsupported(f"Unknown key type {shown(key_type)}: use {' or '.join(KEY_TYPES)}.")
         label = parsed.text("label", "") or ""
         record = await self.keys.create(name, age.generate_identity(key_type), passphrase, label)
         return Reply((key_path(name), record.recipient), key=name)
@@ -226,8 +238,10 @@ class Handlers:
 
 
 def _first(args: Sequence[Any]) -> str:
-    """The key a call names first (bounded: it may not be a valid name)."""
-    return str(args[0])[:64] if args else ""
+    """The key a call names first, for the audit: only a valid key name (a name with a
+    newline would forge log lines and AccessLog fields); an invalid one is reported as ""."""
+    name = args[0] if args else ""
+    return name if isinstance(name, str) and is_valid_key_name(name) else ""
 
 
 def method_table(keys: Keys, crypt: Crypt, work: Work) -> list[Method]:
