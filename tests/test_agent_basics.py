@@ -84,8 +84,17 @@ def _interfaces(xml: str) -> dict[str, ET.Element]:
     return {i.attrib["name"]: i for i in root.findall("interface")}
 
 
+EMITS = "org.freedesktop.DBus.Property.EmitsChangedSignal"
+
+
+def _emits(prop: ET.Element) -> str:
+    values = [a.attrib["value"] for a in prop.findall("annotation") if a.attrib["name"] == EMITS]
+    return values[0] if values else "true"
+
+
 def _shape(iface: ET.Element) -> dict[str, object]:
-    """Methods (in-arg names and types, out types) and properties (type, access)."""
+    """Methods (argument names and types, in and out) and properties (type, access, whether
+    they signal changes)."""
     methods = {}
     for m in iface.findall("method"):
         args = m.findall("arg")
@@ -94,10 +103,15 @@ def _shape(iface: ET.Element) -> dict[str, object]:
             for a in args
             if a.attrib.get("direction", "in") == "in"
         ]
-        outs = [a.attrib["type"] for a in args if a.attrib.get("direction") == "out"]
+        outs = [
+            (a.attrib.get("name"), a.attrib["type"])
+            for a in args
+            if a.attrib.get("direction") == "out"
+        ]
         methods[m.attrib["name"]] = (ins, outs)
     props = {
-        p.attrib["name"]: (p.attrib["type"], p.attrib["access"]) for p in iface.findall("property")
+        p.attrib["name"]: (p.attrib["type"], p.attrib["access"], _emits(p))
+        for p in iface.findall("property")
     }
     signals = sorted(s.attrib["name"] for s in iface.findall("signal"))
     return {"methods": methods, "properties": props, "signals": signals}
@@ -120,6 +134,19 @@ def test_introspection_matches_the_contract(client: Client) -> None:
     assert _shape(live_key[KI]) == _shape(contract[KI])
     assert "org.freedesktop.DBus.ObjectManager" in live_manager
     assert KI not in live_manager and MI not in live_key
+
+
+def test_the_contract_documents_every_member() -> None:
+    contract = _interfaces((ROOT / "dbus" / "org.example.KeyAgent.xml").read_text())
+    for name in (MI, KI):
+        for member in contract[name]:
+            if member.tag in ("method", "property", "signal"):
+                docs = [
+                    a.attrib["value"]
+                    for a in member.findall("annotation")
+                    if a.attrib["name"] == "org.gtk.GDBus.DocString"
+                ]
+                assert docs and docs[0].strip(), f"{name}.{member.attrib['name']} has no doc"
 
 
 # --- keys --------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from dbus_fast import introspection as intr
 from dbus_fast.annotations import DBusBool, DBusStr, DBusUInt32, DBusUInt64
@@ -11,9 +12,12 @@ from dbus_fast.service import ServiceInterface, dbus_property
 
 from keyagent.protocol import KEY_INTERFACE, key_path
 from keyagentd.bus.dispatch import Method
-from keyagentd.bus.manager import with_methods
+from keyagentd.bus.manager import mark_constants, with_methods
 from keyagentd.cache import KeyCache
 from keyagentd.keystore import KeyRecord
+
+#: Properties fixed for the object's life: introspection says so (EmitsChangedSignal=const).
+CONSTANT_PROPERTIES: Final = frozenset({"Name", "Label", "Type", "Recipient", "Created"})
 
 
 class KeyObject(ServiceInterface):
@@ -31,7 +35,8 @@ class KeyObject(ServiceInterface):
         self._methods = methods
 
     def introspect(self) -> intr.Interface:
-        return with_methods(super().introspect(), self._methods(), KEY_INTERFACE)
+        base = with_methods(super().introspect(), self._methods(), KEY_INTERFACE)
+        return mark_constants(base, CONSTANT_PROPERTIES)
 
     # --- properties ----------------------------------------------------------------------
 

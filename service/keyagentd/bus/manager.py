@@ -7,7 +7,7 @@ Properties and the AccessLog signal only: its methods are answered by the dispat
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Annotated
+from typing import Annotated, Final
 
 from dbus_fast import introspection as intr
 from dbus_fast.annotations import DBusSignature, DBusStr
@@ -36,6 +36,17 @@ def with_methods(base: intr.Interface, methods: Sequence[Method], interface: str
     return base
 
 
+EMITS_CHANGED: Final = "org.freedesktop.DBus.Property.EmitsChangedSignal"
+
+
+def mark_constants(base: intr.Interface, constants: frozenset[str]) -> intr.Interface:
+    """Annotate the properties that never change as such (the default is "true")."""
+    for prop in base.properties:
+        if prop.name in constants:
+            prop.annotations[EMITS_CHANGED] = "const"
+    return base
+
+
 class Manager(ServiceInterface):
     def __init__(
         self, key_paths: Callable[[], list[str]], methods: Callable[[], Sequence[Method]]
@@ -45,7 +56,8 @@ class Manager(ServiceInterface):
         self._methods = methods
 
     def introspect(self) -> intr.Interface:
-        return with_methods(super().introspect(), self._methods(), MANAGER_INTERFACE)
+        base = with_methods(super().introspect(), self._methods(), MANAGER_INTERFACE)
+        return mark_constants(base, frozenset({"Version"}))
 
     # --- properties ----------------------------------------------------------------------
 

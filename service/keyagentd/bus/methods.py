@@ -188,6 +188,7 @@ class Handlers:
         check_fd_peers([fds.get(input_), fds.get(output)], caller.uid)
         streams = [fds.take(input_), fds.take(output)]
         name, written = await self.work.stream(caller.sender, streams, bind(*streams))
+        self.keys.used(name)
         return Reply((name, written), key=name)
 
     # --- key objects ---------------------------------------------------------------------

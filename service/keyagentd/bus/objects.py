@@ -7,7 +7,9 @@ PropertiesChanged. The dispatcher asks it which key a Key method's path names.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from keyagentd.bus.dispatch import Method
 from keyagentd.bus.fixes import FixedMessageBus
@@ -15,6 +17,9 @@ from keyagentd.bus.key import KeyObject
 from keyagentd.bus.manager import Manager
 from keyagentd.cache import KeyCache
 from keyagentd.keystore import KeyRecord
+
+#: How long uses of a key are gathered into one UnlockedUntil PropertiesChanged (seconds).
+USE_COALESCE: Final = 1.0
 
 
 class KeyObjects:
@@ -33,6 +38,8 @@ class KeyObjects:
         self._on_change = on_change
         self._objects: dict[str, KeyObject] = {}
         self._names: dict[str, str] = {}  # object path -> key name
+        self._used: set[str] = set()  # keys whose UnlockedUntil moved, signal pending
+        self._announced: dict[str, int] = {}  # the UnlockedUntil last signalled
 
     def export(self, record: KeyRecord) -> KeyObject:
         obj = KeyObject(self._cache, record, self._methods)
@@ -58,6 +65,8 @@ class KeyObjects:
 
     def removed(self, name: str) -> None:
         obj = self._objects.pop(name, None)
+        self._used.discard(name)
+        self._announced.pop(name, None)
         if obj is not None:
             self._names.pop(obj.path, None)
             self._bus.unexport(obj.path)
@@ -65,7 +74,28 @@ class KeyObjects:
         self._on_change()
 
     def changed(self, name: str) -> None:
+        self._used.discard(name)  # the full state goes out now
         obj = self._objects.get(name)
         if obj is not None:
-            obj.emit_properties_changed(obj.state())
+            state = obj.state()
+            self._announced[name] = obj.UnlockedUntil
+            obj.emit_properties_changed(state)
         self._on_change()
+
+    def used(self, name: str) -> None:
+        """A use moved ``name``'s UnlockedUntil: one PropertiesChanged per key per
+        `USE_COALESCE` seconds, however many uses (a burst of Decrypts sends one)."""
+        obj = self._objects.get(name)
+        if name in self._used or obj is None or obj.UnlockedUntil == self._announced.get(name):
+            return  # pending already, or not moved (the maximum lifetime bounds it)
+        self._used.add(name)
+        asyncio.get_running_loop().call_later(USE_COALESCE, self._send_used, name)
+
+    def _send_used(self, name: str) -> None:
+        if name not in self._used:
+            return  # sent meanwhile (locked, unlocked) or the key went away
+        self._used.discard(name)
+        obj = self._objects.get(name)
+        if obj is not None:
+            until = self._announced[name] = obj.UnlockedUntil
+            obj.emit_properties_changed({"UnlockedUntil": until})
