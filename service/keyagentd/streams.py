@@ -138,7 +138,12 @@ class FdSink:
 
 
 class StreamRunner:
-    """Runs fd jobs in a bounded pool, at most ``max_per_caller`` at once per caller."""
+    """Runs fd jobs in a bounded pool, at most ``max_per_caller`` at once per caller.
+
+    A stream whose input has nothing to read yet waits on the event loop, not in the pool:
+    the threads are the scarce resource, and a caller holding streams on pipes nobody writes
+    must not starve everyone else's streams and unlocks (it only uses up its own quota).
+    """
 
     def __init__(self, max_per_caller: int = DEFAULT_MAX_STREAMS, max_workers: int = 16) -> None:
         # A stream thread gives up the GIL around every read, decrypt and write, and takes
@@ -150,13 +155,21 @@ class StreamRunner:
         self.max_per_caller = max_per_caller
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="stream")
         self._running: dict[str, list[threading.Event]] = {}
+        self._waiting: dict[threading.Event, asyncio.Future[None]] = {}
 
     @property
     def active(self) -> int:
         return sum(len(v) for v in self._running.values())
 
-    async def run(self, caller: str, fds: list[int], job: Callable[[threading.Event], T]) -> T:
-        """Run ``job(cancel)`` in a worker; ``fds`` are closed when it ends (or is refused)."""
+    async def run(
+        self,
+        caller: str,
+        fds: list[int],
+        job: Callable[[threading.Event], T],
+        readable: int | None = None,
+    ) -> T:
+        """Run ``job(cancel)`` in a worker once ``readable`` (the input) has data or EOF;
+        ``fds`` are closed when it ends (or is refused)."""
         events = self._running.setdefault(caller, [])
         if len(events) >= self.max_per_caller:
             if not events:
@@ -176,15 +189,54 @@ class StreamRunner:
                 close_fds(fds)
 
         try:
+            if readable is not None:
+                await self._until_readable(readable, cancel)
             future = self._pool.submit(work)
         except RuntimeError:  # shutting down
             close_fds(fds)
             self._release(caller, cancel)
             raise Cancelled("The agent is shutting down.") from None
+        except BaseException:
+            close_fds(fds)
+            self._release(caller, cancel)
+            raise
         try:
             return await asyncio.wrap_future(future)
         finally:
             self._release(caller, cancel)
+
+    async def _until_readable(self, fd: int, cancel: threading.Event) -> None:
+        """Wait on the loop until ``fd`` can be read (data, EOF or error), or cancellation."""
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                return  # a regular file never blocks
+        except OSError:
+            return  # let the job report it
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        try:
+            loop.add_reader(fd, ready)
+        except (OSError, ValueError):
+            return  # not pollable: the job's own waits take over
+        self._waiting[cancel] = waiter
+        try:
+            await waiter
+        finally:
+            loop.remove_reader(fd)
+            self._waiting.pop(cancel, None)
+        if cancel.is_set():
+            raise Cancelled("The operation was cancelled.")
+
+    def _wake(self, cancel: threading.Event) -> None:
+        cancel.set()
+        waiter = self._waiting.get(cancel)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _release(self, caller: str, cancel: threading.Event) -> None:
         events = self._running.get(caller)
@@ -196,12 +248,12 @@ class StreamRunner:
     def cancel(self, caller: str) -> None:
         """Stop every stream of ``caller`` (it left the bus)."""
         for event in self._running.get(caller, []):
-            event.set()
+            self._wake(event)
 
     def shutdown(self) -> None:
         for events in self._running.values():
             for event in events:
-                event.set()
+                self._wake(event)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -49,10 +49,11 @@ class Work:
         return await self._run(self._dialogs, functools.partial(fn, *args))
 
     async def stream(self, sender: str, fds: list[int], job: Callable[[threading.Event], T]) -> T:
-        """Run ``job(cancel)`` as one of ``sender``'s streams; ``fds`` are closed after it."""
+        """Run ``job(cancel)`` as one of ``sender``'s streams; ``fds`` are closed after it.
+        ``fds[0]`` is the input: the stream takes a thread only once it can be read."""
         self.inflight += 1
         try:
-            return await self.streams.run(sender, fds, job)
+            return await self.streams.run(sender, fds, job, readable=fds[0])
         finally:
             self.inflight -= 1
             self.touch()
