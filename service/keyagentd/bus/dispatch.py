@@ -70,6 +70,9 @@ class Method:
     out_args: tuple[tuple[str, str], ...]
     handler: Handler
     audit_key: Callable[[Sequence[Any]], str] = field(default=_no_key)
+    #: Runs even when its sender left before the gate could read its uid: only for calls
+    #: that can take access away and never grant or reveal anything (LockAll).
+    orphan_safe: bool = False
 
     @property
     def in_signature(self) -> str:
@@ -167,6 +170,22 @@ class Dispatcher:
             text = f"{msg.member} takes arguments '{method.in_signature}', not '{msg.signature}'."
             return self._answer(msg, InvalidArgs(text))
         self._bus.keep_fds()  # from here `fds` owns them
+        self._run(method, caller, msg, [*lead, *msg.body], ReceivedFds(msg.unix_fds))
+        return True
+
+    def orphan(self, msg: Message) -> bool:
+        """The gate's ``on_orphan``: run ``msg`` if its method is `Method.orphan_safe`
+        (its sender is gone, its uid unknown); True if it was run."""
+        method = self._methods.get((msg.interface or "", msg.member or ""))
+        if method is None or not method.orphan_safe or msg.signature != method.in_signature:
+            return False
+        target = self._targets.get(method.interface)
+        lead = target(msg.path or "") if target is not None else None
+        if lead is None:
+            return False
+        log.info("%s from %s, which left before its uid was known", msg.member, msg.sender)
+        self._bus.keep_fds()
+        caller = Caller(msg.sender or "", None, None)
         self._run(method, caller, msg, [*lead, *msg.body], ReceivedFds(msg.unix_fds))
         return True
 

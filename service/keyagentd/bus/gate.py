@@ -7,6 +7,9 @@
    while one credentials lookup runs; then they are replayed, in order, through the bus's
    `replay` (which meets the cached verdict this time). A failed lookup denies.
    Denied calls get AccessDenied, or nothing when the caller asked for no reply.
+   A sender that left before its credentials could be read is denied too, but its queued
+   calls are first offered to ``on_orphan``: the dispatcher runs the ones that can only
+   take access away (``LockAll``), so a fire-and-forget "lock everything" always locks.
 
 Checking inside each method instead would be unsafe: property getters and
 GetManagedObjects never reach our methods.
@@ -34,6 +37,7 @@ NAME_LOST_RULE = (
     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
     "path='/org/freedesktop/DBus',member='NameOwnerChanged'"
 )
+NAME_HAS_NO_OWNER = "org.freedesktop.DBus.Error.NameHasNoOwner"
 MAX_QUEUED_PER_SENDER = 64
 MAX_PENDING_SENDERS = 256
 
@@ -55,10 +59,12 @@ class Gate:
         *,
         uid: int,
         on_gone: Callable[[str], None] = lambda sender: None,
+        on_orphan: Callable[[Message], bool] = lambda msg: False,
     ) -> None:
         self._bus = bus
         self._uid = uid
         self._on_gone = on_gone
+        self._on_orphan = on_orphan
         self._verdicts: dict[str, Caller] = {}
         self._queues: dict[str, list[Message]] = {}
         self._gone_while_pending: set[str] = set()
@@ -165,9 +171,13 @@ class Gate:
         ):
             self._lookup(sender, "GetConnectionUnixUser")  # an old bus daemon
             return
+        gone = reply is not None and reply.error_name == NAME_HAS_NO_OWNER
         self._verdicts[sender] = caller
         for queued in self._queues.pop(sender, []):
-            self._bus.replay(queued)
+            # The sender left before its uid could be read: its calls are denied, except
+            # those that can only take access away (LockAll from a hotkey's dbus-send).
+            if not (gone and self._on_orphan(queued)):
+                self._bus.replay(queued)
         if sender in self._gone_while_pending:
             self._gone_while_pending.discard(sender)
             self._verdicts.pop(sender, None)

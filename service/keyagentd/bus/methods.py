@@ -254,7 +254,7 @@ def method_table(keys: Keys, crypt: Crypt, work: Work) -> list[Method]:
         Method(MI, "ImportKey", (("name", "s"), ("identity", "s"), ("passphrase", "s"), OPTIONS),
                (("key", "o"),), h.import_key, _first),
         Method(MI, "DeleteKey", (("name", "s"), OPTIONS), (), h.delete_key, _first),
-        Method(MI, "LockAll", (), (), h.lock_all),
+        Method(MI, "LockAll", (), (), h.lock_all, orphan_safe=True),
         Method(MI, "Encrypt", (("recipients", "as"), ("plaintext", "ay"), OPTIONS),
                (("ciphertext", "ay"),), h.encrypt, h.known_recipients),
         Method(MI, "Decrypt", (("ciphertext", "ay"), OPTIONS),

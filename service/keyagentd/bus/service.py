@@ -110,7 +110,7 @@ class Agent:
         )
         self.methods = method_table(self.keys, self.crypt, self.work)
         self.audit = Audit(self._send_access)
-        self.gate = Gate(bus, uid=uid, on_gone=self._caller_gone)
+        self.gate = Gate(bus, uid=uid, on_gone=self._caller_gone, on_orphan=self._orphan)
         self.dispatcher = Dispatcher(
             bus,
             self.gate,
@@ -221,6 +221,9 @@ class Agent:
         self.keys.lock_all(reason)
 
     # --- activity and idle exit ----------------------------------------------------------
+
+    def _orphan(self, msg: Message) -> bool:
+        return self.dispatcher.orphan(msg)
 
     def _caller_gone(self, sender: str) -> None:
         self.work.cancel(sender)
