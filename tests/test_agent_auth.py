@@ -56,6 +56,15 @@ def test_other_uid_is_denied_everything_but_introspect_and_ping(permissive_bus: 
         bus, "--object-path", MANAGER, "--method", "org.freedesktop.DBus.Introspectable.Introspect"
     )
     assert code == 0 and "CreateKey" in text
+    # ... but sees no children: not even which keys exist (issue 13).
+    code, text = as_other(
+        bus, "--object-path", f"{MANAGER}/keys", "--method",
+        "org.freedesktop.DBus.Introspectable.Introspect",
+    )  # fmt: skip
+    assert code == 0 and "<node" in text and "mine" not in text, text
+    with Client(bus.address) as me:
+        mine = me.call(f"{MANAGER}/keys", "org.freedesktop.DBus.Introspectable", "Introspect")[0]
+        assert '<node name="mine"' in mine  # the owner sees them
     code, text = as_other(
         bus, "--object-path", MANAGER, "--method", "org.freedesktop.DBus.Peer.Ping"
     )

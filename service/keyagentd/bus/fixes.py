@@ -20,8 +20,9 @@ Stock behaviour -> ours (upstream report):
    D-Bus specification; GDBus's client expects it).
 5. Error replies carry only the sentence (`s`) -> `ErrorWithData` sends the protocol
    error's whole body (`Locked`: `sas`, the candidate names as data).
-6. No public way to reach the socket, call with a plain callback or replay a held
-   message -> `bus_socket`, `FixedMessageBus.call_back`, `FixedMessageBus.replay`.
+6. No public way to reach the socket, call with a plain callback, replay a held message
+   or introspect a path without its children -> `bus_socket`, `FixedMessageBus.call_back`,
+   `FixedMessageBus.replay`, `introspection_without_children`.
 
 Method calls to our own interfaces never reach dbus-fast's method dispatch: the dispatcher
 (dispatch.py) answers them from a user message handler (`add_message_handler`, public), and
@@ -62,6 +63,7 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (BaseMessageBus, "_call"),
     (BaseMessageBus, "_emit_interface_added"),
     (BaseMessageBus, "_emit_interface_removed"),
+    (BaseMessageBus, "_introspect_export_path"),
     (MessageBus, "_writer"),
     (MessageBus, "_finalize"),
     (MessageBus, "_disconnected"),
@@ -101,6 +103,13 @@ def check_dbus_fast() -> None:
 
 
 check_dbus_fast()
+
+
+def introspection_without_children(bus: MessageBus, path: str) -> str:
+    """What Introspect of ``path`` answers, minus its child nodes (key names, for one)."""
+    node = bus._introspect_export_path(path)
+    node.nodes = []
+    return node.tostring()
 
 
 def bus_socket(bus: MessageBus) -> socket.socket:

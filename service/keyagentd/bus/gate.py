@@ -1,7 +1,8 @@
 """The gate: who is calling, and may they? Behind the dispatcher (dispatch.py).
 
 1. Signals: NameOwnerChanged drops cached verdicts (`observe`).
-2. ``Introspectable`` and ``Peer`` are open to all, and the bus daemon itself passes.
+2. ``Peer`` is open to all, and the bus daemon itself passes. ``Introspectable`` too, but
+   a caller of another uid gets each node without its children (no key names).
 3. Caller: the sender's uid, as the bus daemon reports it, must be the agent's. Verdicts
    are cached per unique name. A sender seen for the first time has its calls queued
    while one credentials lookup runs; then they are replayed, in order, through the bus's
@@ -26,13 +27,14 @@ from dbus_fast import Message, MessageFlag, MessageType
 from keyagent.protocol import RateLimited
 from keyagentd.auth import Caller, caller_from_credentials
 from keyagentd.bus.errors import access_denied, error_reply
-from keyagentd.bus.fixes import FixedMessageBus
+from keyagentd.bus.fixes import FixedMessageBus, introspection_without_children
 
 log = logging.getLogger(__name__)
 
 BUS_DAEMON = "org.freedesktop.DBus"
 BUS_PATH = "/org/freedesktop/DBus"
-OPEN_INTERFACES = frozenset({"org.freedesktop.DBus.Introspectable", "org.freedesktop.DBus.Peer"})
+INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
+PEER = "org.freedesktop.DBus.Peer"
 NAME_LOST_RULE = (
     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
     "path='/org/freedesktop/DBus',member='NameOwnerChanged'"
@@ -99,16 +101,25 @@ class Gate:
         """A method call's caller if they may call; else None (open to all: pass it on to
         dbus-fast), or the answer (an error reply; True: answered, or queued for replay)."""
         sender = msg.sender
-        if msg.interface in OPEN_INTERFACES or sender == BUS_DAEMON:
+        if msg.interface == PEER or sender == BUS_DAEMON:
             return None
         if not sender:
-            return self._deny(msg, None)
+            return None if msg.interface == INTROSPECTABLE else self._deny(msg, None)
         caller = self._verdicts.get(sender)
         if caller is None:
             return self._enqueue(sender, msg)
         if not caller.allowed(self._uid):
+            if msg.interface == INTROSPECTABLE and msg.member == "Introspect":
+                return self._introspect_for_others(msg)
             return self._deny(msg, caller)
         return caller
+
+    def _introspect_for_others(self, msg: Message) -> Message | bool:
+        """Another uid may introspect, but sees no children: no key names."""
+        if _no_reply(msg):
+            return True
+        xml = introspection_without_children(self._bus, msg.path or "/")
+        return Message.new_method_return(msg, "s", [xml])
 
     def _answer(self, msg: Message, exc: Any) -> Message | bool:
         return True if _no_reply(msg) else error_reply(msg, exc)
