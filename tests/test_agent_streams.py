@@ -344,3 +344,43 @@ def test_streams_on_silent_pipes_starve_no_one(private_bus: PrivateBus, tmp_path
             os.close(fd)
         for holder in holders:
             holder.close()
+
+
+def test_unlocks_never_queue_behind_stalled_streams(private_bus: PrivateBus) -> None:
+    """Sixteen streams that started (their input sent a byte) and then stalled hold every
+    stream thread; an UnlockFromFd still answers: it is read on the event loop (issue 13)."""
+    with Client(private_bus.address) as setup:
+        setup.create("stalled")
+    manager = DBusAddress(MANAGER, bus_name=protocol.BUS_NAME, interface=MI)
+    holders: list[Client] = []
+    silent: list[int] = []
+    try:
+        for _ in range(4):
+            holder = Client(private_bus.address)
+            holders.append(holder)
+            for _ in range(4):
+                r, w = os.pipe()
+                out_r, out_w = os.pipe()
+                os.write(w, b"a")  # readable: the stream takes a thread, then waits for more
+                holder.conn.send(new_method_call(manager, "DecryptFd", "hha{sv}", (r, out_w, {})))
+                os.close(r)
+                os.close(out_w)
+                silent += [w, out_r]
+            holder.prop(MANAGER, MI, "Version")
+        with Client(private_bus.address, timeout=30) as other:
+            r, w = os.pipe()
+            os.write(w, b"pw\n")
+            os.close(w)
+            try:
+                other.k("stalled", "UnlockFromFd", "ha{sv}", r, {})
+            finally:
+                os.close(r)
+            assert (
+                other.prop(protocol.key_path("stalled"), "org.example.KeyAgent.Key", "Locked")
+                is False
+            )
+    finally:
+        for fd in silent:
+            os.close(fd)
+        for holder in holders:
+            holder.close()

@@ -288,18 +288,29 @@ MAX_PASSPHRASE_BYTES: Final = 4096
 PASSPHRASE_READ_TIMEOUT: Final = 30.0
 
 
-def read_passphrase(fd: int, cancel: threading.Event) -> str:
-    """The passphrase written to ``fd`` up to EOF, minus one trailing newline."""
-    src = FdSource(fd, cancel, timeout=PASSPHRASE_READ_TIMEOUT)
+async def read_passphrase_async(fd: int) -> str:
+    """The passphrase written to ``fd`` up to EOF, minus one trailing newline. Read on the
+    event loop: an unlock never waits for (or holds) a stream thread, whatever the streams
+    are doing. Times out after `PASSPHRASE_READ_TIMEOUT`."""
     buf = bytearray(MAX_PASSPHRASE_BYTES + 1)
     view = memoryview(buf)
     try:
         total = 0
-        while total < len(buf):
-            n = src.readinto(view[total:])
-            if n == 0:
-                break
-            total += n
+        try:
+            async with asyncio.timeout(PASSPHRASE_READ_TIMEOUT):
+                while total < len(buf):
+                    await _until_readable(fd)
+                    try:
+                        n = os.readv(fd, [view[total:]])
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        raise Failed(f"Reading the input failed: {exc.strerror}.") from None
+                    if n == 0:
+                        break
+                    total += n
+        except TimeoutError:
+            raise Failed("Timed out waiting for the caller's data.") from None
         if total > MAX_PASSPHRASE_BYTES:
             raise TooLarge(f"A passphrase is at most {MAX_PASSPHRASE_BYTES} bytes.")
         end = total - 1 if total and buf[total - 1] == 0x0A else total
@@ -310,3 +321,27 @@ def read_passphrase(fd: int, cancel: threading.Event) -> str:
     finally:
         view.release()
         wipe(buf)
+
+
+async def _until_readable(fd: int) -> None:
+    """Wait on the loop until ``fd`` can be read; at once for what cannot be polled."""
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+    except OSError:
+        return  # the read reports it
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    try:
+        loop.add_reader(fd, wake)
+    except (OSError, ValueError):
+        return
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)

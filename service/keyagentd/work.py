@@ -12,7 +12,7 @@ import asyncio
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -54,6 +54,15 @@ class Work:
         self.inflight += 1
         try:
             return await self.streams.run(sender, fds, job, readable=fds[0])
+        finally:
+            self.inflight -= 1
+            self.touch()
+
+    async def track(self, work: Awaitable[T]) -> T:
+        """Await ``work`` done on the loop itself (e.g. a pipe read), counted as running."""
+        self.inflight += 1
+        try:
+            return await work
         finally:
             self.inflight -= 1
             self.touch()

@@ -33,7 +33,7 @@ from keyagentd.bus.dispatch import Method, Reply
 from keyagentd.crypt import Crypt
 from keyagentd.fds import ReceivedFds
 from keyagentd.keys import Keys
-from keyagentd.streams import check_fd_peers, read_passphrase
+from keyagentd.streams import check_fd_peers, read_passphrase_async
 from keyagentd.work import Work
 
 # --- options ---------------------------------------------------------------------------
@@ -209,10 +209,8 @@ class Handlers:
         name, index, options = args
         parsed = parse_options(options, UNLOCK)
         check_fd_peers([fds.get(index)], caller.uid)
-        fd = fds.take(index)
-        passphrase = await self.work.stream(
-            caller.sender, [fd], lambda cancel: read_passphrase(fd, cancel)
-        )
+        # Read on the loop (not a stream thread): unlocks never queue behind streams.
+        passphrase = await self.work.track(read_passphrase_async(fds.get(index)))
         idle, maximum = parsed.number("idle-timeout"), parsed.number("max-timeout")
         await self.keys.unlock(name, passphrase, idle, maximum)
         return Reply()
