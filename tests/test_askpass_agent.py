@@ -138,9 +138,6 @@ class NoListener:
     def changed(self, name: str) -> None:
         pass
 
-    def used(self, name: str) -> None:
-        pass
-
 
 def _agent(tmp: Path) -> Keys:
     """The core's keys alone: no bus, no agent process."""

@@ -53,9 +53,6 @@ class Events:
     def changed(self, name: str) -> None:
         self.seen.append(("changed", name))
 
-    def used(self, name: str) -> None:
-        self.seen.append(("used", name))
-
 
 def _keys(tmp: Path, work: Work) -> tuple[Keys, Events]:
     kdf = KdfParams(memory_kib=1024, time_cost=1, parallelism=1)

@@ -65,11 +65,11 @@ class Audit:
     AccessLog signal). The dispatcher calls `record` right after the reply went out, with
     the caller it checked: nothing here is ambient."""
 
-    def __init__(self, emit: Emit, cache: ExecutableCache | None = None) -> None:
+    def __init__(self, emit: Emit | None = None, cache: ExecutableCache | None = None) -> None:
         self._emit = emit
         self.executables = ExecutableCache() if cache is None else cache
 
-    def record(self, operation: str, key: str, caller: Caller | None, outcome: str) -> None:
+    def record(self, operation: str, key: str, caller: Caller | None, outcome: str) -> AccessRecord:
         """``outcome``: "ok", an error's short name, or "error" for an unexpected exception
         (the caller saw Failed)."""
         pid = caller.pid if caller is not None and caller.pid is not None else 0
@@ -79,10 +79,13 @@ class Audit:
         sender = caller.sender if caller is not None else ""
         exe = self.executables.get(sender, pid) if pid else ""
         result = "Failed" if outcome == "error" else outcome
-        try:
-            self._emit(access_record(operation, key, pid, result, executable=exe))
-        except Exception:  # a log signal must never break an operation or the loop
-            log.exception("could not send the AccessLog signal")
+        record = access_record(operation, key, pid, result, executable=exe)
+        if self._emit is not None:
+            try:
+                self._emit(record)
+            except Exception:  # a log signal must never break an operation or the loop
+                log.exception("could not send the AccessLog signal")
+        return record
 
     def forget(self, sender: str) -> None:
         """``sender`` left the bus."""

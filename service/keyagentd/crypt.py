@@ -215,7 +215,6 @@ class Crypt:
                 raise
             await self.keys.unlock_by_askpass(exc.names[0], pid)
             name, plaintext = await self._decrypt(ciphertext, pin, passphrase, pid)
-        self.keys.used(name)
         return plaintext, name
 
     async def _decrypt(

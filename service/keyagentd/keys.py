@@ -43,9 +43,6 @@ class KeyEvents(Protocol):
     def changed(self, name: str) -> None:
         """Locked or unlocked (by a call, a timeout or a desktop trigger)."""
 
-    def used(self, name: str) -> None:
-        """Used to decrypt: its idle deadline (UnlockedUntil) moved."""
-
 
 def check_name(name: str) -> None:
     if not is_valid_key_name(name):
@@ -196,11 +193,6 @@ class Keys:
                 if attempt == ASKPASS_TRIES - 1:
                     raise
             retry = True
-
-    def used(self, name: str) -> None:
-        """``name`` opened a file (a Decrypt or DecryptFd ended well)."""
-        if name and self.cache.is_unlocked(name):
-            self.events.used(name)
 
     def lock(self, name: str) -> None:
         self.require(name)

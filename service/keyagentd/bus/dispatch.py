@@ -35,6 +35,7 @@ from keyagentd.bus.fixes import FixedMessageBus
 from keyagentd.bus.gate import Gate
 from keyagentd.errors import wire_error
 from keyagentd.fds import ReceivedFds
+from keyagentd.policy import AccessRecord
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ class Dispatcher:
         methods: Iterable[Method],
         targets: dict[str, Target],
         on_call: Callable[[], None] = lambda: None,
+        announce: Callable[[AccessRecord], None] = lambda record: None,
     ) -> None:
         self._bus = bus
         self._gate = gate
@@ -142,6 +144,7 @@ class Dispatcher:
         self._methods = {(m.interface, m.member): m for m in methods}
         self._targets = targets
         self._on_call = on_call
+        self._announce = announce
         self._tasks: set[asyncio.Task[Reply]] = set()
 
     @property
@@ -239,7 +242,11 @@ class Dispatcher:
             reply = error_reply(msg, exc)
         if not no_reply(msg):
             self._bus.send(reply)
-        self._audit.record(method.member, key, caller, short)
+        record = self._audit.record(method.member, key, caller, short)
+        try:
+            self._announce(record)  # the AccessLog signal, after the reply
+        except Exception:  # a log signal must never break an operation or the loop
+            log.exception("could not send the AccessLog signal")
 
     def _answer(self, msg: Message, exc: KeyAgentError) -> Message | bool:
         return True if no_reply(msg) else error_reply(msg, exc)

@@ -12,7 +12,7 @@ InvalidArgs: a typo must not silently fall back to a default (an Encrypt that fo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from dbus_fast import Variant
@@ -109,10 +109,11 @@ def pid_of(caller: Caller) -> int:
 class Handlers:
     """The handlers, bound to the core they call."""
 
-    def __init__(self, keys: Keys, crypt: Crypt, work: Work) -> None:
+    def __init__(self, keys: Keys, crypt: Crypt, work: Work, used: Callable[[str], None]) -> None:
         self.keys = keys
         self.crypt = crypt
         self.work = work
+        self.used = used  # a key opened a file: its UnlockedUntil may have moved
 
     # --- manager: keys -------------------------------------------------------------------
 
@@ -164,6 +165,7 @@ class Handlers:
             askpass=parsed.flag("askpass"),
             pid=pid_of(caller),
         )
+        self.used(name)
         return Reply((plaintext, name), key=name)
 
     async def encrypt_fd(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
@@ -188,7 +190,7 @@ class Handlers:
         check_fd_peers([fds.get(input_), fds.get(output)], caller.uid)
         streams = [fds.take(input_), fds.take(output)]
         name, written = await self.work.stream(caller.sender, streams, bind(*streams))
-        self.keys.used(name)
+        self.used(name)
         return Reply((name, written), key=name)
 
     # --- key objects ---------------------------------------------------------------------
@@ -243,9 +245,11 @@ def _first(args: Sequence[Any]) -> str:
     return name if isinstance(name, str) and is_valid_key_name(name) else ""
 
 
-def method_table(keys: Keys, crypt: Crypt, work: Work) -> list[Method]:
-    """Every method, as the contract names it."""
-    h = Handlers(keys, crypt, work)
+def method_table(
+    keys: Keys, crypt: Crypt, work: Work, used: Callable[[str], None] = lambda name: None
+) -> list[Method]:
+    """Every method, as the contract names it; ``used(name)``: a key opened a file."""
+    h = Handlers(keys, crypt, work, used)
     return [
         Method(MI, "CreateKey", (("name", "s"), ("passphrase", "s"), OPTIONS),
                (("key", "o"), ("recipient", "s")), h.create_key, _first),

@@ -86,7 +86,9 @@ class KeyObjects:
         """A use moved ``name``'s UnlockedUntil: one PropertiesChanged per key per
         `USE_COALESCE` seconds, however many uses (a burst of Decrypts sends one)."""
         obj = self._objects.get(name)
-        if name in self._used or obj is None or obj.UnlockedUntil == self._announced.get(name):
+        if not name or name in self._used or obj is None:
+            return
+        if obj.UnlockedUntil == self._announced.get(name):
             return  # pending already, or not moved (the maximum lifetime bounds it)
         self._used.add(name)
         asyncio.get_running_loop().call_later(USE_COALESCE, self._send_used, name)

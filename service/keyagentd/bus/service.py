@@ -108,8 +108,8 @@ class Agent:
         self.crypt = Crypt(
             self.keys, max_payload=config.max_payload, scrypt_work_factor=config.scrypt_work_factor
         )
-        self.methods = method_table(self.keys, self.crypt, self.work)
-        self.audit = Audit(self._send_access)
+        self.methods = method_table(self.keys, self.crypt, self.work, self.objects.used)
+        self.audit = Audit()
         self.gate = Gate(bus, uid=uid, on_gone=self._caller_gone, on_orphan=self._orphan)
         self.dispatcher = Dispatcher(
             bus,
@@ -122,6 +122,7 @@ class Agent:
                 KEY_INTERFACE: self.objects.target,
             },
             on_call=self.work.touch,
+            announce=self._send_access,
         )
 
     # The bus objects list the method table in their introspection, read when asked.
