@@ -21,6 +21,7 @@ from keyagent.protocol import KEY_INTERFACE as KI
 from keyagent.protocol import (
     KEY_TYPE_X25519,
     KEY_TYPES,
+    MANAGER_PATH,
     InvalidArgs,
     Unsupported,
     is_valid_key_name,
@@ -236,6 +237,11 @@ class Handlers:
     def known_recipients(self, args: Sequence[Any]) -> str:
         """The key names among an Encrypt's recipients (as the audit names them)."""
         return ",".join(r for r in args[0] if isinstance(r, str) and r in self.keys.records)
+
+
+def manager_target(path: str) -> list[Any] | None:
+    """The dispatcher's target for manager methods: the manager's path, no leading args."""
+    return [] if path == MANAGER_PATH else None
 
 
 def _first(args: Sequence[Any]) -> str:

@@ -78,7 +78,7 @@ class KeyObjects:
         obj = self._objects.get(name)
         if obj is not None:
             state = obj.state()
-            self._announced[name] = obj.UnlockedUntil
+            self._announced[name] = self._cache.unlocked_until(name)
             obj.emit_properties_changed(state)
         self._on_change()
 
@@ -88,7 +88,7 @@ class KeyObjects:
         obj = self._objects.get(name)
         if not name or name in self._used or obj is None:
             return
-        if obj.UnlockedUntil == self._announced.get(name):
+        if self._cache.unlocked_until(name) == self._announced.get(name):
             return  # pending already, or not moved (the maximum lifetime bounds it)
         self._used.add(name)
         asyncio.get_running_loop().call_later(USE_COALESCE, self._send_used, name)
@@ -99,5 +99,5 @@ class KeyObjects:
         self._used.discard(name)
         obj = self._objects.get(name)
         if obj is not None:
-            until = self._announced[name] = obj.UnlockedUntil
+            until = self._announced[name] = self._cache.unlocked_until(name)
             obj.emit_properties_changed({"UnlockedUntil": until})

@@ -36,7 +36,7 @@ from keyagentd.bus.dispatch import Dispatcher, Method
 from keyagentd.bus.fixes import FixedMessageBus, bus_socket
 from keyagentd.bus.gate import Gate
 from keyagentd.bus.manager import Manager
-from keyagentd.bus.methods import method_table
+from keyagentd.bus.methods import manager_target, method_table
 from keyagentd.bus.objects import KeyObjects
 from keyagentd.cache import KeyCache
 from keyagentd.config import Config as UserConfig
@@ -118,7 +118,7 @@ class Agent:
             max_payload=config.max_payload,
             methods=self.methods,
             targets={
-                MANAGER_INTERFACE: lambda path: [] if path == MANAGER_PATH else None,
+                MANAGER_INTERFACE: manager_target,
                 KEY_INTERFACE: self.objects.target,
             },
             on_call=self.work.touch,
