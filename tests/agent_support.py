@@ -34,12 +34,14 @@ FAST_ARGS = (*TEST_AGENT_ARGS, "--scrypt-work-factor", "10")
 
 
 class CallError(Exception):
-    """An error reply: ``name`` is the D-Bus error name, ``text`` its message."""
+    """An error reply: ``name`` is the D-Bus error name, ``text`` its message, ``data`` the
+    rest of its body (``Locked``: the candidate names)."""
 
-    def __init__(self, name: str, text: str) -> None:
+    def __init__(self, name: str, text: str, data: tuple[Any, ...] = ()) -> None:
         super().__init__(f"{name}: {text}")
         self.name = name
         self.text = text
+        self.data = data
 
     @property
     def short(self) -> str:
@@ -81,7 +83,7 @@ class Client:
         if reply.header.message_type == MessageType.error:
             name = reply.header.fields.get(HeaderFields.error_name, "")
             text = reply.body[0] if reply.body else ""
-            raise CallError(name, text)
+            raise CallError(name, text, tuple(reply.body[1:]))
         return tuple(reply.body)
 
     # conveniences for the manager and keys

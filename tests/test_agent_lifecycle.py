@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -266,6 +267,48 @@ def test_timeouts_lock_keys_and_emit_properties_changed(private_bus: PrivateBus)
             locked = c.conn.recv_until_filtered(changes, timeout=10)
             assert locked.body[1]["Locked"] == ("b", True)
             c.k("timed", "Lock")  # locking a locked key: no error, no signal
+
+
+def test_a_use_that_moves_unlocked_until_is_signalled(private_bus: PrivateBus) -> None:
+    """Properties and their signals agree (issue 17): a Decrypt moves the idle deadline, so
+    UnlockedUntil changes and a (coalesced) PropertiesChanged says so."""
+    path = protocol.key_path("used")
+    with Client(private_bus.address) as c:
+        recipient = c.create("used")
+        ct = c.encrypt([recipient], b"use")
+        rule = MatchRule(
+            type="signal",
+            interface="org.freedesktop.DBus.Properties",
+            member="PropertiesChanged",
+            path=path,
+        )
+        c.conn.send_and_get_reply(message_bus.AddMatch(rule))
+        with c.conn.filter(rule, bufsize=10) as changes:
+            c.unlock_for("used", 600, 3600)
+            until = c.conn.recv_until_filtered(changes, timeout=10).body[1]["UnlockedUntil"][1]
+            # UnlockedUntil counts whole seconds: a use moves it once the clock has passed one.
+            assert wait_until(lambda: time.time() >= until - 600 + 1, 5)
+            assert c.decrypt(ct)[1] == "used"
+            moved = c.conn.recv_until_filtered(changes, timeout=10)
+            iface, values, _ = moved.body
+            assert iface == KI and set(values) == {"UnlockedUntil"}
+            assert values["UnlockedUntil"][1] == c.prop(path, KI, "UnlockedUntil") > until
+
+
+def test_constant_properties_are_annotated_const(private_bus: PrivateBus) -> None:
+    with Client(private_bus.address) as c:
+        c.create("consts")
+        xml = c.call(protocol.key_path("consts"), "org.freedesktop.DBus.Introspectable",
+                     "Introspect")[0]  # fmt: skip
+    emits = "org.freedesktop.DBus.Property.EmitsChangedSignal"
+    props = {
+        p.attrib["name"]: {a.attrib["name"]: a.attrib["value"] for a in p.findall("annotation")}
+        for p in ET.fromstring(xml).iter("property")  # noqa: S314 - our agent's XML
+    }
+    for name in ("Name", "Label", "Type", "Recipient", "Created"):
+        assert props[name].get(emits) == "const"
+    for name in ("Locked", "UnlockedUntil", "IdleTimeout", "MaxTimeout"):
+        assert props[name].get(emits, "true") == "true"
 
 
 def test_log_lines_name_operations_but_never_secrets(

@@ -185,11 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _serve(config: object) -> int:
-    from keyagentd.bus.service import Agent, Config
+    from keyagentd.bus.service import Config, connect
 
     assert isinstance(config, Config)
-    agent = Agent(config)
     try:
+        agent = await connect(config)
         await agent.start()
     except KeyAgentError as exc:
         log.error("%s", exc.message)
