@@ -13,9 +13,10 @@ import pyrage
 import pytest
 
 from conftest import have
-from keyagent import sshformat, sshload
-from keyagent.protocol import BadPassphrase, Malformed, NoMatch, Unsupported
+from keyagent.protocol import Malformed
 from keyagentd import age
+from keyagentd.age import sshformat, sshload
+from keyagentd.age.errors import NoMatchError, ParseError, PassphraseError, UnsupportedError
 from keyagentd.age.format import Stanza
 from keyagentd.age.ssh import montgomery
 from keyagentd.kdf import KdfParams
@@ -103,7 +104,7 @@ def test_other_key_and_tags(keys: dict[str, Path], tmp_path: Path) -> None:
     other = identity(keygen(tmp_path, "other", "-t", "ed25519"))
     ed = identity(keys["ed25519"])
     ct = age.encrypt_bytes([ed.recipient()], b"x")
-    with pytest.raises(NoMatch):
+    with pytest.raises(NoMatchError):
         age.decrypt_bytes([other], ct)
     [stanza] = ed.recipient().wrap(bytes(16), os.urandom)
     digest = hashlib.sha256(ed.recipient().wire).digest()
@@ -111,10 +112,10 @@ def test_other_key_and_tags(keys: dict[str, Path], tmp_path: Path) -> None:
     # Same tag, wrong share: the AEAD fails and the stanza is skipped, not an error.
     forged = Stanza("ssh-ed25519", (stanza.args[0], stanza.args[1]), bytes(32))
     assert ed.unwrap([forged]) is None
-    with pytest.raises(Malformed):
+    with pytest.raises(ParseError):
         ed.unwrap([Stanza("ssh-ed25519", (stanza.args[0],), stanza.body)])
     rsa = identity(keys["rsa"])
-    with pytest.raises(Malformed):
+    with pytest.raises(ParseError):
         rsa.unwrap([Stanza("ssh-rsa", ("a", "b"), b"")])
     [rs] = rsa.recipient().wrap(bytes(16), os.urandom)
     assert rsa.unwrap([Stanza("ssh-rsa", ("AAAAAA",), rs.body)]) is None  # another key's tag
@@ -130,7 +131,7 @@ def test_montgomery_matches_the_secret(keys: dict[str, Path]) -> None:
     secret = hashlib.sha512(bytes(ed.seed)).digest()[:32]
     public = X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
     assert montgomery(ed.recipient().wire[-32:]) == public
-    with pytest.raises(Malformed):
+    with pytest.raises(ParseError):
         montgomery((2).to_bytes(32, "little"))  # y = 2 is not on the curve
 
 
@@ -161,9 +162,9 @@ def test_protected_keys_need_the_passphrase(keys: dict[str, Path]) -> None:
     for kind in ("ed25519-pw", "rsa-pw"):
         text = keys[kind].read_text()
         assert sshformat.private_key_info(text).encrypted
-        with pytest.raises(BadPassphrase, match="protected by a passphrase"):
+        with pytest.raises(PassphraseError, match="protected by a passphrase"):
             age.parse_identity(text)
-        with pytest.raises(BadPassphrase, match=r"^The SSH key's passphrase is wrong\.$"):
+        with pytest.raises(PassphraseError, match=r"^The SSH key's passphrase is wrong\.$"):
             sshload.load_private_key(text, lambda: b"wrong")
         key = sshload.load_private_key(text, lambda: SSH_PW.encode())
         ours = age.parse_identity(sshload.to_openssh(key))
@@ -187,11 +188,19 @@ def sk_private_key() -> str:
 
 def test_bad_private_keys(keys: dict[str, Path]) -> None:
     cases: list[tuple[str, type[Exception], str]] = [
-        (keys["ecdsa"].read_text(), Unsupported, r"^ECDSA SSH keys cannot be used with age"),
-        (sk_private_key(), Unsupported, r"^Security-key \(FIDO, sk-\*\) SSH keys cannot"),
-        (keys["rsa-1024"].read_text(), Unsupported, r"^This RSA key has 1024 bits: age needs"),
-        (keys["ed25519"].read_text()[:300], Malformed, r"^The SSH private key is truncated"),
-        (keys["rsa"].read_text()[:-200] + "\n", Malformed, r"truncated or damaged\.$"),
+        (
+            keys["ecdsa"].read_text(),
+            UnsupportedError,
+            r"^ECDSA SSH keys cannot be used with age",
+        ),
+        (sk_private_key(), UnsupportedError, r"^Security-key \(FIDO, sk-\*\) SSH keys cannot"),
+        (
+            keys["rsa-1024"].read_text(),
+            UnsupportedError,
+            r"^This RSA key has 1024 bits: age needs",
+        ),
+        (keys["ed25519"].read_text()[:300], ParseError, r"^The SSH private key is truncated"),
+        (keys["rsa"].read_text()[:-200] + "\n", ParseError, r"truncated or damaged\.$"),
     ]
     for text, error, pattern in cases:
         with pytest.raises(error, match=pattern):
@@ -199,11 +208,11 @@ def test_bad_private_keys(keys: dict[str, Path]) -> None:
 
 
 def test_public_lines() -> None:
-    with pytest.raises(Unsupported, match=r"^ECDSA"):
+    with pytest.raises(UnsupportedError, match=r"^ECDSA"):
         sshformat.parse_public_line("ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYA c")
-    with pytest.raises(Malformed):
+    with pytest.raises(ParseError):
         sshformat.parse_public_line("ssh-ed25519 !!!")
-    with pytest.raises(Malformed, match="does not match"):
+    with pytest.raises(ParseError, match="does not match"):
         rsa_blob = base64.b64encode(b"\0\0\0\x07ssh-rsa").decode()
         sshformat.parse_public_line(f"ssh-ed25519 {rsa_blob}")
 
@@ -213,9 +222,9 @@ def test_authorized_keys_line_and_small_rsa(keys: dict[str, Path]) -> None:
     line = f'command="echo hi there",no-pty {pub}'
     assert age.parse_recipient(line) == age.parse_recipient(pub)
     assert age.parse_recipient(line).encode() == " ".join(pub.split()[:2])
-    with pytest.raises(Unsupported, match="1024 bits"):
+    with pytest.raises(UnsupportedError, match="1024 bits"):
         age.parse_recipient(Path(f"{keys['rsa-1024']}.pub").read_text())
-    with pytest.raises(Unsupported, match=r"^ECDSA"):
+    with pytest.raises(UnsupportedError, match=r"^ECDSA"):
         age.parse_recipient(Path(f"{keys['ecdsa']}.pub").read_text())
 
 
@@ -249,7 +258,7 @@ def test_pkcs8_keys(tmp_path: Path) -> None:
     ed = ed25519.Ed25519PrivateKey.generate()
     ours = age.parse_identity(pem(ed))
     assert ours.key_type == "ssh-ed25519"
-    with pytest.raises(Unsupported, match=r"^ECDSA SSH keys cannot be used with age"):
+    with pytest.raises(UnsupportedError, match=r"^ECDSA SSH keys cannot be used with age"):
         age.parse_identity(pem(ec.generate_private_key(ec.SECP256R1())))
 
 
@@ -279,7 +288,7 @@ def test_keystore_and_cache_hold_rsa(keys: dict[str, Path], tmp_path: Path) -> N
 def test_rsa_size_bounds() -> None:
     sshformat.check_rsa_bits(2048)
     sshformat.check_rsa_bits(8192)
-    with pytest.raises(Unsupported, match=r"^This RSA key has 2047 bits: age needs at least"):
+    with pytest.raises(UnsupportedError, match=r"^This RSA key has 2047 bits: age needs at least"):
         sshformat.check_rsa_bits(2047)
-    with pytest.raises(Unsupported, match=r"^This RSA key has 8193 bits: at most 8192"):
+    with pytest.raises(UnsupportedError, match=r"^This RSA key has 8193 bits: at most 8192"):
         sshformat.check_rsa_bits(8193)

@@ -14,7 +14,6 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from keyagent import sshformat
 from keyagent.context import (
     CommandError,
     Context,
@@ -27,7 +26,7 @@ from keyagent.context import (
 )
 from keyagent.output import PROGRESS_THRESHOLD, Progress, fd_position, input_size
 from keyagent.prompt import NoPassphraseSource
-from keyagent.protocol import BadPassphrase, Locked, Malformed, Unsupported
+from keyagent.protocol import BadPassphrase, Locked
 
 if TYPE_CHECKING:
     from keyagent.replay import ReplayableInput
@@ -59,13 +58,14 @@ def read_recipients_file(path: str) -> list[str]:
         if " " not in line and "\t" not in line:
             out.append(line)  # age1... (or a key name)
             continue
+        from keyagent import sshimport  # the age engine's SSH parser: only for such a line
+        from keyagentd.age import errors as age_errors
+
         try:
-            out.append(sshformat.encode_public(sshformat.parse_public_line(line)[1]))
-        except Unsupported as e:
-            print(
-                f"keyagent: warning: '{path}' line {number}: {e.message} Skipped.", file=sys.stderr
-            )
-        except Malformed:
+            out.append(sshimport.public_line(line))
+        except age_errors.UnsupportedError as e:
+            print(f"keyagent: warning: '{path}' line {number}: {e} Skipped.", file=sys.stderr)
+        except age_errors.ParseError:
             raise CommandError(
                 f"Recipients file '{path}': malformed recipient at line {number}."
             ) from None

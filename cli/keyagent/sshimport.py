@@ -1,17 +1,48 @@
 """`keyagent import` of an OpenSSH or PEM private key: the OpenSSH passphrase is asked here
 (terminal or ``--ssh-passphrase-fd``), and the agent gets the key in the clear, to seal it
-under its own passphrase, the way an ``AGE-SECRET-KEY-`` line travels."""
+under its own passphrase, the way an ``AGE-SECRET-KEY-`` line travels.
+
+The key text is read by the age engine's own modules (`keyagentd.age.sshformat`,
+`keyagentd.age.sshload`), which the agent runs too: one set of checks and sentences. Their
+errors are the engine's; `keyagentd.errors.wire_error` gives the agent's error for each, so
+the command reports them as it reports the agent's. Imported only by ``import`` and by an
+SSH line of a ``-R`` file: the engine loads cryptography.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-from keyagent import sshformat
 from keyagent.context import CommandError, Context
 from keyagent.prompt import NoPassphraseSource, Passphrases
-from keyagent.protocol import BadPassphrase
+from keyagentd.age import errors as age_errors
+from keyagentd.age import sshformat, sshload
+from keyagentd.errors import wire_error
 
 TTY_TRIES = 3
+
+
+@contextmanager
+def engine_errors() -> Iterator[None]:
+    """The engine's errors as the agent's (what the command's error handling knows)."""
+    try:
+        yield
+    except age_errors.AgeError as exc:
+        raise wire_error(exc) from None
+
+
+def is_private_key(text: str) -> bool:
+    return sshformat.looks_like_private_key(text)
+
+
+def is_public_key(text: str) -> bool:
+    return sshformat.is_ssh_recipient(text)
+
+
+def public_line(line: str) -> str:
+    """One ``authorized_keys``/``.pub`` line as ``type base64`` (engine errors)."""
+    return sshformat.encode_public(sshformat.parse_public_line(line)[1])
 
 
 def _source(ctx: Context) -> Passphrases:
@@ -29,8 +60,11 @@ def _given(secret: bytes) -> Callable[[], bytes]:
 
 def ssh_identity(ctx: Context, text: str, source: str) -> str:
     """The key of ``text`` as an unencrypted OpenSSH key (KeyAgentError if it cannot be)."""
-    from keyagent import sshload  # cryptography: only for an SSH key
+    with engine_errors():
+        return _ssh_identity(ctx, text, source)
 
+
+def _ssh_identity(ctx: Context, text: str, source: str) -> str:
     info = sshformat.private_key_info(text)  # refuse an unusable key before asking
     passphrases = _source(ctx)
     if not info.encrypted:
@@ -51,7 +85,7 @@ def ssh_identity(ctx: Context, text: str, source: str) -> str:
             ) from None
         try:
             return sshload.to_openssh(sshload.load_private_key(text, _given(secret)))
-        except BadPassphrase:
+        except age_errors.PassphraseError:
             if attempt == tries - 1:
                 raise
     raise AssertionError("unreachable")

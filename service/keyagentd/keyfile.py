@@ -55,7 +55,6 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from keyagent import sshformat
 from keyagent.protocol import (
     KEY_TYPE_SSH_RSA,
     STORED_KEY_TYPES,
@@ -65,7 +64,9 @@ from keyagent.protocol import (
     Unsupported,
     is_valid_key_name,
 )
-from keyagentd import kdf
+from keyagentd import age, kdf
+from keyagentd.age import sshformat
+from keyagentd.errors import wire_error
 from keyagentd.kdf import KdfParams, check_params
 from keyagentd.secrets import wipe
 
@@ -146,7 +147,10 @@ def check_recipient(recipient: str) -> None:
     if len(recipient) > MAX_RECIPIENT_LEN or not _RECIPIENT_RE.fullmatch(recipient):
         raise Malformed("The recipient is not an age1... or SSH public key.")
     if recipient.startswith("ssh-"):
-        sshformat.parse_public_line(recipient)  # the type inside must match the prefix
+        try:
+            sshformat.parse_public_line(recipient)  # the type inside must match the prefix
+        except age.AgeError as exc:
+            raise wire_error(exc) from None
 
 
 def secret_len_ok(key_type: str, size: int) -> bool:

@@ -27,10 +27,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from keyagent import sshformat
-from keyagent.protocol import Malformed
 from keyagentd.secrets import scrub_bytes
 
+from . import sshformat
+from .errors import ParseError
 from .format import FILE_KEY_SIZE, Stanza, b64decode, b64encode, hkdf
 from .seeded import SeededIdentity
 from .x25519 import _shared
@@ -59,12 +59,12 @@ def ed25519_wire(public: bytes) -> bytes:
 
 
 def montgomery(public: bytes) -> bytes:
-    """The X25519 public key of an Ed25519 one; Malformed if it is not a curve point."""
+    """The X25519 public key of an Ed25519 one; ParseError if it is not a curve point."""
     y = int.from_bytes(public, "little") & ((1 << 255) - 1)
     y %= _P  # non-canonical encodings are accepted, as Go's edwards25519 does
     x2 = (y * y - 1) * pow(_D * y * y + 1, -1, _P) % _P
     if x2 and pow(x2, (_P - 1) // 2, _P) != 1:
-        raise Malformed("The ssh-ed25519 key is not a valid Ed25519 point.")
+        raise ParseError("The ssh-ed25519 key is not a valid Ed25519 point.")
     u = (1 + y) * pow((1 - y) % _P, -1, _P) % _P if y != 1 else 0
     return u.to_bytes(32, "little")
 
@@ -107,7 +107,7 @@ class SshEd25519Recipient(_SshRecipient):
         name, pos = sshformat.read_string(self.wire, 0)
         public, end = sshformat.read_string(self.wire, pos)
         if name != ED25519_STANZA.encode() or len(public) != 32 or end != len(self.wire):
-            raise Malformed("The ssh-ed25519 key is not valid.")
+            raise ParseError("The ssh-ed25519 key is not valid.")
         self._u = montgomery(public)
         self._key = X25519PublicKey.from_public_bytes(self._u)
         self._tweak = _tweak(self.wire)
@@ -136,9 +136,9 @@ class SshRsaRecipient(_SshRecipient):
         try:
             key = serialization.load_ssh_public_key(self.encode().encode("ascii"))
         except (ValueError, TypeError):
-            raise Malformed("The ssh-rsa key is not valid.") from None
+            raise ParseError("The ssh-rsa key is not valid.") from None
         if not isinstance(key, rsa.RSAPublicKey):
-            raise Malformed("The ssh-rsa key is not valid.")
+            raise ParseError("The ssh-rsa key is not valid.")
         sshformat.check_rsa_bits(key.key_size)
         self._key = key
 
@@ -193,11 +193,11 @@ class SshEd25519Identity(SeededIdentity):
                 continue
             share = b64decode(s.args[1]) if len(s.args) == 2 else None
             if share is None or len(share) != 32:
-                raise Malformed("An ssh-ed25519 stanza is malformed.")
+                raise ParseError("An ssh-ed25519 stanza is malformed.")
             if s.args[0] != r._tag:
                 continue
             if len(s.body) != _BODY_SIZE:
-                raise Malformed("An ssh-ed25519 stanza body has the wrong size.")
+                raise ParseError("An ssh-ed25519 stanza body has the wrong size.")
             shared = _shared(self._x25519, X25519PublicKey.from_public_bytes(share))
             wrap_key = hkdf(_tweaked(shared, r._tweak), share + r._u, _ED25519_LABEL)
             try:
@@ -217,7 +217,7 @@ class SshEd25519Identity(SeededIdentity):
 
 class SshRsaIdentity(SeededIdentity):
     """An ssh-rsa identity: the RSA private key as PKCS#8 DER, trusted as given (the full RSA
-    check runs where a key enters: `keyagent.sshload`)."""
+    check runs where a key enters: `sshload`)."""
 
     __slots__ = ("_key", "_recipient")
 
@@ -236,9 +236,9 @@ class SshRsaIdentity(SeededIdentity):
                 self._live_seed(), None, unsafe_skip_rsa_key_validation=True
             )
         except (ValueError, TypeError):
-            raise Malformed(self._size_error) from None
+            raise ParseError(self._size_error) from None
         if not isinstance(key, rsa.RSAPrivateKey):
-            raise Malformed(self._size_error)
+            raise ParseError(self._size_error)
         sshformat.check_rsa_bits(key.key_size)
         self._key: rsa.RSAPrivateKey | None = key
         blob = key.public_key().public_bytes(
@@ -259,7 +259,7 @@ class SshRsaIdentity(SeededIdentity):
             if s.type != RSA_STANZA:
                 continue
             if len(s.args) != 1:
-                raise Malformed("An ssh-rsa stanza is malformed.")
+                raise ParseError("An ssh-rsa stanza is malformed.")
             if s.args[0] != self._recipient._tag:
                 continue
             try:
@@ -267,7 +267,7 @@ class SshRsaIdentity(SeededIdentity):
             except ValueError:
                 continue  # a tag collision with another key: not ours
             if len(file_key) != FILE_KEY_SIZE:
-                raise Malformed("An ssh-rsa stanza wraps a file key of the wrong size.")
+                raise ParseError("An ssh-rsa stanza wraps a file key of the wrong size.")
             return file_key
         return None
 

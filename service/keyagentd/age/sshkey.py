@@ -1,15 +1,15 @@
 """SSH keys as age keys: public keys (``ssh-ed25519 AAAA...``) as recipients, OpenSSH and
-PEM private keys as identities. The key text is read by `keyagent.sshformat` and
-`keyagent.sshload`, which the command uses too: one set of checks and error sentences."""
+PEM private keys as identities. The key text is read by `sshformat` and
+`sshload`, which the command uses too: one set of checks and error sentences."""
 
 from __future__ import annotations
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from keyagent import sshformat, sshload
 from keyagentd.secrets import scrub_bytes
 
+from . import sshformat, sshload
 from .ssh import SshEd25519Identity, SshEd25519Recipient, SshRsaIdentity, SshRsaRecipient
 
 SshRecipient = SshEd25519Recipient | SshRsaRecipient

@@ -13,8 +13,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from keyagent import sshformat
-from keyagent.protocol import BadPassphrase, Malformed, Unsupported
+from . import sshformat
+from .errors import ParseError, PassphraseError, UnsupportedError
 
 SshPrivateKey = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 WRONG_PASSPHRASE = "The SSH key's passphrase is wrong."
@@ -24,15 +24,15 @@ def load_private_key(text: str, ask: Callable[[], bytes] | None) -> SshPrivateKe
     """The key in ``text``. ``ask`` gives the passphrase of a protected key (called at most
     once, only when one is needed); without it a protected key is refused.
 
-    Malformed (not a key, truncated), Unsupported (type, RSA size), BadPassphrase."""
+    ParseError (not a key, truncated), UnsupportedError (type, RSA size), PassphraseError."""
     info = sshformat.private_key_info(text)  # type and protection, before any prompt
     password = None
     if info.encrypted:
         if ask is None:
-            raise BadPassphrase("The SSH key is protected by a passphrase: give its passphrase.")
+            raise PassphraseError("The SSH key is protected by a passphrase: give its passphrase.")
         password = ask()
         if not password:
-            raise BadPassphrase(WRONG_PASSPHRASE)
+            raise PassphraseError(WRONG_PASSPHRASE)
     data = text.encode("utf-8")
     key: object
     try:
@@ -41,7 +41,7 @@ def load_private_key(text: str, ask: Callable[[], bytes] | None) -> SshPrivateKe
         else:
             key = serialization.load_pem_private_key(data, password)
     except UnsupportedAlgorithm:
-        raise Unsupported(
+        raise UnsupportedError(
             "The SSH key uses a cipher or key type this agent does not support."
         ) from None
     except (ValueError, TypeError) as exc:
@@ -55,12 +55,12 @@ def load_private_key(text: str, ask: Callable[[], bytes] | None) -> SshPrivateKe
     raise sshformat.unsupported_type(kind)
 
 
-def _load_error(encrypted: bool, text: str) -> Malformed | BadPassphrase:
+def _load_error(encrypted: bool, text: str) -> ParseError | PassphraseError:
     # cryptography says "broken checksum" (OpenSSH) or "Bad decrypt" (PEM) for a wrong
     # passphrase; anything else is a damaged file.
     lowered = text.lower()
     if encrypted and ("checksum" in lowered or "decrypt" in lowered or "password" in lowered):
-        return BadPassphrase(WRONG_PASSPHRASE)
+        return PassphraseError(WRONG_PASSPHRASE)
     return sshformat.truncated()
 
 

@@ -11,7 +11,7 @@ import binascii
 import re
 from typing import Final, NamedTuple
 
-from keyagent.protocol import Malformed, Unsupported
+from .errors import ParseError, UnsupportedError
 
 ED25519: Final = "ssh-ed25519"
 RSA: Final = "ssh-rsa"
@@ -37,7 +37,7 @@ _PEM_TYPES: Final[dict[str, str | None]] = {
 _SSH_TYPE_RE: Final = re.compile(r"(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+)")
 
 
-def unsupported_type(key_type: str) -> Unsupported:
+def unsupported_type(key_type: str) -> UnsupportedError:
     """The one sentence for an SSH key age cannot use."""
     if key_type.startswith("sk-"):
         what = "Security-key (FIDO, sk-*) SSH keys"
@@ -45,26 +45,28 @@ def unsupported_type(key_type: str) -> Unsupported:
         what = "ECDSA SSH keys"
     else:
         what = f"SSH keys of type {key_type[:40]!r}"
-    return Unsupported(f"{what} cannot be used with age: use an ssh-ed25519 or ssh-rsa key.")
+    return UnsupportedError(f"{what} cannot be used with age: use an ssh-ed25519 or ssh-rsa key.")
 
 
-def rsa_too_small(bits: int) -> Unsupported:
-    return Unsupported(f"This RSA key has {bits} bits: age needs at least {MIN_RSA_BITS}.")
+def rsa_too_small(bits: int) -> UnsupportedError:
+    return UnsupportedError(f"This RSA key has {bits} bits: age needs at least {MIN_RSA_BITS}.")
 
 
 def check_rsa_bits(bits: int) -> None:
     if bits < MIN_RSA_BITS:
         raise rsa_too_small(bits)
     if bits > MAX_RSA_BITS:
-        raise Unsupported(f"This RSA key has {bits} bits: at most {MAX_RSA_BITS} are supported.")
+        raise UnsupportedError(
+            f"This RSA key has {bits} bits: at most {MAX_RSA_BITS} are supported."
+        )
 
 
-def truncated() -> Malformed:
-    return Malformed("The SSH private key is truncated or damaged.")
+def truncated() -> ParseError:
+    return ParseError("The SSH private key is truncated or damaged.")
 
 
 def read_string(data: bytes, pos: int) -> tuple[bytes, int]:
-    """One SSH wire ``string`` at ``pos``: (value, next position); Malformed if cut short."""
+    """One SSH wire ``string`` at ``pos``: (value, next position); ParseError if cut short."""
     if pos + 4 > len(data):
         raise truncated()
     size = int.from_bytes(data[pos : pos + 4], "big")
@@ -79,8 +81,8 @@ def wire_type(blob: bytes) -> str:
     try:
         name, _ = read_string(blob, 0)
         return name.decode("ascii")
-    except (Malformed, UnicodeDecodeError):
-        raise Malformed("The SSH public key is not valid.") from None
+    except (ParseError, UnicodeDecodeError):
+        raise ParseError("The SSH public key is not valid.") from None
 
 
 def _b64(text: str) -> bytes | None:
@@ -115,20 +117,20 @@ def parse_public_line(line: str) -> tuple[str, bytes]:
     """(type, wire blob) of one ``authorized_keys`` or ``.pub`` line: leading options and the
     trailing comment are skipped, as age (Go's ssh.ParseAuthorizedKey) does.
 
-    Unsupported for an SSH key type age does not take, Malformed for anything else."""
+    UnsupportedError for an SSH key type age does not take, ParseError for anything else."""
     line = line.strip()
     found = _key_of(line) or _key_of(_split_options(line))
     if found is None:
         words = [w for w in re.split(r"[ \t]+", line) if _SSH_TYPE_RE.fullmatch(w)]
         if words and words[0] not in SUPPORTED:
             raise unsupported_type(words[0])
-        raise Malformed("The line is not an SSH public key.")
+        raise ParseError("The line is not an SSH public key.")
     name, blob = found
     inner = wire_type(blob)
     if inner not in SUPPORTED:
         raise unsupported_type(inner)
     if inner != name:
-        raise Malformed("The SSH public key's type does not match its data.")
+        raise ParseError("The SSH public key's type does not match its data.")
     return inner, blob
 
 
@@ -167,7 +169,7 @@ def _openssh_info(text: str) -> PrivateKeyInfo:
     if pos + 4 > len(data):
         raise truncated()
     if int.from_bytes(data[pos : pos + 4], "big") != 1:
-        raise Unsupported("The SSH key file holds more than one key: import one at a time.")
+        raise UnsupportedError("The SSH key file holds more than one key: import one at a time.")
     public, pos = read_string(data, pos + 4)
     private, _ = read_string(data, pos)
     # The private section is whole cipher blocks (8 bytes at least): shorter is cut off.
@@ -179,13 +181,13 @@ def _openssh_info(text: str) -> PrivateKeyInfo:
 def private_key_info(text: str) -> PrivateKeyInfo:
     """Type and protection of an OpenSSH or PEM private key, read without a passphrase.
 
-    Malformed if it is none (or cut short), Unsupported for a key type age cannot use."""
+    ParseError if it is none (or cut short), UnsupportedError for a key type age cannot use."""
     if OPENSSH_BEGIN in text:
         info = _openssh_info(text)
     else:
         match = _PEM_RE.search(text)
         if match is None or match.group(1) not in _PEM_TYPES:
-            raise Malformed("This is not an SSH private key.")
+            raise ParseError("This is not an SSH private key.")
         label = match.group(1)
         if f"-----END {label}-----" not in text:
             raise truncated()
