@@ -1,7 +1,8 @@
 """OpenSSH key text without cryptography: ``authorized_keys`` lines and private-key headers.
 
-Shared by the command (which must stay light) and the agent, so both refuse the same keys
-with the same sentence. Only ``ssh-ed25519`` and ``ssh-rsa`` keys are age recipients.
+Shared by the agent and the command (`keyagent.sshimport`), so both refuse the same keys
+with the same sentence; errors are the engine's. Only ``ssh-ed25519`` and ``ssh-rsa`` keys
+are age recipients.
 """
 
 from __future__ import annotations
@@ -148,8 +149,7 @@ def is_ssh_recipient(text: str) -> bool:
 
 class PrivateKeyInfo(NamedTuple):
     """What a private-key file says in the clear: its SSH type (None until loaded, for
-    PKCS#8) and whether a passphrase protects it. (A NamedTuple, not a dataclass: this module
-    loads with every ``keyagent encrypt``, and ``dataclasses`` is slow to import.)"""
+    PKCS#8) and whether a passphrase protects it."""
 
     key_type: str | None
     encrypted: bool

@@ -1,8 +1,8 @@
 """Loading an OpenSSH or PEM private key with cryptography (bcrypt for protected OpenSSH keys).
 
 Used by ``keyagent import`` (which asks for the passphrase) and by the agent (for the
-unencrypted key the command sends), so both refuse the same keys in the same words. Imported
-only when a key is loaded: cryptography is too heavy for the command's start.
+unencrypted key the command sends), so both refuse the same keys in the same words, as the
+engine's errors (a wrong or missing passphrase is `PassphraseError`).
 """
 
 from __future__ import annotations
