@@ -212,6 +212,12 @@ COMMANDS: Final[dict[str, _Spec]] = {
     "recipient": _Spec(
         "print the recipient (public key) of keys", "commands:cmd_recipient", False, _add_recipient
     ),
+    "identity": _Spec(
+        "print an age identity file for a key (for age-plugin-keyagent; no secret)",
+        "commands:cmd_identity",
+        False,
+        _add_name,
+    ),
     "encrypt": _Spec("encrypt a file or stdin", "crypt:cmd_encrypt", True, _add_encrypt),
     "decrypt": _Spec("decrypt a file or stdin", "crypt:cmd_decrypt", True, _add_decrypt),
     "import": _Spec(

@@ -75,6 +75,8 @@ class AccessLog:
         pid = caller.pid if caller is not None and caller.pid is not None else 0
         sender = caller.sender if caller is not None else ""
         exe = self.executables.get(sender, pid) if pid else ""
+        if caller is not None and caller.via:
+            exe = f"{exe} via {caller.via}"  # age-plugin-keyagent acting for exe (auth.py)
         # oplog says "error" for an unexpected exception; the caller saw Failed.
         result = "Failed" if outcome == "error" else outcome
         record = access_record(operation, key, pid, result, executable=exe)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Final, Protocol
 
 from keyagent.protocol import (
     BadPassphrase,
@@ -92,8 +92,17 @@ def resolve_recipients(
     return out
 
 
+class Unwrapper(Protocol):
+    """What `unwrap` tries keys on: an `age.Decryptor`, or UnwrapFileKey's bare stanzas."""
+
+    @property
+    def stanza_types(self) -> frozenset[str]: ...
+
+    def unwrap(self, identities: Sequence[age.Identity]) -> age.Identity: ...
+
+
 def unwrap(
-    dec: age.Decryptor,
+    dec: Unwrapper,
     cache: KeyCache,
     records: Mapping[str, KeyRecord],
     *,

@@ -32,7 +32,7 @@ from keyagent.protocol import (
     Unsupported,
     is_valid_key_name,
 )
-from keyagentd import age, policy
+from keyagentd import age, policy, unwrap
 from keyagentd.bus import crypto
 from keyagentd.bus import options as opts
 from keyagentd.bus.dbustypes import (
@@ -57,6 +57,10 @@ if TYPE_CHECKING:
 
 #: Decrypt and DecryptFd also take ``askpass`` (b): ask at the desktop for a locked key.
 DECRYPT_OPTIONS = {**opts.DECRYPT, "askpass": "b"}
+#: UnwrapFileKey takes ``key`` (s) and ``askpass`` (b), as Decrypt does.
+UNWRAP_OPTIONS = {"key": "s", "askpass": "b"}
+#: UnwrapFileKey's stanzas: (type, args, body) each.
+DBusStanzas = Annotated[list[tuple[str, list[str], bytes]], DBusSignature("a(sasay)")]
 #: How often a stream waiting for an askpass unlock looks at its cancel flag (seconds).
 CANCEL_POLL = 0.25
 
@@ -236,6 +240,32 @@ class Manager(ServiceInterface):
         if inline and not policy.may_prompt(self.agent.config.user):
             return _decrypt_bytes(*args)
         return await self.agent.blocking(_decrypt_bytes, *args)
+
+    @dbus_method()
+    @operation("UnwrapFileKey")
+    async def UnwrapFileKey(self, stanzas: DBusStanzas, options: DBusDict) -> PlainAndKey:
+        parsed = opts.parse(options, UNWRAP_OPTIONS)
+        checked = unwrap.parse_stanzas(stanzas)
+        try:
+            file_key, name = await self._unwrap(checked, parsed)
+        except Locked as exc:
+            if not parsed.flag("askpass") or not exc.names:
+                raise
+            note_key(exc.names[0])
+            await self.agent.unlock_by_askpass(exc.names[0], opts.Options({}), _caller_pid())
+            file_key, name = await self._unwrap(checked, parsed)
+        note_key(name)
+        return (file_key, name)
+
+    async def _unwrap(
+        self, stanzas: tuple[age.Stanza, ...], parsed: opts.Options
+    ) -> tuple[bytes, str]:
+        cache, user = self.agent.cache, self.agent.config.user
+        args = (stanzas, cache, dict(self.agent.records), parsed.text("key"), user, _caller_pid())
+        # As Decrypt: cheap work inline, a possible confirmation dialog never on the loop.
+        if crypto.runs_inline(0, None, cache) and not policy.may_prompt(user):
+            return unwrap.unwrap_file_key(*args)
+        return await self.agent.blocking(unwrap.unwrap_file_key, *args)
 
     def _check_size(self, data: bytes, limit: int | None = None) -> None:
         limit = self.agent.config.max_payload if limit is None else limit
