@@ -87,5 +87,10 @@ def unwrap_file(session: AgentSession, names: list[str], stanzas: list[RawStanza
 
 
 def fail(chan: Channel, exc: PluginFailure) -> int:
+    """The spec's ``error``, then ``done``: age stops at the error, rage waits for the end."""
     chan.command("error", *exc.error_args, body=exc.message.encode())
+    try:
+        chan.send("done")
+    except BrokenPipeError:  # age has closed the conversation already
+        pass
     return 1

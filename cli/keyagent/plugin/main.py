@@ -64,7 +64,10 @@ def report(chan: Channel, src: BinaryIO, message: str) -> None:
         chan.send("error", "internal", body=message.rstrip(".").encode())
         for _ in range(DRAIN_LINES):
             line = src.readline(4096)
-            if not line or line == b"-> ok\n":
+            if not line:
+                return
+            if line == b"-> ok\n":
+                chan.send("done")
                 return
     except (BrokenPipeError, OSError):
         return
