@@ -67,7 +67,7 @@ def test_meson_installs_packages_and_commands(meson_destdir: Path) -> None:
     assert (site / "keyagent" / "protocol.py").is_file()
     assert (site / "keyagent" / "templates" / "org.example.KeyAgent.service.in").is_file()
     assert not list(site.rglob("__pycache__/*.cpython-*.pyc.*"))
-    for cmd in ("keyagent", "keyagentd"):
+    for cmd in ("keyagent", "keyagentd", "age-plugin-keyagent"):
         wrapper = meson_destdir / "bin" / cmd
         assert os.access(wrapper, os.X_OK)
         assert wrapper.read_text().startswith("#!/")
@@ -102,6 +102,8 @@ def test_wheel_has_both_packages_and_no_system_files(tmp_path: Path) -> None:
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "keyagent = keyagent.cli:main" in scripts
     assert "keyagentd = keyagentd.__main__:main" in scripts
+    assert "age-plugin-keyagent = keyagent.plugin.main:main" in scripts
+    assert "keyagent/plugin/identity_v1.py" in names
 
     # Installed into a fresh venv, both commands exist and both packages import.
     env_dir = tmp_path / "venv"
@@ -122,7 +124,7 @@ def test_wheel_has_both_packages_and_no_system_files(tmp_path: Path) -> None:
         capture_output=True,
         timeout=120,
     )
-    for cmd in ("keyagent", "keyagentd"):
+    for cmd in ("keyagent", "keyagentd", "age-plugin-keyagent"):
         assert os.access(env_dir / "bin" / cmd, os.X_OK)
     out = subprocess.run(
         [
