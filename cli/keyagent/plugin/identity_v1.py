@@ -9,8 +9,8 @@ does, with the file key it gets.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass, field
 
 from keyagent.plugin.encoding import BadIdentity, decode_identity
 from keyagent.plugin.framing import Channel, ProtocolError
@@ -20,10 +20,12 @@ from keyagent.protocol import KeyAgentError, NoMatch, NoSuchKey
 NO_KEY = "no key in the agent opens this file"
 
 
-@dataclass
 class Request:
-    identities: list[str] = field(default_factory=list)
-    files: dict[int, list[RawStanza]] = field(default_factory=dict)
+    """What phase 1 brought: identities, and each file's stanzas (no dataclass: start-up)."""
+
+    def __init__(self) -> None:
+        self.identities: list[str] = []
+        self.files: dict[int, list[RawStanza]] = {}
 
 
 def read_phase1(chan: Channel) -> Request:
@@ -89,8 +91,6 @@ def unwrap_file(session: AgentSession, names: list[str], stanzas: list[RawStanza
 def fail(chan: Channel, exc: PluginFailure) -> int:
     """The spec's ``error``, then ``done``: age stops at the error, rage waits for the end."""
     chan.command("error", *exc.error_args, body=exc.message.encode())
-    try:
+    with contextlib.suppress(BrokenPipeError):  # age has closed the conversation already
         chan.send("done")
-    except BrokenPipeError:  # age has closed the conversation already
-        pass
     return 1
