@@ -3,7 +3,9 @@
 set -euo pipefail
 declare -A pkg_for=(
   [dbus-daemon]=dbus-daemon [dbus-run-session]=dbus-daemon [dbus-send]=dbus-bin
-  [gdbus]=libglib2.0-bin [busctl]=systemd [age]=age
+  [gdbus]=libglib2.0-bin [busctl]=systemd [age]=age [dbus-monitor]=dbus-bin
+  # typage (npm age-encryption) in the plugin tests; the test installs it with npm.
+  [node]=nodejs [npm]=npm
 )
 missing=()
 for tool in "${!pkg_for[@]}"; do
