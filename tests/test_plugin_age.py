@@ -223,3 +223,21 @@ def test_any_key_identity_cannot_encrypt(plugin_bus: PrivateBus, tmp_path: Path)
     r = age(plugin_bus, "-e", "-i", str(anyk), input=b"x")
     assert "without a key name only decrypts" in error_of(r)
     assert r.stdout == b""
+
+
+@pytest.mark.parametrize("answer", [0, 1])
+def test_confirm_names_age_via_the_plugin(
+    plugin_bus: PrivateBus, tmp_path: Path, answer: int
+) -> None:
+    program, log = tmp_path / "confirm", tmp_path / "asked"
+    program.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$1\" >> '{log}'\nexit {answer}\n")
+    program.chmod(0o755)
+    write_config(plugin_bus, f'askpass = "{program}"\n[keys.work]\nconfirm = true\n')
+    ct = sealed(plugin_bus, unlocked_key(plugin_bus, "work"))
+    r = age(plugin_bus, "-d", "-j", "keyagent", input=ct)
+    (question,) = log.read_text().splitlines()
+    assert f", {AGE}) via age-plugin-keyagent to decrypt with key 'work'?" in question
+    if answer == 0:
+        assert r.stdout == b"hello plugin"
+    else:
+        assert "was not confirmed" in error_of(r) and r.stdout == b""

@@ -75,12 +75,13 @@ def unwrap_file_key(
     pin: str | None,
     user: Config,
     pid: int,
+    via: str = "",
 ) -> tuple[bytes, str]:
     """The file key and the name of the key that opened it; per-key policy applies (it may
     ask at the desktop, so this blocks: run it off the event loop when it can)."""
     target = StanzaUnwrapper(stanzas)
     name = crypto.unwrap(target, cache, records, pin=pin)
     if policy.is_restricted(name, user):
-        policy.check(name, pid, user, operation="decrypt")
+        policy.check(name, pid, user, operation="decrypt", via=via)
     assert target.file_key is not None  # crypto.unwrap returned a name: a key matched
     return target.file_key, name

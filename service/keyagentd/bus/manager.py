@@ -260,8 +260,10 @@ class Manager(ServiceInterface):
     async def _unwrap(
         self, stanzas: tuple[age.Stanza, ...], parsed: opts.Options
     ) -> tuple[bytes, str]:
-        cache, user = self.agent.cache, self.agent.config.user
-        args = (stanzas, cache, dict(self.agent.records), parsed.text("key"), user, _caller_pid())
+        cache, user, caller = self.agent.cache, self.agent.config.user, CURRENT_CALLER.get()
+        via = caller.via if caller is not None else ""
+        pin = parsed.text("key")
+        args = (stanzas, cache, dict(self.agent.records), pin, user, _caller_pid(), via)
         # As Decrypt: cheap work inline, a possible confirmation dialog never on the loop.
         if crypto.runs_inline(0, None, cache) and not policy.may_prompt(user):
             return unwrap.unwrap_file_key(*args)
