@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,30 @@ def test_recipient_v1_refuses_plugin_recipients(plugin_bus: PrivateBus) -> None:
     code, sent, _ = converse(plugin_bus, "recipient-v1", script + UNSUPPORTED + OK)
     assert code != 0
     assert sent[1][:2] == ("error", ["recipient", "0"])
+
+
+def test_decrypt_path_imports_nothing_heavy(plugin_bus: PrivateBus) -> None:
+    """The plugin starts on every decrypt: jeepney and the protocol names, nothing of the
+    agent (the client never imports keyagentd), no cryptography, asyncio or dataclasses."""
+    ct = age(plugin_bus, "-r", unlocked_key(plugin_bus, "work"), input=b"x").stdout
+    script = (
+        stanza("add-identity", encode_identity(""))
+        + b"".join(header_stanzas(ct))
+        + stanza("done")
+        + UNSUPPORTED
+        + OK
+    )
+    wrapper = plugin_bus.bindir / PLUGIN
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", str(wrapper), "--age-plugin=identity-v1"],
+        input=script,
+        env=plugin_bus.env,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    assert b"-> file-key 0" in r.stdout
+    modules = {ln.rsplit("|", 1)[-1].strip() for ln in r.stderr.decode().splitlines()}
+    assert "jeepney.io.blocking" in modules and "keyagent.client" in modules
+    for heavy in ("keyagentd", "cryptography", "asyncio", "dataclasses", "dbus_fast"):
+        assert not [m for m in modules if m == heavy or m.startswith(heavy + ".")], heavy
