@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 RawStanza = tuple[str, Sequence[str], bytes]
 PASSPHRASE_TRIES: Final = 3
+#: An UnwrapFileKey may wait for a person (a key's `confirm` question): as long as askpass.
+PERSON_TIMEOUT: Final = 400.0
 
 
 class PluginFailure(Exception):
@@ -70,7 +72,7 @@ class AgentSession:
         asked: set[str] = set()
         while True:
             try:
-                return self.client.unwrap_file_key(stanzas, key=pin)
+                return self.client.unwrap_file_key(stanzas, key=pin, timeout=PERSON_TIMEOUT)
             except Locked as exc:
                 todo = [n for n in exc.names if n not in asked] or ([pin] if pin else [])
                 if not todo or todo[0] in asked:
@@ -87,7 +89,7 @@ class AgentSession:
             return self.client.unwrap_file_key(stanzas, key=pin, askpass=True)
         except BadPassphrase as exc:
             raise PluginFailure(
-                ("internal",), f"key '{name}' was not unlocked: {exc.message}"
+                ("internal",), f"key '{name}' was not unlocked: {exc.message.rstrip('.')}"
             ) from None
         except (Failed, Locked):  # no askpass program, or a further locked key
             raise PluginFailure(("internal",), unlock_hint(name)) from None
