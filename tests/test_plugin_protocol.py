@@ -207,3 +207,39 @@ def test_decrypt_path_imports_nothing_heavy(plugin_bus: PrivateBus) -> None:
     assert "jeepney.io.blocking" in modules and "keyagent.client" in modules
     for heavy in ("keyagentd", "cryptography", "asyncio", "dataclasses", "dbus_fast"):
         assert not [m for m in modules if m == heavy or m.startswith(heavy + ".")], heavy
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "age1zvkyg2lqzraa2lnjvqej32nkuu0ues2s82hzrye869xeexvn73equnujwj",
+        "AGE-PLUGIN-KEYAGENT-1",
+        "AGE-PLUGIN-KEYAGENT-1WAHHYETVVSRCDX2",  # bad checksum
+        "age1Zvkyg2lqzraa2lnjvqej32nkuu0ues2s82hzrye869xeexvn73equnujwj",  # mixed case
+        "age1",
+        "a\u00e9ge1qqqqqqq",
+    ],
+)
+def test_client_and_engine_bech32_agree(text: str) -> None:
+    """The client's Bech32 (the plugin may not import the agent) and the age engine's own
+    (age/ imports nothing of the client) are two copies: they must accept and refuse alike."""
+    from keyagent import bech32 as client
+    from keyagent.protocol import Malformed
+    from keyagentd.age import ParseError
+    from keyagentd.age import bech32 as engine
+
+    try:
+        expected: tuple[str, bytes] | None = engine.decode(text)
+    except ParseError:
+        expected = None
+    try:
+        got: tuple[str, bytes] | None = client.decode(text)
+    except Malformed:
+        got = None
+    assert got == expected
+    if expected is not None:
+        assert client.encode(*expected) == engine.encode(*expected)
+    for data in (b"", b"work", bytes(range(256))):
+        encoded = engine.encode("age-plugin-keyagent-", data)
+        assert client.encode("age-plugin-keyagent-", data) == encoded
+        assert client.decode(encoded.upper()) == engine.decode(encoded.upper())

@@ -2,8 +2,9 @@
 
 An age plugin (age-plugin-keyagent) hands the agent the header's stanzas, not the file; the
 agent returns the 16-byte file key of the key that opens one, and the key's name. The key
-trial is Decrypt's own (`bus.crypto.unwrap`), run on the bare stanzas instead of a parsed
-header. The header MAC is the client's to check (it has the header; the agent does not):
+trial is Decrypt's own (`crypt.unwrap`), run on the bare stanzas instead of a parsed header,
+and so is the choice between the event loop and the pool, the askpass retry and the per-key
+policy. The header MAC is the client's to check (it has the header; the agent does not):
 what leaves the agent is one file's key, which a Decrypt of the same file would have used on
 behalf of the same caller anyway, never an identity.
 """
@@ -13,12 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from keyagent.protocol import Malformed, NoMatch
+from keyagent.protocol import Locked, Malformed, NoMatch
 from keyagentd import age, policy
 from keyagentd.age.format import FILE_KEY_SIZE, MAX_STANZAS, Stanza, is_valid_arg
-from keyagentd.bus import crypto
 from keyagentd.cache import KeyCache
 from keyagentd.config import Config
+from keyagentd.crypt import INLINE_MAX_TRIALS, SCRYPT, Crypt, check_policy, runs_inline, trials
+from keyagentd.crypt import unwrap as try_keys
 from keyagentd.keystore import KeyRecord
 
 #: What arrives on the bus: (type, args, body) per stanza.
@@ -29,7 +31,7 @@ PASSPHRASE_FILE: Final = "This file is encrypted with a passphrase, not to an ag
 
 
 class StanzaUnwrapper:
-    """`crypto.Unwrapper` over bare stanzas: keeps the file key the first identity finds."""
+    """`crypt.Unwrapper` over bare stanzas: keeps the file key the first identity finds."""
 
     def __init__(self, stanzas: tuple[Stanza, ...]) -> None:
         self.stanzas = stanzas
@@ -45,7 +47,7 @@ class StanzaUnwrapper:
                 raise Malformed("A recipient stanza holds a file key of the wrong size.")
             self.file_key = file_key
             return identity
-        raise NoMatch()
+        raise age.NoMatchError()
 
 
 def parse_stanzas(raw: Sequence[RawStanza]) -> tuple[Stanza, ...]:
@@ -61,7 +63,7 @@ def parse_stanzas(raw: Sequence[RawStanza]) -> tuple[Stanza, ...]:
             raise Malformed("A recipient stanza has a malformed type or argument.")
         if len(body) > MAX_BODY:
             raise Malformed("A recipient stanza body is too long.")
-        if kind != crypto.SCRYPT:
+        if kind != SCRYPT:
             out.append(Stanza(kind, tuple(args), bytes(body)))
     if not out:
         raise NoMatch(PASSPHRASE_FILE)
@@ -80,8 +82,41 @@ def unwrap_file_key(
     """The file key and the name of the key that opened it; per-key policy applies (it may
     ask at the desktop, so this blocks: run it off the event loop when it can)."""
     target = StanzaUnwrapper(stanzas)
-    name = crypto.unwrap(target, cache, records, pin=pin)
-    if policy.is_restricted(name, user):
-        policy.check(name, pid, user, operation="decrypt", via=via)
-    assert target.file_key is not None  # crypto.unwrap returned a name: a key matched
+    name = try_keys(target, cache, records, pin=pin)
+    check_policy(name, pid, user, via)
+    assert target.file_key is not None  # try_keys returned a name: a key matched
     return target.file_key, name
+
+
+async def file_key(
+    crypt: Crypt,
+    raw: Sequence[RawStanza],
+    *,
+    pin: str | None,
+    askpass: bool,
+    pid: int,
+    via: str = "",
+) -> tuple[bytes, str]:
+    """UnwrapFileKey, as `Crypt.decrypt` does Decrypt: with ``askpass`` a locked candidate is
+    unlocked at the desktop and the stanzas tried again. ``pid``/``via``: the judged caller."""
+    stanzas = parse_stanzas(raw)
+    try:
+        return await _file_key(crypt, stanzas, pin, pid, via)
+    except Locked as exc:
+        if not askpass or not exc.names:
+            raise
+        await crypt.keys.unlock_by_askpass(exc.names[0], pid)
+        return await _file_key(crypt, stanzas, pin, pid, via)
+
+
+async def _file_key(
+    crypt: Crypt, stanzas: tuple[Stanza, ...], pin: str | None, pid: int, via: str
+) -> tuple[bytes, str]:
+    keys = crypt.keys
+    records = dict(keys.records)
+    args = (stanzas, keys.cache, records, pin, crypt.user, pid, via)
+    # As Decrypt: cheap trials inline; many trials, or a possible dialog, in the pool.
+    inline = runs_inline(0, None, keys.cache) and not policy.may_prompt(crypt.user)
+    if inline and trials(StanzaUnwrapper(stanzas), keys.cache, records, pin) <= INLINE_MAX_TRIALS:
+        return unwrap_file_key(*args)
+    return await keys.work.blocking(unwrap_file_key, *args)
