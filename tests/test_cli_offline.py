@@ -42,7 +42,7 @@ from keyagent.status import list_text, status_document, status_json, status_text
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = [
-    "init", "list", "status", "unlock", "lock", "recipient", "encrypt", "decrypt",
+    "init", "list", "status", "unlock", "lock", "recipient", "identity", "encrypt", "decrypt",
     "import", "export", "passwd", "delete", "install", "uninstall",
 ]  # fmt: skip
 

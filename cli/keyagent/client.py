@@ -151,6 +151,26 @@ class Client(AgentConnection):
         reply = self._manager("Decrypt", "aya{sv}", (ciphertext, opts))
         return bytes(reply[0]), str(reply[1])
 
+    def unwrap_file_key(
+        self,
+        stanzas: Sequence[tuple[str, Sequence[str], bytes]],
+        *,
+        key: str | None = None,
+        askpass: bool = False,
+        timeout: float | None = -1.0,
+    ) -> tuple[bytes, str]:
+        """The file key behind a header's recipient stanzas (type, args, body), and the name of
+        the agent key that opened it. For age plugins: the caller checks the header MAC."""
+        opts: dict[str, tuple[str, Any]] = {}
+        if key is not None:
+            opts["key"] = ("s", key)
+        if askpass:
+            opts["askpass"] = ("b", True)
+            timeout = ASKPASS_TIMEOUT if timeout == -1.0 else timeout
+        body = ([(t, list(a), bytes(b)) for t, a, b in stanzas], opts)
+        reply = self._manager("UnwrapFileKey", "a(sasay)a{sv}", body, timeout=timeout)
+        return bytes(reply[0]), str(reply[1])
+
     def encrypt_fd(
         self,
         recipients: Iterable[str],

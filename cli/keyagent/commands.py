@@ -200,6 +200,26 @@ def cmd_recipient(ctx: Context) -> int:
     return 0
 
 
+def cmd_identity(ctx: Context) -> int:
+    from keyagent.plugin.encoding import encode_identity
+
+    info = ctx.client().key(key_name(ctx.args.name))
+    sys.stdout.write(
+        identity_text(info.name, info.type, info.recipient, encode_identity(info.name))
+    )
+    return 0
+
+
+def identity_text(name: str, key_type: str, recipient: str, identity: str) -> str:
+    """An identity file for age -i: comments, then the plugin identity (a name, no secret)."""
+    return (
+        f"# keyagent key: {name} ({key_type}); the secret key stays in the agent\n"
+        f"# recipient: {recipient}\n"
+        f"# use: age -d -i THIS_FILE, or age -e -i THIS_FILE (needs age-plugin-keyagent)\n"
+        f"{identity}\n"
+    )
+
+
 def cmd_list(ctx: Context) -> int:
     keys = ctx.client().keys()
     sys.stdout.write(list_text(keys))

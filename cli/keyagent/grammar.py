@@ -137,6 +137,12 @@ def _recipient(ctx: Context) -> int:
     return cmd_recipient(ctx)
 
 
+def _identity(ctx: Context) -> int:
+    from keyagent.commands import cmd_identity
+
+    return cmd_identity(ctx)
+
+
 def _encrypt(ctx: Context) -> int:
     from keyagent.crypt import cmd_encrypt
 
@@ -267,6 +273,12 @@ COMMANDS: Final[dict[str, Command]] = {
             "print the recipient (public key) of keys",
             _recipient,
             Arg("names", "NAME", "+"),
+        ),
+        Command(
+            "identity",
+            "print an age identity file for a key (for age-plugin-keyagent; no secret)",
+            _identity,
+            _NAME,
         ),
         Command(
             "encrypt",

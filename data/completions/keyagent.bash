@@ -22,7 +22,7 @@ _keyagent() {
         words=("${COMP_WORDS[@]}")
         cword=$COMP_CWORD
     }
-    local commands="init list status unlock lock recipient encrypt decrypt import export passwd delete install uninstall"
+    local commands="init list status unlock lock recipient identity encrypt decrypt import export passwd delete install uninstall"
     local cmd="" i
     for ((i = 1; i < cword; i++)); do
         case ${words[i]} in
@@ -60,7 +60,7 @@ _keyagent() {
         return
     fi
     case $cmd in
-        unlock|lock|recipient|export|passwd|delete)
+        unlock|lock|recipient|identity|export|passwd|delete)
             COMPREPLY=($(compgen -W "$(_keyagent_keys)" -- "$cur")) ;;
         encrypt|decrypt|import)
             COMPREPLY=($(compgen -f -- "$cur")) ;;

@@ -15,8 +15,8 @@ function __keyagent_keys
     end
 end
 
-set -l commands init list status unlock lock recipient encrypt decrypt import export passwd delete install uninstall
-set -l keycmds unlock lock recipient export passwd delete
+set -l commands init list status unlock lock recipient identity encrypt decrypt import export passwd delete install uninstall
+set -l keycmds unlock lock recipient identity export passwd delete
 
 complete -c keyagent -f
 complete -c keyagent -n "not __fish_seen_subcommand_from $commands" -l version -d 'print the version'
@@ -29,6 +29,7 @@ complete -c keyagent -n "not __fish_seen_subcommand_from $commands" -a status -d
 complete -c keyagent -n "not __fish_seen_subcommand_from $commands" -a unlock -d 'unlock keys for a while'
 complete -c keyagent -n "not __fish_seen_subcommand_from $commands" -a lock -d 'lock one key or all'
 complete -c keyagent -n "not __fish_seen_subcommand_from $commands" -a recipient -d 'print recipients'
+complete -c keyagent -n "not __fish_seen_subcommand_from $commands" -a identity -d 'print an identity file for age-plugin-keyagent'
 complete -c keyagent -n "not __fish_seen_subcommand_from $commands" -a encrypt -d 'encrypt a file or stdin'
 complete -c keyagent -n "not __fish_seen_subcommand_from $commands" -a decrypt -d 'decrypt a file or stdin'
 complete -c keyagent -n "not __fish_seen_subcommand_from $commands" -a import -d 'seal an existing age identity or SSH key'

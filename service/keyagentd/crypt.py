@@ -24,7 +24,7 @@ import functools
 import io
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, BinaryIO, Final, cast
+from typing import Any, BinaryIO, Final, Protocol, cast
 
 from keyagent.protocol import (
     AccessDenied,
@@ -106,8 +106,21 @@ def resolve_recipients(
     return out
 
 
+class Unwrapper(Protocol):
+    """What `unwrap` tries keys on: an `age.Decryptor`, or UnwrapFileKey's bare stanzas
+    (unwrap.py)."""
+
+    @property
+    def stanza_types(self) -> frozenset[str]: ...
+
+    @property
+    def stanzas(self) -> Sequence[Any]: ...
+
+    def unwrap(self, identities: Sequence[age.Identity]) -> age.Identity: ...
+
+
 def unwrap(
-    dec: age.Decryptor,
+    dec: Unwrapper,
     cache: KeyCache,
     records: Mapping[str, KeyRecord],
     *,
@@ -232,7 +245,7 @@ class Crypt:
         else:
             dec = age.Decryptor(io.BytesIO(ciphertext))
             # Hundreds of bogus stanzas x several keys must not hold the loop either.
-            inline = _trials(dec, keys.cache, records, pin) <= INLINE_MAX_TRIALS
+            inline = trials(dec, keys.cache, records, pin) <= INLINE_MAX_TRIALS
         args = (dec, keys.cache, records, pin, passphrase, self.user, pid)
         if inline:
             return _finish_decrypt(*args)
@@ -274,7 +287,7 @@ class Crypt:
                     unlock = keys.unlock_by_askpass(exc.names[0], pid)
                     _wait(asyncio.run_coroutine_threadsafe(unlock, loop), cancel)
                     name = unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
-                _check_policy(name, pid, user)
+                check_policy(name, pid, user)
                 sink = _io(FdSink(output, cancel))
                 return name, dec.decrypt_to(sink, output=OverlappedOutput)
 
@@ -306,18 +319,19 @@ def _io(obj: object) -> BinaryIO:
     return cast(BinaryIO, obj)
 
 
-def _check_policy(name: str, pid: int, user: UserConfig) -> None:
-    """Per-key policy, once the key is known and before any plaintext (may ask; blocks)."""
+def check_policy(name: str, pid: int, user: UserConfig, via: str = "") -> None:
+    """Per-key policy, once the key is known and before any plaintext (may ask; blocks).
+    ``via``: a program acting for the caller (age-plugin-keyagent), named in a question."""
     if name and policy.is_restricted(name, user):
         try:
-            policy.check(name, pid, user, operation="decrypt")
+            policy.check(name, pid, user, operation="decrypt", via=via)
         except AccessDenied as exc:
             exc.key = name  # the audit names the key that was refused
             raise
 
 
-def _trials(
-    dec: age.Decryptor, cache: KeyCache, records: Mapping[str, KeyRecord], pin: str | None
+def trials(
+    dec: Unwrapper, cache: KeyCache, records: Mapping[str, KeyRecord], pin: str | None
 ) -> int:
     """How many (stanza, key) unwraps a Decrypt may try: stanzas x unlocked keys that match."""
     if pin is not None:
@@ -340,7 +354,7 @@ def _finish_decrypt(
     pid: int,
 ) -> tuple[str, bytes]:
     name = unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
-    _check_policy(name, pid, user)
+    check_policy(name, pid, user)
     out = io.BytesIO()
     dec.decrypt_to(out)
     return name, out.getvalue()

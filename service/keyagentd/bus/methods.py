@@ -28,7 +28,7 @@ from keyagent.protocol import (
     key_path,
 )
 from keyagent.protocol import MANAGER_INTERFACE as MI
-from keyagentd import age
+from keyagentd import age, unwrap
 from keyagentd.auth import Caller
 from keyagentd.bus.dispatch import Method, Reply
 from keyagentd.crypt import Crypt
@@ -99,6 +99,8 @@ def parse_options(options: Mapping[str, Variant], schema: Mapping[str, str]) -> 
 OPTIONS: Final = ("options", "a{sv}")
 #: Decrypt and DecryptFd also take ``askpass`` (b): ask at the desktop for a locked key.
 DECRYPT_OPTIONS: Final = {**DECRYPT, "askpass": "b"}
+#: UnwrapFileKey takes ``key`` (s) and ``askpass`` (b), as Decrypt does.
+UNWRAP_OPTIONS: Final = {"key": "s", "askpass": "b"}
 #: Unlock also takes ``askpass`` (b): the agent asks at the desktop (passphrase "").
 UNLOCK_OPTIONS: Final = {**UNLOCK, "askpass": "b"}
 
@@ -170,6 +172,21 @@ class Handlers:
         )
         self.used(name)
         return Reply((plaintext, name), key=name)
+
+    async def unwrap_file_key(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
+        stanzas, options = args
+        parsed = parse_options(options, UNWRAP_OPTIONS)
+        # ``caller`` is the judged one: for age-plugin-keyagent, the program that started it.
+        file_key, name = await unwrap.file_key(
+            self.crypt,
+            stanzas,
+            pin=parsed.text("key"),
+            askpass=parsed.flag("askpass"),
+            pid=pid_of(caller),
+            via=caller.via,
+        )
+        self.used(name)
+        return Reply((file_key, name), key=name)
 
     async def encrypt_fd(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         recipients, input_, output, options = args
@@ -269,6 +286,8 @@ def method_table(
                (("ciphertext", "ay"),), h.encrypt, h.known_recipients),
         Method(MI, "Decrypt", (("ciphertext", "ay"), OPTIONS),
                (("plaintext", "ay"), ("key", "s")), h.decrypt),
+        Method(MI, "UnwrapFileKey", (("stanzas", "a(sasay)"), OPTIONS),
+               (("file_key", "ay"), ("key", "s")), h.unwrap_file_key),
         Method(MI, "EncryptFd", (("recipients", "as"), ("input", "h"), ("output", "h"), OPTIONS),
                (("written", "t"),), h.encrypt_fd, h.known_recipients),
         Method(MI, "DecryptFd", (("input", "h"), ("output", "h"), OPTIONS),
