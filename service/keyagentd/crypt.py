@@ -340,7 +340,7 @@ def trials(
     return len(dec.stanzas) * len(keys)
 
 
-def _may_open(record: KeyRecord | None, dec: age.Decryptor) -> bool:
+def _may_open(record: KeyRecord | None, dec: Unwrapper) -> bool:
     return record is not None and age.may_open(record.key_type, record.recipient, dec.stanzas)
 
 
