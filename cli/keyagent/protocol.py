@@ -26,6 +26,8 @@ KEY_TYPES: Final = (KEY_TYPE_X25519, KEY_TYPE_HYBRID)
 
 #: In-message payload cap (``ay`` arguments and replies); larger data uses the Fd methods.
 DEFAULT_MAX_PAYLOAD: Final = 16 * 1024 * 1024
+#: A passphrase or identity passed in an fd (`<secret>-fd` options) is at most this long.
+MAX_SECRET_BYTES: Final = 4096
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 

@@ -34,7 +34,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, cast
 
-from dbus_fast import Message
+from dbus_fast import Message, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.aio import message_bus as _aio
 from dbus_fast.message_bus import BaseMessageBus
@@ -199,6 +199,28 @@ def _top_level_fd_indices(method_signature: str, body: list[Any]) -> set[int]:
     }
 
 
+def _option_fd_indices(msg: Message, top_level: set[int]) -> set[int]:
+    """The fd indices `h` values in the call's top-level option dictionaries name. One that
+    a top-level argument names too gets a duplicate of its own (appended to the message's
+    fds): the option's owner and the argument's close theirs separately."""
+    found: set[int] = set()
+    for arg in msg.body:
+        if not isinstance(arg, dict):
+            continue
+        for key, value in list(arg.items()):
+            if not (isinstance(value, Variant) and value.signature == "h"):
+                continue
+            index = value.value
+            if not isinstance(index, int) or not 0 <= index < len(msg.unix_fds):
+                continue
+            if index in top_level:
+                msg.unix_fds.append(os.dup(msg.unix_fds[index]))
+                index = len(msg.unix_fds) - 1
+                arg[key] = Variant("h", index)
+            found.add(index)
+    return found
+
+
 OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
 
 
@@ -286,14 +308,19 @@ class FixedMessageBus(MessageBus):
     ) -> Callable[[Message, Any], None]:
         inner = super()._make_method_handler(interface, method)
         signature: str = method.in_signature
-        if "h" not in signature:
+        if "h" not in signature and "a{sv}" not in signature:
             return inner
 
         def handler(msg: Message, send_reply: Any) -> None:
+            if not msg.unix_fds:
+                inner(msg, send_reply)
+                return
+            used = _top_level_fd_indices(signature, list(msg.body))
+            used |= _option_fd_indices(msg, used)
             inner(msg, send_reply)  # if this raises, the fds are closed as unclaimed
             self._fds_taken = True
-            # The method owns the fds its `h` arguments name; close any extra ones sent along.
-            used = _top_level_fd_indices(signature, list(msg.body))
+            # The method owns the fds its `h` arguments and options name (secretfds.py);
+            # close any extra ones sent along.
             extra = [fd for i, fd in enumerate(msg.unix_fds) if i not in used]
             if extra:
                 _close_fds(extra)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Final
 
 from dbus_fast.annotations import (
@@ -17,49 +16,23 @@ from dbus_fast.annotations import (
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
 
-from keyagent.protocol import KEY_INTERFACE, BadPassphrase, InvalidArgs, TooLarge, key_path
+from keyagent.protocol import KEY_INTERFACE, BadPassphrase, InvalidArgs, key_path
 from keyagentd import age
 from keyagentd.bus import options as opts
 from keyagentd.bus.dbustypes import Void
 from keyagentd.bus.fdpeer import check_fd_peers
 from keyagentd.bus.gate import CURRENT_CALLER
 from keyagentd.bus.oplog import operation, sync_operation
-from keyagentd.bus.streams import FdSource, close_fds
+from keyagentd.bus.secretfds import read_passphrase, secret_arg, write_output
+from keyagentd.bus.streams import close_fds
 from keyagentd.keystore import KeyRecord
 from keyagentd.secrets import wipe
 
 if TYPE_CHECKING:
     from keyagentd.bus.service import Agent
 
-#: UnlockFromFd reads at most this much (a passphrase, not a file).
-MAX_PASSPHRASE_BYTES: Final = 4096
-PASSPHRASE_READ_TIMEOUT: Final = 30.0
 #: Unlock also takes ``askpass`` (b): the agent asks at the desktop (passphrase "").
-UNLOCK_OPTIONS: Final = {**opts.UNLOCK, "askpass": "b"}
-
-
-def read_passphrase(fd: int, cancel: threading.Event) -> str:
-    """The passphrase written to ``fd`` up to EOF, minus one trailing newline."""
-    src = FdSource(fd, cancel, timeout=PASSPHRASE_READ_TIMEOUT)
-    buf = bytearray(MAX_PASSPHRASE_BYTES + 1)
-    view = memoryview(buf)
-    try:
-        total = 0
-        while total < len(buf):
-            n = src.readinto(view[total:])
-            if n == 0:
-                break
-            total += n
-        if total > MAX_PASSPHRASE_BYTES:
-            raise TooLarge(f"A passphrase is at most {MAX_PASSPHRASE_BYTES} bytes.")
-        end = total - 1 if total and buf[total - 1] == 0x0A else total
-        try:
-            return bytes(view[:end]).decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadPassphrase("The passphrase is not valid UTF-8.") from None
-    finally:
-        view.release()
-        wipe(buf)
+UNLOCK_OPTIONS: Final = {**opts.UNLOCK, "askpass": "b", "passphrase-fd": "h"}
 
 
 class KeyObject(ServiceInterface):
@@ -134,6 +107,7 @@ class KeyObject(ServiceInterface):
             pid = caller.pid if caller is not None and caller.pid is not None else 0
             await self.agent.unlock_by_askpass(self.key_name, parsed, pid)
             return
+        passphrase = await secret_arg(self.agent, parsed, "passphrase", passphrase)
         await self.agent.unlock(self.key_name, passphrase, parsed)
 
     @dbus_method()
@@ -158,6 +132,19 @@ class KeyObject(ServiceInterface):
     @dbus_method()
     @operation("ChangePassphrase")
     async def ChangePassphrase(self, old: DBusStr, new: DBusStr) -> Void:
+        await self._change_passphrase(old, new)
+
+    @dbus_method()
+    @operation("ChangePassphrase")
+    async def ChangePassphraseWithOptions(
+        self, old: DBusStr, new: DBusStr, options: DBusDict
+    ) -> Void:
+        parsed = opts.parse(options, opts.CHANGE_PASSPHRASE)
+        old = await secret_arg(self.agent, parsed, "old-passphrase", old)
+        new = await secret_arg(self.agent, parsed, "new-passphrase", new)
+        await self._change_passphrase(old, new)
+
+    async def _change_passphrase(self, old: str, new: str) -> None:
         self.agent.require(self.key_name)
         if not new:  # checked first: a bad new passphrase is not a wrong guess of the old one
             raise BadPassphrase("The new passphrase must not be empty.")
@@ -167,6 +154,22 @@ class KeyObject(ServiceInterface):
     @dbus_method()
     @operation("Export")
     async def Export(self, passphrase: DBusStr) -> DBusBytes:
+        return await self._export(passphrase)
+
+    @dbus_method()
+    @operation("Export")
+    async def ExportWithOptions(self, passphrase: DBusStr, options: DBusDict) -> DBusBytes:
+        """Export; with ``output-fd`` the file goes there and the reply is empty."""
+        parsed = opts.parse(options, opts.EXPORT)
+        self.agent.require(self.key_name)
+        passphrase = await secret_arg(self.agent, parsed, "passphrase", passphrase)
+        data = await self._export(passphrase)
+        if "output-fd" not in parsed:
+            return data
+        await write_output(self.agent, parsed, data)
+        return b""
+
+    async def _export(self, passphrase: str) -> bytes:
         record = self.agent.require(self.key_name)
         async with self.agent.limiter.attempt(self.key_name):
             seed = await self.agent.blocking(self.agent.store.unseal, self.key_name, passphrase)

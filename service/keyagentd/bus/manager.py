@@ -46,6 +46,7 @@ from keyagentd.bus.dbustypes import (
 from keyagentd.bus.fdpeer import check_fd_peers
 from keyagentd.bus.gate import CURRENT_CALLER, current_sender
 from keyagentd.bus.oplog import note_key, operation, sync_operation
+from keyagentd.bus.secretfds import secret_arg, secret_option
 from keyagentd.bus.streams import Cancelled, FdSink, FdSource, close_fds
 from keyagentd.cache import KeyCache
 from keyagentd.config import Config as UserConfig
@@ -113,6 +114,7 @@ class Manager(ServiceInterface):
         if key_type not in KEY_TYPES:
             raise Unsupported(f"Unknown key type {key_type!r}: use {' or '.join(KEY_TYPES)}.")
         self._check_free(name)
+        passphrase = await secret_arg(self.agent, parsed, "passphrase", passphrase)
         record = await self._seal_new_key(
             name, age.generate_identity(key_type), passphrase, parsed.text("label", "")
         )
@@ -128,6 +130,8 @@ class Manager(ServiceInterface):
         parsed = opts.parse(options, opts.IMPORT_KEY)
         _check_name(name)
         self._check_free(name)
+        identity = await secret_arg(self.agent, parsed, "identity", identity)
+        passphrase = await secret_arg(self.agent, parsed, "passphrase", passphrase)
         record = await self._seal_new_key(
             name, age.parse_identity(identity), passphrase, parsed.text("label", "")
         )
@@ -140,7 +144,7 @@ class Manager(ServiceInterface):
         parsed = opts.parse(options, opts.DELETE_KEY)
         _check_name(name)
         self.agent.require(name)
-        passphrase = parsed.text("passphrase")
+        passphrase = await secret_option(self.agent, parsed, "passphrase")
         if passphrase is not None:
             async with self.agent.limiter.attempt(name):
                 seed = await self.agent.blocking(self.agent.store.unseal, name, passphrase)
@@ -192,15 +196,13 @@ class Manager(ServiceInterface):
     ) -> DBusBytes:
         parsed = opts.parse(options, opts.ENCRYPT)
         self._check_size(plaintext)
+        passphrase = await secret_option(self.agent, parsed, "passphrase")
         targets = crypto.resolve_recipients(
-            recipients,
-            self.agent.records,
-            parsed.text("passphrase"),
-            self.agent.config.scrypt_work_factor,
+            recipients, self.agent.records, passphrase, self.agent.config.scrypt_work_factor
         )
         note_key(",".join(r for r in recipients if r in self.agent.records))
         armor = parsed.flag("armor")
-        if crypto.runs_inline(len(plaintext), parsed.text("passphrase")):
+        if crypto.runs_inline(len(plaintext), passphrase):
             return age.encrypt_bytes(targets, plaintext, armor=armor)
         return await self.agent.blocking(age.encrypt_bytes, targets, plaintext, armor=armor)
 
@@ -209,25 +211,28 @@ class Manager(ServiceInterface):
     async def Decrypt(self, ciphertext: DBusBytes, options: DBusDict) -> PlainAndKey:
         parsed = opts.parse(options, DECRYPT_OPTIONS)
         self._check_size(ciphertext, ciphertext_limit(self.agent.config.max_payload))
+        passphrase = await secret_option(self.agent, parsed, "passphrase")
         try:
-            name, plaintext = await self._decrypt(ciphertext, parsed)
+            name, plaintext = await self._decrypt(ciphertext, parsed, passphrase)
         except Locked as exc:
             if not parsed.flag("askpass") or not exc.names:
                 raise
             # Ask for the first candidate, then try again: the data is all here.
             note_key(exc.names[0])
             await self.agent.unlock_by_askpass(exc.names[0], opts.Options({}), _caller_pid())
-            name, plaintext = await self._decrypt(ciphertext, parsed)
+            name, plaintext = await self._decrypt(ciphertext, parsed, passphrase)
         note_key(name)
         return (plaintext, name)
 
-    async def _decrypt(self, ciphertext: bytes, parsed: opts.Options) -> tuple[str, bytes]:
+    async def _decrypt(
+        self, ciphertext: bytes, parsed: opts.Options, passphrase: str | None
+    ) -> tuple[str, bytes]:
         args = (
             ciphertext,
             self.agent.cache,
             dict(self.agent.records),
             parsed.text("key"),
-            parsed.text("passphrase"),
+            passphrase,
             self.agent.config.user,
             _caller_pid(),
         )
@@ -254,11 +259,9 @@ class Manager(ServiceInterface):
         fds = [input, output]
         try:
             parsed = opts.parse(options, opts.ENCRYPT)
+            passphrase = await secret_option(self.agent, parsed, "passphrase")
             targets = crypto.resolve_recipients(
-                recipients,
-                self.agent.records,
-                parsed.text("passphrase"),
-                self.agent.config.scrypt_work_factor,
+                recipients, self.agent.records, passphrase, self.agent.config.scrypt_work_factor
             )
             check_fd_peers(fds)
         except Exception:
@@ -281,11 +284,12 @@ class Manager(ServiceInterface):
         try:
             parsed = opts.parse(options, DECRYPT_OPTIONS)
             check_fd_peers(fds)
+            passphrase = await secret_option(self.agent, parsed, "passphrase")
         except Exception:
             close_fds(fds)
             raise
         cache, records = self.agent.cache, dict(self.agent.records)
-        pin, passphrase = parsed.text("key"), parsed.text("passphrase")
+        pin = parsed.text("key")
         user, pid = self.agent.config.user, _caller_pid()
         agent, ask, loop = self.agent, parsed.flag("askpass"), asyncio.get_running_loop()
 

@@ -19,6 +19,8 @@ from typing import ParamSpec, TypeVar
 from keyagent.protocol import KeyAgentError
 from keyagentd.bus.errors import convert
 from keyagentd.bus.gate import CURRENT_CALLER
+from keyagentd.bus.secretfds import option_fds
+from keyagentd.bus.streams import close_fds
 
 log = logging.getLogger("keyagentd.ops")
 
@@ -56,8 +58,12 @@ def operation(name: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Aw
     def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            with _logged(name, args):
-                return await fn(*args, **kwargs)
+            fds = option_fds(args)  # the call's option fds live as long as the call
+            try:
+                with _logged(name, args):
+                    return await fn(*args, **kwargs)
+            finally:
+                close_fds(fds)
 
         return wrapper
 

@@ -15,12 +15,15 @@ from dbus_fast import Variant
 from keyagent.protocol import InvalidArgs
 
 #: The D-Bus type of every option each method accepts.
-CREATE_KEY = {"type": "s", "label": "s"}
-IMPORT_KEY = {"label": "s"}
-DELETE_KEY = {"passphrase": "s"}
-ENCRYPT = {"armor": "b", "passphrase": "s"}
-DECRYPT = {"key": "s", "passphrase": "s"}
+#: `<secret>-fd` options (type `h`) carry a secret in a passed fd (secretfds.py).
+CREATE_KEY = {"type": "s", "label": "s", "passphrase-fd": "h"}
+IMPORT_KEY = {"label": "s", "identity-fd": "h", "passphrase-fd": "h"}
+DELETE_KEY = {"passphrase": "s", "passphrase-fd": "h"}
+ENCRYPT = {"armor": "b", "passphrase": "s", "passphrase-fd": "h"}
+DECRYPT = {"key": "s", "passphrase": "s", "passphrase-fd": "h"}
 UNLOCK = {"idle-timeout": "u", "max-timeout": "u"}
+CHANGE_PASSPHRASE = {"old-passphrase-fd": "h", "new-passphrase-fd": "h"}
+EXPORT = {"passphrase-fd": "h", "output-fd": "h"}
 
 
 class Options:
