@@ -3,7 +3,7 @@
 set -euo pipefail
 declare -A pkg_for=(
   [dbus-daemon]=dbus-daemon [dbus-run-session]=dbus-daemon [dbus-send]=dbus-bin
-  [dbus-monitor]=dbus-bin
+  [dbus-monitor]=dbus-bin [dbus-update-activation-environment]=dbus-bin
   [gdbus]=libglib2.0-bin [busctl]=systemd [age]=age
 )
 missing=()
