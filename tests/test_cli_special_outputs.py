@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
-from cli_support import PASSPHRASE, create_key, ka, ka_pw
+from cli_support import KEYAGENT, PASSPHRASE, create_key, ka, ka_pw
 from cli_support import files as files
 from cli_support import private_bus as private_bus
 from conftest import PrivateBus, requires_root
@@ -80,17 +81,42 @@ def test_a_fifo_gets_the_data(
         assert bytes(got).startswith(b"age-encryption.org/v1\n")
 
 
+#: Runs a command with a /dev of its own (a tmpfs in a private mount namespace), so that a
+#: broken build replaces nothing of the machine's /dev/stdout.
+PRIVATE_DEV = (
+    "unshare", "-m", "--propagation", "private", "sh", "-c",
+    "mount -t tmpfs keyagent-test /dev && ln -s /proc/self/fd/1 /dev/stdout"
+    " && ln -s /proc/self/fd/2 /dev/stderr && ln -s /proc/self/fd /dev/fd && exec \"$@\"",
+    "sh",
+)  # fmt: skip
+
+
+def _decrypt_to_dev_stdout(
+    bus: PrivateBus, sealed: Path, stdout: int
+) -> subprocess.CompletedProcess[bytes]:
+    cmd = [*PRIVATE_DEV, *KEYAGENT, "decrypt", "-o", "/dev/stdout", str(sealed)]
+    return subprocess.run(
+        cmd, env=bus.env, stdout=stdout, stderr=subprocess.PIPE, timeout=60, check=False
+    )
+
+
+@requires_root
 def test_dev_stdout_is_stdout(private_bus: PrivateBus, files: Path, sealed: Path) -> None:
-    r = ka(private_bus, "decrypt", "-o", "/dev/stdout", str(sealed))
+    r = _decrypt_to_dev_stdout(private_bus, sealed, subprocess.PIPE)
     assert r.returncode == 0, r.stderr
     assert r.stdout == DATA
     out = files / "redirected"
     with open(out, "wb") as f:  # `> redirected`: the same file, written through fd 1
         ino = os.fstat(f.fileno()).st_ino
-        r = ka(private_bus, "decrypt", "-o", "/dev/stdout", str(sealed), stdout=f.fileno())
+        r = _decrypt_to_dev_stdout(private_bus, sealed, f.fileno())
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == DATA and out.stat().st_ino == ino
-    assert stat.S_ISLNK(os.lstat("/dev/stdout").st_mode)
+
+
+def test_dev_fd_names_are_our_fds(private_bus: PrivateBus, sealed: Path) -> None:
+    r = ka(private_bus, "decrypt", "-o", "/dev/fd/1", str(sealed))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == DATA
 
 
 def test_a_regular_file_is_still_replaced_whole(
