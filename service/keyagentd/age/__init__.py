@@ -12,7 +12,8 @@ Choices where the spec leaves room (each matches age/rage unless noted):
 - A scrypt work factor above the identity's cap (default 22) is Unsupported,
   refused before any key derivation; one above 64 or not canonical decimal
   is Malformed. ``ScryptRecipient(work_factor=None)`` targets ~1 s, 18..20.
-- A header larger than 1 MiB or with more than 1024 stanzas is Malformed.
+- A header larger than 1 MiB or with more than 1024 stanzas is Malformed;
+  encrypting to more than that (or ~670+ hybrid recipients) is TooLarge.
 - Armor is detected when the first non-blank byte is ``-``; LF or CRLF lines
   and up to 1 KiB of whitespace around the block are accepted.
 - A file with an scrypt stanza must have exactly one stanza (Malformed
@@ -29,7 +30,7 @@ import io
 import os
 from collections.abc import Callable, Sequence
 
-from .engine import Decryptor, decrypt, encrypt
+from .engine import Decryptor, check_recipient_count, decrypt, encrypt
 from .format import Stanza
 from .hybrid import HybridIdentity, HybridRecipient
 from .keys import (
@@ -59,6 +60,7 @@ __all__ = [
     "Stanza",
     "X25519Identity",
     "X25519Recipient",
+    "check_recipient_count",
     "decrypt",
     "decrypt_bytes",
     "encrypt",

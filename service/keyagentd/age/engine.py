@@ -7,11 +7,19 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, Final
 
-from keyagent.protocol import Failed, Integrity, Malformed, NoMatch, Unsupported
+from keyagent.protocol import Failed, Integrity, Malformed, NoMatch, TooLarge, Unsupported
 
 from . import hybrid, scrypt
 from .armor import MAX_WHITESPACE, ArmorReader, ArmorWriter, looks_armored
-from .format import FILE_KEY_SIZE, Header, encode_header, header_mac, parse_header
+from .format import (
+    FILE_KEY_SIZE,
+    MAX_HEADER,
+    MAX_STANZAS,
+    Header,
+    encode_header,
+    header_mac,
+    parse_header,
+)
 from .keys import Identity, Recipient
 from .source import PrefixedSource, RawSource, Readable, read_full, write_all
 from .stream import NONCE_SIZE, decrypt_payload, encrypt_payload, payload_key
@@ -37,15 +45,24 @@ def encrypt(
 
     A passphrase (scrypt) recipient must be alone, and the post-quantum hybrid
     is not mixed with classic recipients (it would lose its point): both raise
-    Unsupported before anything is written.
+    Unsupported before anything is written. A header that `Decryptor` would refuse (more
+    than MAX_STANZAS stanzas or MAX_HEADER bytes: ~670 post-quantum recipients) raises
+    TooLarge: what this engine writes, it reads back.
     """
     if not recipients:
         raise Failed("Encrypting needs at least one recipient.")
+    check_recipient_count(len(recipients))
     _check_mix([getattr(r, "stanza_type", None) for r in recipients])
     file_key = rng(FILE_KEY_SIZE)
     stanzas = [s for r in recipients for s in r.wrap(file_key, rng)]
     _check_mix([s.type for s in stanzas])
+    check_recipient_count(len(stanzas))
     header = encode_header(stanzas, file_key)
+    if len(header) > MAX_HEADER:
+        raise TooLarge(
+            f"The header for {len(stanzas)} recipients would be larger than {MAX_HEADER} "
+            "bytes, more than age files read here may hold: use fewer recipients."
+        )
     nonce = rng(NONCE_SIZE)
     key = payload_key(file_key, nonce)
     source = RawSource(src)
@@ -57,6 +74,14 @@ def encrypt(
     encrypt_payload(key, source, out, overlap=overlap)
     out.close()
     return out.written
+
+
+def check_recipient_count(count: int) -> None:
+    """TooLarge for more recipients than a file read here may name (MAX_STANZAS)."""
+    if count > MAX_STANZAS:
+        raise TooLarge(
+            f"At most {MAX_STANZAS} recipients: an age file read here names no more (got {count})."
+        )
 
 
 def _check_mix(types: Sequence[str | None]) -> None:
@@ -123,6 +148,20 @@ class Decryptor:
             self._payload_key = payload_key(file_key, bytes(nonce))
             return identity
         raise NoMatch()
+
+    def opens(self, identity: Identity) -> bool:
+        """Whether ``identity`` unwraps this file's key (header MAC checked), without taking
+        it: a key that opens the file may still be refused by per-key policy, and the next
+        key is then tried."""
+        file_key = identity.unwrap(self._header.stanzas)
+        if file_key is None:
+            return False
+        if len(file_key) != FILE_KEY_SIZE:
+            raise Malformed("A recipient stanza holds a file key of the wrong size.")
+        mac = header_mac(file_key, self._header.mac_input)
+        if not hmac.compare_digest(mac, self._header.mac):
+            raise Integrity("The age header failed its integrity check (MAC).")
+        return True
 
     def file_key_for_tests(self) -> bytes | None:
         """The unwrapped file key, for the conformance runner only (it is secret)."""

@@ -18,10 +18,11 @@ that might try many unlocked keys go to the worker pool.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from keyagent.protocol import (
+    AccessDenied,
     BadPassphrase,
     InvalidArgs,
     InvalidName,
@@ -76,6 +77,7 @@ def resolve_recipients(
         return [age.ScryptRecipient(passphrase, work_factor)]
     if not items:
         raise InvalidArgs("Give at least one recipient (age1... or a key name).")
+    age.check_recipient_count(len(items))  # before parsing them all
     out: list[age.Recipient] = []
     for item in items:
         if item.startswith("age1"):
@@ -92,6 +94,10 @@ def resolve_recipients(
     return out
 
 
+def _no_key_restricted(name: str) -> bool:
+    return False
+
+
 def unwrap(
     dec: age.Decryptor,
     cache: KeyCache,
@@ -99,8 +105,15 @@ def unwrap(
     *,
     pin: str | None = None,
     passphrase: str | None = None,
+    restricted: Callable[[str], bool] = _no_key_restricted,
+    permit: Callable[[str], None] | None = None,
 ) -> str:
-    """Unwrap ``dec``'s file key; returns the key name that opened it ("" for a passphrase)."""
+    """Unwrap ``dec``'s file key; returns the key name that opened it ("" for a passphrase).
+
+    Per-key policy: keys for which ``restricted`` is true are tried after the others, and
+    one that opens the file is used only if ``permit(name)`` (which may ask a person, so it
+    runs with no identity in hand) does not raise AccessDenied; else the next key is tried.
+    """
     types = dec.stanza_types
     if SCRYPT in types:
         if passphrase is None:
@@ -121,13 +134,24 @@ def unwrap(
         names = [pin]
     else:
         names = sorted(n for n, r in records.items() if STANZA_TYPE.get(r.key_type) in types)
+    names.sort(key=restricted)  # stable: unrestricted keys first, each group by name
     locked = [n for n in names if not cache.is_unlocked(n)]
+    denied: AccessDenied | None = None
     for name in names:
         if name in locked:
             continue
-        # One key at a time: each identity exists (and is wiped) within its own `use`, and
-        # the search stops at the first key that opens the file.
+        # One key at a time: each identity exists (and is wiped) within its own `use`.
         try:
+            if permit is not None and restricted(name):
+                with cache.use(name) as identity:
+                    opens = dec.opens(identity)
+                if not opens:
+                    continue
+                try:
+                    permit(name)
+                except AccessDenied as exc:
+                    denied = denied or exc
+                    continue
             with cache.use(name) as identity:
                 dec.unwrap([identity])
         except Locked:  # expired since we looked
@@ -138,6 +162,8 @@ def unwrap(
         return name
     if locked:
         raise Locked.for_keys(sorted(locked))
+    if denied is not None:
+        raise denied
     if pin is not None:
         raise NoMatch(f"Key {pin!r} does not match this file.")
     raise NoMatch()

@@ -6,8 +6,8 @@ import asyncio
 import concurrent.futures
 import io
 import threading
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, BinaryIO, cast
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Annotated, BinaryIO, TypedDict, cast
 
 from dbus_fast.annotations import (
     DBusBytes,
@@ -295,8 +295,9 @@ class Manager(ServiceInterface):
 
         def job(cancel: threading.Event) -> tuple[str, int]:
             dec = age.Decryptor(_io(FdSource(input, cancel)))
+            rules = _key_rules(pid, user)
             try:
-                name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
+                name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase, **rules)
             except Locked as exc:
                 if not ask or not exc.names:
                     raise
@@ -304,8 +305,7 @@ class Manager(ServiceInterface):
                 # unwrap again with the same decryptor.
                 unlock = agent.unlock_by_askpass(exc.names[0], opts.Options({}), pid)
                 _wait(asyncio.run_coroutine_threadsafe(unlock, loop), cancel)
-                name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
-            _check_policy(name, pid, user)
+                name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase, **rules)
             return name, dec.decrypt_to(_io(FdSink(output, cancel)), overlap=True)
 
         name, written = await self.agent.stream(current_sender(), fds, job)
@@ -349,10 +349,22 @@ def _caller_pid() -> int:
     return caller.pid if caller is not None and caller.pid is not None else 0
 
 
-def _check_policy(name: str, pid: int, user: UserConfig) -> None:
-    """Per-key policy, once the key is known and before any plaintext (may ask; blocks)."""
-    if name and policy.is_restricted(name, user):
+class _KeyRules(TypedDict):
+    restricted: Callable[[str], bool]
+    permit: Callable[[str], None]
+
+
+def _key_rules(pid: int, user: UserConfig) -> _KeyRules:
+    """Per-key policy for `crypto.unwrap`: checked for a key that opens the file, before any
+    plaintext (may ask; blocks); a refused key makes unwrap try the next one."""
+
+    def restricted(name: str) -> bool:
+        return policy.is_restricted(name, user)
+
+    def permit(name: str) -> None:
         policy.check(name, pid, user, operation="decrypt")
+
+    return {"restricted": restricted, "permit": permit}
 
 
 def _decrypt_bytes(
@@ -365,8 +377,8 @@ def _decrypt_bytes(
     pid: int,
 ) -> tuple[str, bytes]:
     dec = age.Decryptor(io.BytesIO(data))
-    name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
-    _check_policy(name, pid, user)
+    rules = _key_rules(pid, user)
+    name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase, **rules)
     out = io.BytesIO()
     dec.decrypt_to(out)
     return name, out.getvalue()
