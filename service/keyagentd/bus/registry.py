@@ -58,7 +58,7 @@ class KeyRegistry:
 
     def key_added(self, record: KeyRecord) -> str:
         obj = self._export_key(record)
-        self.manager.emit_properties_changed({"Keys": self.key_paths()})
+        self._keys_changed()
         return obj.path
 
     def key_removed(self, name: str) -> None:
@@ -69,9 +69,15 @@ class KeyRegistry:
         obj = self.keys.pop(name, None)
         if obj is not None:
             self._bus.unexport(obj.path)
-        self.manager.emit_properties_changed({"Keys": self.key_paths()})
+        self._keys_changed()
         self._schedule_expiry()
         self._touch()
+
+    def _keys_changed(self) -> None:
+        """Tell watchers `Keys` changed without its value: sending the whole list with each
+        CreateKey made creating n keys cost O(n²). Watchers Get it (or follow the
+        ObjectManager's InterfacesAdded/Removed, which name the one key)."""
+        self.manager.emit_properties_changed({}, ["Keys"])
 
     def lock_all(self, reason: str = "LockAll") -> list[str]:
         """Wipe every unlocked key (LockAll, or a desktop lock trigger); the names locked."""
