@@ -52,6 +52,7 @@ from keyagentd.bus.streams import DEFAULT_MAX_STREAMS, StreamRunner
 from keyagentd.cache import KeyCache
 from keyagentd.config import Config as UserConfig
 from keyagentd.desktop import LockTriggers, install_lock_triggers
+from keyagentd.failcounts import FailureFiles
 from keyagentd.kdf import KdfParams
 from keyagentd.keystore import KeyRecord, KeyStore
 from keyagentd.ratelimit import FailureLimiter
@@ -100,7 +101,7 @@ class Agent(KeyRegistry):
             default_max_timeout=config.user.max_timeout,
         )
         self._triggers: LockTriggers | None = None
-        self.limiter = FailureLimiter()
+        self.limiter = FailureLimiter(store=FailureFiles(config.home), offload=self._offload)
         self.records: dict[str, KeyRecord] = {}
         self.keys: dict[str, KeyObject] = {}
         self.manager = Manager(self)
@@ -286,6 +287,9 @@ class Agent(KeyRegistry):
         finally:
             self._inflight -= 1
             self._touch()
+
+    async def _offload(self, fn: Callable[[], None]) -> None:
+        await self.blocking(fn)
 
     async def stream(self, caller: str, fds: list[int], job: Callable[[threading.Event], T]) -> T:
         self._inflight += 1
