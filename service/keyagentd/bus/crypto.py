@@ -34,6 +34,7 @@ from keyagent.protocol import (
 from keyagentd import age
 from keyagentd.cache import KeyCache
 from keyagentd.keystore import KeyRecord
+from keyagentd.recipients import VerifiedRecipients
 
 #: The stanza type each key type answers to.
 STANZA_TYPE: Final = {"x25519": "X25519", "mlkem768x25519": "mlkem768x25519"}
@@ -67,8 +68,10 @@ def resolve_recipients(
     records: Mapping[str, KeyRecord],
     passphrase: str | None,
     work_factor: int | None,
+    verified: VerifiedRecipients | None = None,
 ) -> list[age.Recipient]:
-    """Recipients from ``age1...`` strings and key names, or the scrypt passphrase."""
+    """Recipients from ``age1...`` strings and key names, or the scrypt passphrase. With
+    ``verified``, a key name whose recipient the agent has not verified is `Locked`."""
     if passphrase is not None:
         if items:
             raise InvalidArgs("Give either recipients or the passphrase option, not both.")
@@ -86,6 +89,8 @@ def resolve_recipients(
             record = records.get(item)
             if record is None:
                 raise NoSuchKey(f"There is no key named {item!r}.")
+            if verified is not None:
+                verified.require(item)
             out.append(parse_recipient(record.recipient))
         else:
             raise InvalidName(

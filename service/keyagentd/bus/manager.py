@@ -198,7 +198,11 @@ class Manager(ServiceInterface):
         self._check_size(plaintext)
         passphrase = await secret_option(self.agent, parsed, "passphrase")
         targets = crypto.resolve_recipients(
-            recipients, self.agent.records, passphrase, self.agent.config.scrypt_work_factor
+            recipients,
+            self.agent.records,
+            passphrase,
+            self.agent.config.scrypt_work_factor,
+            self.agent.verified,
         )
         note_key(",".join(r for r in recipients if r in self.agent.records))
         armor = parsed.flag("armor")
@@ -261,7 +265,11 @@ class Manager(ServiceInterface):
             parsed = opts.parse(options, opts.ENCRYPT)
             passphrase = await secret_option(self.agent, parsed, "passphrase")
             targets = crypto.resolve_recipients(
-                recipients, self.agent.records, passphrase, self.agent.config.scrypt_work_factor
+                recipients,
+                self.agent.records,
+                passphrase,
+                self.agent.config.scrypt_work_factor,
+                self.agent.verified,
             )
             check_fd_peers(fds)
         except Exception:

@@ -14,6 +14,7 @@ from keyagentd.bus.manager import Manager
 from keyagentd.cache import KeyCache
 from keyagentd.keystore import KeyRecord
 from keyagentd.ratelimit import FailureLimiter
+from keyagentd.recipients import VerifiedRecipients
 
 if TYPE_CHECKING:
     from keyagentd.bus.service import Agent
@@ -30,6 +31,7 @@ class KeyRegistry:
     limiter: FailureLimiter
     manager: Manager
     records: dict[str, KeyRecord]
+    verified: VerifiedRecipients
     keys: dict[str, KeyObject]
     _bus: FixedMessageBus | None
     _loop: asyncio.AbstractEventLoop | None
@@ -58,6 +60,7 @@ class KeyRegistry:
 
     def key_added(self, record: KeyRecord) -> str:
         obj = self._export_key(record)
+        self.verified.mark(record.name)  # created or imported here: derived from the identity
         self._keys_changed()
         return obj.path
 
@@ -65,6 +68,7 @@ class KeyRegistry:
         assert self._bus is not None
         self.cache.forget(name)
         self.limiter.forget(name)
+        self.verified.forget(name)
         self.records.pop(name, None)
         obj = self.keys.pop(name, None)
         if obj is not None:

@@ -56,6 +56,7 @@ from keyagentd.failcounts import FailureFiles
 from keyagentd.kdf import KdfParams
 from keyagentd.keystore import KeyRecord, KeyStore
 from keyagentd.ratelimit import FailureLimiter
+from keyagentd.recipients import VerifiedRecipients
 from keyagentd.secrets import wipe
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class Agent(KeyRegistry):
         self._triggers: LockTriggers | None = None
         self.limiter = FailureLimiter(store=FailureFiles(config.home), offload=self._offload)
         self.records: dict[str, KeyRecord] = {}
+        self.verified = VerifiedRecipients()
         self.keys: dict[str, KeyObject] = {}
         self.manager = Manager(self)
         self.access_log = AccessLog(self.manager.emit_access)
@@ -318,7 +320,10 @@ class Agent(KeyRegistry):
             wipe(seed)
             raise NoSuchKey(f"There is no key named {name!r}.")
         self.cache.unlock(name, record.key_type, seed, idle, maximum)
-        self.key_changed(name)
+        try:
+            self.verified.verify(self.cache, name, record.recipient)
+        finally:
+            self.key_changed(name)
 
     async def unlock_by_askpass(self, name: str, options: Options, pid: int) -> None:
         """Ask the person at the desktop for ``name``'s passphrase (askpass.py) and unlock.
