@@ -9,6 +9,7 @@ own copies); it is cheap and it makes locking mean something.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 
 
@@ -39,3 +40,34 @@ def scrub_bytes(data: bytes) -> None:
     address = _bytes_buffer(data)
     if address:
         ctypes.memset(address, 0, len(data))
+
+
+class PlainBuffer:
+    """A writable sink of fixed capacity for plaintext the agent returns in a reply: one
+    allocation (growing would leave unwiped copies behind), wiped by its owner."""
+
+    def __init__(self, capacity: int) -> None:
+        self.buf = bytearray(capacity)
+        self._n = 0
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        n = len(data)
+        if self._n + n > len(self.buf):
+            raise ValueError("PlainBuffer is full")
+        self.buf[self._n : self._n + n] = data
+        self._n += n
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def view(self) -> memoryview:
+        return memoryview(self.buf)[: self._n]
+
+
+def wipe_after_reply(buf: bytearray) -> None:
+    """Wipe ``buf`` once the reply that carries it is marshalled (dbus-fast builds an async
+    method's reply in the task's done callback, scheduled after this: two loop hops later,
+    as oplog.py relies on). The bus writer wipes its own copy once sent (fixes.py)."""
+    loop = asyncio.get_running_loop()
+    loop.call_soon(loop.call_soon, wipe, buf)

@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from keyagent.protocol import Integrity
+from keyagentd.secrets import wipe
 
 from .format import hkdf
 from .overlap import STREAMS, OverlapWriter, retune
@@ -167,6 +168,8 @@ class _Output:
             if self._writer is not None:
                 self._writer.close()
         finally:
+            if self._own is not None:
+                wipe(self._own)  # the last plaintext chunk, when decrypting
             if self._overlap:
                 STREAMS.leave()
 

@@ -32,7 +32,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from dbus_fast import Message, Variant
 from dbus_fast.aio import MessageBus
@@ -40,6 +40,8 @@ from dbus_fast.aio import message_bus as _aio
 from dbus_fast.message_bus import BaseMessageBus
 from dbus_fast.service import ServiceInterface
 from dbus_fast.signature import get_signature_tree
+
+from keyagentd.secrets import wipe
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,11 @@ class PatientWriter(_aio._MessageWriter):
                 if self.offset < len(self.buf):
                     self._wait_writable()
                     return
+                sent_buf = self.buf.obj
+                self.buf.release()
                 self.buf = None
+                if isinstance(sent_buf, bytearray):
+                    wipe(sent_buf)  # replies may carry plaintext: nothing stays behind
                 _aio._future_set_result(cast(Any, self.fut), None)
         except Exception as exc:
             # The connection failed (or was closed under us while stopping). Every message
@@ -148,6 +154,27 @@ class PatientWriter(_aio._MessageWriter):
                 _aio._future_set_result(cast(Any, fut), None)
             else:
                 _fail_quietly(fut, exc)
+
+    def buffer_message(self, msg: Message, future: Any = None) -> None:
+        body = msg.body
+        if not (msg.signature.startswith("ay") and body and isinstance(body[0], memoryview)):
+            super().buffer_message(msg, future)
+            return
+        # A plaintext reply (Decrypt): dbus-fast would copy it into an intermediate body
+        # buffer and leave that behind unwiped. Marshal zeros of its length instead and put
+        # the plaintext straight into the one buffer that is sent (and wiped once sent).
+        plain: memoryview = body[0]
+        body[0] = bytes(len(plain))
+        try:
+            buf = msg._marshall(self.negotiate_unix_fd)
+        finally:
+            body[0] = plain
+        order: Literal["little", "big"] = "little" if buf[0:1] == b"l" else "big"
+        start = len(buf) - int.from_bytes(buf[4:8], order)  # the body follows the header
+        assert int.from_bytes(buf[start : start + 4], order) == len(plain)
+        buf[start + 4 : start + 4 + len(plain)] = plain
+        fds = msg.unix_fds
+        self.messages.append((buf, list(fds) if fds else None, future))
 
     def schedule_write(self, msg: Message | None = None, future: Any = None) -> None:
         if self.bus._disconnected:

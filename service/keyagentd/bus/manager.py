@@ -51,7 +51,7 @@ from keyagentd.bus.streams import Cancelled, FdSink, FdSource, close_fds
 from keyagentd.cache import KeyCache
 from keyagentd.config import Config as UserConfig
 from keyagentd.keystore import KeyRecord
-from keyagentd.secrets import wipe
+from keyagentd.secrets import PlainBuffer, wipe, wipe_after_reply
 
 if TYPE_CHECKING:
     from keyagentd.bus.service import Agent
@@ -226,11 +226,12 @@ class Manager(ServiceInterface):
             await self.agent.unlock_by_askpass(exc.names[0], opts.Options({}), _caller_pid())
             name, plaintext = await self._decrypt(ciphertext, parsed, passphrase)
         note_key(name)
-        return (plaintext, name)
+        wipe_after_reply(cast(bytearray, plaintext.obj))
+        return (cast(bytes, plaintext), name)  # dbus-fast marshals any buffer as `ay`
 
     async def _decrypt(
         self, ciphertext: bytes, parsed: opts.Options, passphrase: str | None
-    ) -> tuple[str, bytes]:
+    ) -> tuple[str, memoryview]:
         args = (
             ciphertext,
             self.agent.cache,
@@ -383,10 +384,16 @@ def _decrypt_bytes(
     passphrase: str | None,
     user: UserConfig,
     pid: int,
-) -> tuple[str, bytes]:
+) -> tuple[str, memoryview]:
+    """The key's name and the plaintext, in a buffer of the agent's own that the caller wipes
+    once the reply is sent (a failed decryption wipes it here)."""
     dec = age.Decryptor(io.BytesIO(data))
     rules = _key_rules(pid, user)
     name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase, **rules)
-    out = io.BytesIO()
-    dec.decrypt_to(out)
-    return name, out.getvalue()
+    out = PlainBuffer(len(data))  # the plaintext is never longer than the file
+    try:
+        dec.decrypt_to(_io(out))
+    except BaseException:
+        wipe(out.buf)
+        raise
+    return name, out.view()
