@@ -69,3 +69,13 @@ def test_meson_wrapper_starts_isolated(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert not marker.exists(), "code from PYTHONPATH ran inside the agent"
+
+
+def test_install_keeps_an_isolated_wrapper(tmp_path: Path) -> None:
+    from keyagent.install import agent_command
+
+    script = tmp_path / "keyagentd"
+    script.write_text(f"#!{sys.executable} -I\nimport sys\n")
+    assert agent_command(tmp_path) == str(script)  # meson's wrapper: isolated already
+    script.write_text(f"#!{sys.executable}\nimport sys\n")
+    assert agent_command(tmp_path) == f"{sys.executable} -I -m keyagentd"
