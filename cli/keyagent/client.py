@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    # KeyInfo loads on first use: `dataclasses` is too slow to import on the command's hot path.
+    # KeyInfo loads on first use: only `list`, `status` and API users need it.
     if name == "KeyInfo":
         from keyagent.keyinfo import KeyInfo
 

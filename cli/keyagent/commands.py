@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import sys
 import time
-from pathlib import Path
 
 from keyagent.context import (
     CommandError,
@@ -71,6 +70,8 @@ def parse_identity_file(text: str, source: str) -> str:
 
 
 def cmd_import(ctx: Context) -> int:
+    from pathlib import Path  # here: pathlib costs milliseconds at every start of `status`
+
     a = ctx.args
     name = key_name(a.name)
     source = "standard input" if a.file in (None, "-") else f"'{a.file}'"
@@ -138,15 +139,32 @@ def cmd_delete(ctx: Context) -> int:
 
 
 def cmd_unlock(ctx: Context) -> int:
+    """Unlock each named key in turn (with --passphrase-fd, one line per key, in order)."""
     a = ctx.args
-    name = key_name(a.name)
+    names = list(dict.fromkeys(key_name(n) for n in a.names))
+    if a.askpass and ctx.passphrases.from_fd:
+        raise UsageError("Give --askpass or --passphrase-fd, not both.")
     client = ctx.client()
-    client.key(name)  # NoSuchKey (and the owner check) before the prompt
+    for name in names:
+        client.key(name)  # NoSuchKey (and the owner check) before any prompt
+    for done, name in enumerate(names):
+        try:
+            _unlock_one(ctx, name)
+        except BadPassphrase as e:
+            if len(names) == 1:
+                raise
+            unlocked = ", ".join(f"'{n}'" for n in names[:done]) or "none"
+            raise CommandError(
+                f"Key '{name}': {e.message}", f"unlocked before it: {unlocked}"
+            ) from None
+    return 0
+
+
+def _unlock_one(ctx: Context, name: str) -> None:
+    a, client = ctx.args, ctx.client()
     if a.askpass:
-        if ctx.passphrases.from_fd:
-            raise UsageError("Give --askpass or --passphrase-fd, not both.")
         client.unlock_by_askpass(name, idle_timeout=a.idle_timeout, max_timeout=a.max_timeout)
-        return 0
+        return
     tries = 1 if ctx.passphrases.from_fd else TTY_TRIES
     for attempt in range(tries):
         prompt = f"Passphrase for key '{name}': "
@@ -157,11 +175,10 @@ def cmd_unlock(ctx: Context) -> int:
             client.unlock_with_pipe(
                 name, passphrase, idle_timeout=a.idle_timeout, max_timeout=a.max_timeout
             )
-            return 0
+            return
         except BadPassphrase:
             if attempt == tries - 1:
                 raise
-    raise AssertionError("unreachable")
 
 
 def cmd_lock(ctx: Context) -> int:
@@ -203,6 +220,8 @@ def cmd_status(ctx: Context) -> int:
 
 
 def cmd_install(ctx: Context) -> int:
+    from pathlib import Path
+
     from keyagent import install
 
     bindir = Path(ctx.args.bindir) if ctx.args.bindir else None

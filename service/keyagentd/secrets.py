@@ -9,7 +9,6 @@ own copies); it is cheap and it makes locking mean something.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 
 
@@ -63,11 +62,3 @@ class PlainBuffer:
 
     def view(self) -> memoryview:
         return memoryview(self.buf)[: self._n]
-
-
-def wipe_after_reply(buf: bytearray) -> None:
-    """Wipe ``buf`` once the reply that carries it is marshalled (dbus-fast builds an async
-    method's reply in the task's done callback, scheduled after this: two loop hops later,
-    as oplog.py relies on). The bus writer wipes its own copy once sent (fixes.py)."""
-    loop = asyncio.get_running_loop()
-    loop.call_soon(loop.call_soon, wipe, buf)

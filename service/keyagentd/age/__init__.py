@@ -1,22 +1,24 @@
 """A sans-IO age v1 engine (C2SP age): header, STREAM payload, armor, and the
 X25519, post-quantum hybrid (mlkem768x25519) and scrypt recipient types.
 
-Errors are the wire classes of ``keyagent.protocol``: Malformed (not age, bad
-header, bad armor), Integrity (header MAC or a payload chunk failed), NoMatch
-(no identity opens the file), Unsupported (a format or feature not handled).
-I/O errors of the caller's file objects (OSError) pass through unchanged.
+Errors are the engine's own (errors.py, no D-Bus and no agent names): ParseError
+(not age, bad header, bad armor), HeaderMacError, PayloadError (a payload chunk
+failed or the file is cut short), NoMatchError (no identity opens the file),
+UnsupportedError (a format or feature not handled); the agent maps them to its
+wire errors in one table. I/O errors of the caller's file objects (OSError) pass
+through unchanged. Streams work on any object with ``readinto``/``write``.
 
 Choices where the spec leaves room (each matches age/rage unless noted):
 - Behaviour follows the C2SP conformance vectors, including what is released
   on a damaged payload: every chunk that authenticated, nothing after.
-- A scrypt work factor above the identity's cap (default 22) is Unsupported,
+- A scrypt work factor above the identity's cap (default 22) is UnsupportedError,
   refused before any key derivation; one above 64 or not canonical decimal
-  is Malformed. ``ScryptRecipient(work_factor=None)`` targets ~1 s, 18..20.
-- A header larger than 1 MiB or with more than 1024 stanzas is Malformed;
-  encrypting to more than that (or ~670+ hybrid recipients) is TooLarge.
+  is ParseError. ``ScryptRecipient(work_factor=None)`` targets ~1 s, 18..20.
+- A header larger than 1 MiB or with more than 1024 stanzas is a ParseError;
+  encrypting to more than that (or ~670+ hybrid recipients) is a TooLargeError.
 - Armor is detected when the first non-blank byte is ``-``; LF or CRLF lines
   and up to 1 KiB of whitespace around the block are accepted.
-- A file with an scrypt stanza must have exactly one stanza (Malformed
+- A file with an scrypt stanza must have exactly one stanza (ParseError
   otherwise), whatever identities are tried.
 - The hybrid's encapsulation randomness comes from OpenSSL (``rng`` is used
   for file keys, nonces, X25519 shares and scrypt salts only).
@@ -31,6 +33,15 @@ import os
 from collections.abc import Callable, Sequence
 
 from .engine import Decryptor, check_recipient_count, decrypt, encrypt
+from .errors import (
+    AgeError,
+    HeaderMacError,
+    NoMatchError,
+    ParseError,
+    PayloadError,
+    TooLargeError,
+    UnsupportedError,
+)
 from .format import Stanza
 from .hybrid import HybridIdentity, HybridRecipient
 from .keys import (
@@ -49,15 +60,22 @@ from .x25519 import X25519Identity, X25519Recipient
 
 __all__ = [
     "KEY_TYPES",
+    "AgeError",
     "Decryptor",
+    "HeaderMacError",
     "HybridIdentity",
     "HybridRecipient",
     "Identity",
     "KeyType",
+    "NoMatchError",
+    "ParseError",
+    "PayloadError",
     "Recipient",
     "ScryptIdentity",
     "ScryptRecipient",
     "Stanza",
+    "TooLargeError",
+    "UnsupportedError",
     "X25519Identity",
     "X25519Recipient",
     "check_recipient_count",

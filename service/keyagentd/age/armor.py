@@ -11,8 +11,7 @@ from __future__ import annotations
 import binascii
 from typing import Any, Final
 
-from keyagent.protocol import Malformed
-
+from .errors import ParseError
 from .source import Readable, write_all
 
 BEGIN: Final = b"-----BEGIN AGE ENCRYPTED FILE-----"
@@ -24,8 +23,8 @@ _READ: Final = 256 * 1024
 _WS: Final = b" \t\r\n\x0b\x0c"
 
 
-def _bad(why: str) -> Malformed:
-    return Malformed(f"The armored age file is malformed: {why}.")
+def _bad(why: str) -> ParseError:
+    return ParseError(f"The armored age file is malformed: {why}.")
 
 
 class ArmorReader:

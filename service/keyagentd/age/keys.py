@@ -6,9 +6,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
-from keyagent.protocol import Malformed, Unsupported
-
 from . import bech32, hybrid, x25519
+from .errors import ParseError, UnsupportedError
 from .format import Stanza
 from .hybrid import HybridIdentity, HybridRecipient
 from .x25519 import X25519Identity, X25519Recipient
@@ -25,7 +24,7 @@ class Recipient(Protocol):
 
 class Identity(Protocol):
     """Something that can open files: ``unwrap`` returns the file key, None if no
-    stanza is for it, and raises Malformed on a malformed stanza of its type.
+    stanza is for it, and raises ParseError on a malformed stanza of its type.
 
     The key-pair identities (X25519, hybrid) also have ``wipe()``: after it, their
     secret buffers are zeroed and ``unwrap`` raises ValueError."""
@@ -44,8 +43,8 @@ def parse_recipient(s: str) -> X25519Recipient | HybridRecipient:
     if hrp == hybrid.RECIPIENT_HRP and s.strip().islower():
         return HybridRecipient(data)
     if hrp.startswith("age1") and hrp != hybrid.RECIPIENT_HRP:
-        raise Unsupported("This kind of age recipient (a plugin?) is not supported.")
-    raise Malformed("The recipient is not a valid age public key (age1...).")
+        raise UnsupportedError("This kind of age recipient (a plugin?) is not supported.")
+    raise ParseError("The recipient is not a valid age public key (age1...).")
 
 
 def parse_identity(s: str) -> X25519Identity | HybridIdentity:
@@ -53,14 +52,14 @@ def parse_identity(s: str) -> X25519Identity | HybridIdentity:
     s = s.strip()
     hrp, data = bech32.decode(s)
     if not s.isupper():
-        raise Malformed("The secret key is not valid: age secret keys are upper case.")
+        raise ParseError("The secret key is not valid: age secret keys are upper case.")
     if hrp == x25519.IDENTITY_HRP and len(data) == 32:
         return X25519Identity(data)
     if hrp == hybrid.IDENTITY_HRP and len(data) == 32:
         return HybridIdentity(data)
     if hrp.startswith("age-plugin-"):
-        raise Unsupported("Plugin identities are not supported.")
-    raise Malformed("The secret key is not a valid age identity (AGE-SECRET-KEY-...).")
+        raise UnsupportedError("Plugin identities are not supported.")
+    raise ParseError("The secret key is not a valid age identity (AGE-SECRET-KEY-...).")
 
 
 def parse_identities(text: str) -> list[X25519Identity | HybridIdentity]:
@@ -71,7 +70,7 @@ def parse_identities(text: str) -> list[X25519Identity | HybridIdentity]:
         if line and not line.startswith("#"):
             out.append(parse_identity(line))
     if not out:
-        raise Malformed("No age secret key found.")
+        raise ParseError("No age secret key found.")
     return out
 
 
@@ -84,14 +83,14 @@ def identity_from_seed(
         return X25519Identity(seed)
     if key_type == "mlkem768x25519":
         return HybridIdentity(seed)
-    raise Unsupported(f"Unknown key type {key_type!r}: use x25519 or mlkem768x25519.")
+    raise UnsupportedError(f"Unknown key type {key_type!r}: use x25519 or mlkem768x25519.")
 
 
 def generate_identity(
     key_type: str = "x25519", rng: Callable[[int], bytes] = os.urandom
 ) -> X25519Identity | HybridIdentity:
     if key_type not in KEY_TYPES:
-        raise Unsupported(f"Unknown key type {key_type!r}: use x25519 or mlkem768x25519.")
+        raise UnsupportedError(f"Unknown key type {key_type!r}: use x25519 or mlkem768x25519.")
     # ``rng`` returns bytes, a copy that cannot be wiped: generating is rare (CreateKey),
     # and the decrypt path never comes here.
     return identity_from_seed(key_type, rng(32))

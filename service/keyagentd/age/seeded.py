@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from keyagent.protocol import Malformed
 from keyagentd.secrets import scrub_bytes
 from keyagentd.secrets import wipe as wipe_buffer
 
 from . import bech32
+from .errors import ParseError
 
 SEED_SIZE = 32
 
@@ -32,7 +32,7 @@ class SeededIdentity:
 
     def __init__(self, seed: bytes | bytearray | memoryview) -> None:
         if len(seed) != SEED_SIZE:
-            raise Malformed(self._size_error)
+            raise ParseError(self._size_error)
         self._seed: bytearray | None = bytearray(seed)
 
     def _drop_keys(self) -> None:

@@ -17,19 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from keyagent.protocol import Integrity, KeyAgentError, Malformed, NoMatch
-
 from .engine import Decryptor
+from .errors import AgeError, HeaderMacError, NoMatchError, ParseError, PayloadError
 from .keys import Identity, parse_identity
 from .scrypt import ScryptIdentity
 
 #: The error class each expected outcome must raise.
-EXPECTED_ERRORS: Final[dict[str, type[KeyAgentError]]] = {
-    "no match": NoMatch,
-    "HMAC failure": Integrity,
-    "header failure": Malformed,
-    "payload failure": Integrity,
-    "armor failure": Malformed,
+EXPECTED_ERRORS: Final[dict[str, type[AgeError]]] = {
+    "no match": NoMatchError,
+    "HMAC failure": HeaderMacError,
+    "header failure": ParseError,
+    "payload failure": PayloadError,
+    "armor failure": ParseError,
 }
 
 
@@ -84,13 +83,13 @@ def run_vector(v: Vector) -> str | None:
     identities: list[Identity] = [parse_identity(s) for s in v.identities]
     identities += [ScryptIdentity(p) for p in v.passphrases]
     out = io.BytesIO()
-    error: KeyAgentError | None = None
+    error: AgeError | None = None
     decryptor = None
     try:
         decryptor = Decryptor(io.BytesIO(v.body))
         decryptor.unwrap(identities)
         decryptor.decrypt_to(out)
-    except KeyAgentError as e:
+    except AgeError as e:
         error = e
     released = hashlib.sha256(out.getvalue()).hexdigest()
     if v.expect == "success":
