@@ -27,7 +27,8 @@ def install_plugin(bus: PrivateBus) -> Path:
     """bin/wrapper.in as meson installs it (a Python script named age-plugin-keyagent, as
     pip's console script is), on this bus's PATH."""
     text = (ROOT / "bin" / "wrapper.in").read_text()
-    text = text.replace("@PYTHON@", sys.executable).replace("@MODULE@", "keyagent.plugin.main")
+    text = text.replace("@PYTHON@", sys.executable).replace("@PYFLAGS@", "")
+    text = text.replace("@MODULE@", "keyagent.plugin.main")
     path = bus.bindir / PLUGIN
     path.write_text(text)
     path.chmod(0o755)

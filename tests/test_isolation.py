@@ -56,7 +56,9 @@ def test_meson_wrapper_starts_isolated(tmp_path: Path) -> None:
     wrapper = tmp_path / "keyagentd"
     template = (ROOT / "bin" / "wrapper.in").read_text()
     wrapper.write_text(
-        template.replace("@PYTHON@", sys.executable).replace("@MODULE@", "keyagentd.__main__")
+        template.replace("@PYTHON@", sys.executable)
+        .replace("@PYFLAGS@", " -I")
+        .replace("@MODULE@", "keyagentd.__main__")
     )
     wrapper.chmod(0o755)
     evil, marker = _evil_site(tmp_path)
