@@ -39,7 +39,13 @@ from keyagent.prompt import (
     read_tty,
 )
 from keyagent.protocol import AccessDenied
-from keyagent.status import list_text, status_document, status_json, status_text
+from keyagent.status import (
+    list_text,
+    short_recipient,
+    status_document,
+    status_json,
+    status_text,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = [
@@ -355,6 +361,20 @@ def test_status_json_document() -> None:
     assert status_json(doc).endswith("}\n")
     text = status_text(doc, keys, now)
     assert "keyagentd 0.1.0 (pid 4242)" in text and "key b: unlocked (2m 5s left)" in text
+
+
+def test_status_text_shortens_long_recipients() -> None:
+    now = 1_800_000_000.0
+    long = "age1pq1" + "q" * 1940 + "tail12345678"
+    hybrid = KeyInfo("pq", "", "mlkem768x25519", long, 1700000000, True, 0, 600, 7200)
+    doc = status_document("0.1.0", 1, [hybrid, _key("a", True)], now)
+    text = status_text(doc, [hybrid, _key("a", True)], now)
+    assert long not in text
+    assert "  recipient: age1pq1…tail12345678 (whole: keyagent recipient pq)\n" in text
+    assert "  recipient: age1a\n" in text  # short ones stay whole
+    assert doc["keys"][0]["recipient"] == long and long in status_json(doc)
+    x25519 = "age1" + "x" * 58
+    assert short_recipient(x25519) == x25519  # a real X25519 recipient is never shortened
 
 
 def test_list_text_aligned() -> None:
