@@ -241,8 +241,12 @@ def test_encrypt_usage_and_recipient_files(private_bus: PrivateBus, files: Path)
     r = ka(bus, "encrypt", "-R", str(rfile), input=b"for both")
     assert r.returncode == 0
     assert pyrage.decrypt(r.stdout, [a]) == b"for both" == pyrage.decrypt(r.stdout, [b])
-    r = ka(bus, "encrypt", "-r", "age1notarecipient", input=b"x")
-    assert r.returncode == 1 and error_line(r)
+    r = ka(bus, "encrypt", "-r", str(a.to_public()), "-r", "age1garbage", input=b"x")
+    assert r.returncode == 1 and not r.stdout
+    assert error_line(r).startswith("keyagent: error: Recipient 'age1garbage' is not usable: ")
+    long_bad = "age1pq1" + "b" * 1952  # as long as a hybrid recipient, not one
+    r = ka(bus, "encrypt", "-r", long_bad, input=b"x")
+    assert r.returncode == 1 and f"Recipient '{long_bad[:39]}…' " in error_line(r)
     r = ka(bus, "encrypt", "-r", str(a.to_public()), str(files / "missing"))
     assert r.returncode == 1
     assert (

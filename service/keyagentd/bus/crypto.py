@@ -26,14 +26,18 @@ from keyagent.protocol import (
     InvalidArgs,
     InvalidName,
     Locked,
+    Malformed,
     NoMatch,
     NoSuchKey,
+    Unsupported,
     is_valid_key_name,
 )
 from keyagentd import age
 from keyagentd.cache import KeyCache
 from keyagentd.keystore import KeyRecord
 
+#: How much of a bad recipient an error shows (an age1pq1 one has 1,959 characters).
+RECIPIENT_SHOWN: Final = 40
 #: The stanza type each key type answers to.
 STANZA_TYPE: Final = {"x25519": "X25519", "mlkem768x25519": "mlkem768x25519"}
 SCRYPT: Final = "scrypt"
@@ -79,7 +83,7 @@ def resolve_recipients(
     out: list[age.Recipient] = []
     for item in items:
         if item.startswith("age1"):
-            out.append(parse_recipient(item))
+            out.append(_named_recipient(item))
         elif is_valid_key_name(item):
             record = records.get(item)
             if record is None:
@@ -90,6 +94,17 @@ def resolve_recipients(
                 f"{item[:80]!r} is neither an age recipient (age1...) nor a key name."
             )
     return out
+
+
+def _named_recipient(text: str) -> age.Recipient:
+    """`parse_recipient`, with the recipient (shortened) named in its error, as age does:
+    with several -r, "invalid characters" alone does not say which one is wrong."""
+    try:
+        return parse_recipient(text)
+    except (Malformed, Unsupported) as e:
+        shown = text if len(text) <= RECIPIENT_SHOWN else text[: RECIPIENT_SHOWN - 1] + "…"
+        reason = e.message[:1].lower() + e.message[1:]
+        raise type(e)(f"Recipient {shown!r} is not usable: {reason}") from None
 
 
 def unwrap(
