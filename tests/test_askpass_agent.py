@@ -17,7 +17,7 @@ import pytest
 from agent_support import FAST_ARGS, CallError, Client, opt
 from conftest import BusFactory, PrivateBus
 from keyagent import protocol
-from keyagentd import age
+from keyagentd import age, askpass
 from keyagentd.bus.options import Options
 from keyagentd.bus.service import Agent, Config
 from keyagentd.kdf import KdfParams
@@ -156,6 +156,33 @@ def test_wrong_askpass_passphrases_count_in_the_rate_limiter(
     finally:
         agent._close()
     assert len(fake.asked()) == 4
+
+
+@pytest.mark.skipif(askpass.password_agent_running(), reason="a password agent runs here")
+def test_systemd_ask_password_without_a_password_agent_fails_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("KEYAGENT_ASKPASS", "SSH_ASKPASS", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(var, raising=False)
+    # A systemd-ask-password that nobody answers: it would hang (as the real one waits 120 s).
+    fake = tmp_path / "bin" / "systemd-ask-password"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\ntouch '{tmp_path}/ran'\nexec sleep 600\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake.parent))
+    agent = _agent(tmp_path)
+
+    async def run() -> None:
+        agent._loop = asyncio.get_running_loop()
+        with pytest.raises(protocol.Failed) as e:
+            await agent.unlock_by_askpass("k", Options({}), os.getpid())
+        assert "$KEYAGENT_ASKPASS" in e.value.message and "\n" not in e.value.message
+
+    try:
+        asyncio.run(run())
+    finally:
+        agent._close()
+    assert not (tmp_path / "ran").exists()
 
 
 def test_no_askpass_program_is_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
