@@ -243,9 +243,7 @@ def test_graphical_and_systemd_argv(
     assert confirm("Q", env=env) is True
     assert args_of(bindir / "kdialog")[:4] == ["--title", "keyagent", "--yesno", "Q"]
     del env["WAYLAND_DISPLAY"]
-    assert (
-        ask_passphrase("P", env=env, timeout=5, key_name="work", ask_dir=str(directory)) == "pw"
-    )
+    assert ask_passphrase("P", env=env, timeout=5, key_name="work", ask_dir=str(directory)) == "pw"
     assert args_of(bindir / "systemd-ask-password")[:4] == [
         "--timeout=5",
         "--icon=dialog-password",

@@ -590,7 +590,8 @@ def test_read_tty_no_echo_and_confirmation() -> None:
         with contextlib.suppress(BlockingIOError):
             rest = os.read(master, 4096)
         assert b"s3cret" not in b"".join(seen) + rest  # echo was off
-        t = threading.Thread(target=_pty_answer, args=(master, [b"a\n", b"b\n"], []))
+        answers = [b"a\n", b"b\n", b"\n", b"c\n", b"d\n"]  # mismatch, empty, mismatch
+        t = threading.Thread(target=_pty_answer, args=(master, answers, []))
         os.set_blocking(master, True)
         t.start()
         with pytest.raises(PassphraseMismatch, match="do not match"):

@@ -104,10 +104,20 @@ def _add_unlock(p: Parser) -> None:
         type=_duration,
         help="lock after D at the latest (agent default 2h)",
     )
+    _add_askpass(p)
+
+
+def _add_askpass(p: Parser) -> None:
     p.add_argument(
         "--askpass",
         action="store_true",
-        help="let the agent ask for the passphrase with its askpass program (no terminal needed)",
+        help="let the agent ask for a locked key's passphrase with its askpass program"
+        " (the default without a terminal or --passphrase-fd)",
+    )
+    p.add_argument(
+        "--no-askpass",
+        action="store_true",
+        help="never ask through the agent's askpass program",
     )
 
 
@@ -156,6 +166,7 @@ def _add_encrypt(p: Parser) -> None:
 
 def _add_decrypt(p: Parser) -> None:
     p.add_argument("-k", "--key", metavar="NAME", help="use only this key")
+    _add_askpass(p)
     p.add_argument("-o", "--output", metavar="OUT", help="write OUT (complete or not at all)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.add_argument("input", metavar="IN", nargs="?", help="input file (default: stdin)")
@@ -185,6 +196,7 @@ def _add_name(p: Parser) -> None:
 def _add_delete(p: Parser) -> None:
     p.add_argument("name", metavar="NAME")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    _add_askpass(p)
 
 
 def _add_install(p: Parser) -> None:

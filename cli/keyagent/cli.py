@@ -51,7 +51,13 @@ _COMMON_FAST: Final = {
     "--passphrase-fd": ("passphrase_fd", "fd"),
 }
 _FAST_OPTIONS: Final[dict[str, dict[str, tuple[str, str]]]] = {
-    "decrypt": {**_COMMON_FAST, "-k": ("key", "value"), "--key": ("key", "value")},
+    "decrypt": {
+        **_COMMON_FAST,
+        "-k": ("key", "value"),
+        "--key": ("key", "value"),
+        "--askpass": ("askpass", "flag"),
+        "--no-askpass": ("no_askpass", "flag"),
+    },
     "encrypt": {
         **_COMMON_FAST,
         "-r": ("recipient", "append"),
@@ -71,6 +77,8 @@ _FAST_DEFAULTS: Final[dict[str, dict[str, object]]] = {
     "decrypt": {
         "passphrase_fd": None,
         "key": None,
+        "askpass": False,
+        "no_askpass": False,
         "output": None,
         "quiet": False,
         "input": None,

@@ -183,11 +183,15 @@ class Client(AgentConnection):
         *,
         key: str | None = None,
         passphrase: str | None = None,
+        askpass: bool = False,
         timeout: float | None = None,
         progress: Callable[[], None] | None = None,
     ) -> tuple[str, int]:
-        """Stream-decrypt; returns (key name or "", bytes written)."""
+        """Stream-decrypt; returns (key name or "", bytes written). With ``askpass`` the
+        agent asks at the desktop for a locked key that could open the input."""
         opts = _decrypt_options(key, passphrase)
+        if askpass:
+            opts["askpass"] = ("b", True)
         reply = self._manager(
             "DecryptFd", "hha{sv}", (input_fd, output_fd, opts), timeout=timeout, progress=progress
         )

@@ -12,12 +12,13 @@ from keyagent.context import (
     CommandError,
     Context,
     UsageError,
+    askpass_wanted,
     key_name,
     open_output,
     refuse_binary_terminal,
 )
 from keyagent.prompt import ask_yes_no
-from keyagent.protocol import BadPassphrase
+from keyagent.protocol import BadPassphrase, Failed
 from keyagent.status import list_text, status_document, status_json, status_text
 
 TTY_TRIES = 3
@@ -123,7 +124,9 @@ def cmd_delete(ctx: Context) -> int:
         if not ask_yes_no(f"Delete key '{name}' for good? This cannot be undone. [y/N] "):
             raise CommandError(f"Key '{name}' was not deleted.")
     passphrase = None
-    if ctx.passphrases.from_fd or info.locked:
+    if info.locked and not ctx.passphrases.from_fd and askpass_wanted(ctx):
+        client.unlock_by_askpass(name, idle_timeout=60)  # proves the passphrase; then deleted
+    elif ctx.passphrases.from_fd or info.locked:
         passphrase = ctx.passphrases.get(f"Passphrase for key '{name}' (to delete it): ")
     client.delete_key(name, passphrase)
     return 0
@@ -134,10 +137,15 @@ def cmd_unlock(ctx: Context) -> int:
     name = key_name(a.name)
     client = ctx.client()
     client.key(name)  # NoSuchKey (and the owner check) before the prompt
-    if a.askpass:
+    if askpass_wanted(ctx):
         if ctx.passphrases.from_fd:
             raise UsageError("Give --askpass or --passphrase-fd, not both.")
-        client.unlock_by_askpass(name, idle_timeout=a.idle_timeout, max_timeout=a.max_timeout)
+        try:
+            client.unlock_by_askpass(name, idle_timeout=a.idle_timeout, max_timeout=a.max_timeout)
+        except Failed as e:  # no askpass program: without a terminal, nobody to ask
+            if a.askpass:
+                raise
+            raise UsageError(e.message, "or run on a terminal, or use --passphrase-fd N") from None
         return 0
     tries = 1 if ctx.passphrases.from_fd else TTY_TRIES
     for attempt in range(tries):

@@ -328,8 +328,8 @@ class Agent(KeyRegistry):
         user = self.config.user
         if askpass.find_askpass(user.askpass) is None:
             raise Failed(
-                "There is no askpass program to ask for the passphrase: set $KEYAGENT_ASKPASS "
-                "or askpass in config.toml."
+                f"Key '{name}' is locked and there is no askpass program to ask for its "
+                "passphrase: set $KEYAGENT_ASKPASS or askpass in config.toml."
             )
         retry = False
         for attempt in range(ASKPASS_TRIES):
