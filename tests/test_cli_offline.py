@@ -627,6 +627,52 @@ def test_agent_that_fails_to_start_exit_3(private_bus: PrivateBus) -> None:
     assert b"keyagent: hint: " in r.stderr and b"Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("setup", "cause"),
+    [
+        ("typo", "'idel_timeout'"),
+        ("open keystore", "has mode 0755, open to other users: run 'chmod 700 "),
+        ("max below idle", "max_timeout"),
+    ],
+)
+def test_start_errors_name_their_cause(private_bus: PrivateBus, setup: str, cause: str) -> None:
+    """The command prints the agent's own sentence, not just "exited with status 1"."""
+    config = Path(private_bus.env["XDG_CONFIG_HOME"]) / "keyagent" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    if setup == "typo":
+        config.write_text("idel_timeout = 60\n")
+    elif setup == "max below idle":
+        config.write_text("idle_timeout = 600\nmax_timeout = 60\n")
+    else:
+        home = Path(private_bus.env["KEYAGENT_HOME"])
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        home.chmod(0o755)
+    r = ka(private_bus, "list")
+    assert r.returncode == 3, r.stderr
+    line = error_line(r)
+    assert line.startswith("keyagent: error: The key agent failed to start: "), line
+    assert cause in line and "exited with status" not in line, line
+    assert b"keyagent install" not in r.stderr and b"Traceback" not in r.stderr
+    assert b"keyagent: hint: fix that and run the command again" in r.stderr
+    # Fixed: the agent starts, and the note it had left goes away.
+    config.unlink(missing_ok=True)
+    if setup == "open keystore":
+        Path(private_bus.env["KEYAGENT_HOME"]).chmod(0o700)
+    assert ka(private_bus, "list").returncode == 0
+    assert not (Path(private_bus.env["XDG_RUNTIME_DIR"]) / "keyagent" / "start-error").exists()
+
+
+def test_a_stale_start_note_is_not_reported(private_bus: PrivateBus) -> None:
+    note = Path(private_bus.env["XDG_RUNTIME_DIR"]) / "keyagent" / "start-error"
+    note.parent.mkdir(mode=0o700, exist_ok=True)
+    note.write_text("an old failure\n")
+    os.utime(note, (0, 0))
+    (private_bus.bindir / "keyagentd").write_text("#!/bin/sh\nexit 1\n")
+    r = ka(private_bus, "list")
+    assert r.returncode == 3 and b"an old failure" not in r.stderr
+    assert b"keyagent install" in r.stderr  # nothing better to say than before
+
+
 def test_agent_not_installed_exit_3(private_bus: PrivateBus) -> None:
     for f in private_bus.service_dir.iterdir():
         f.unlink()

@@ -72,6 +72,10 @@ class AgentUnavailable(KeyAgentError):
         return "The key agent is not available."
 
 
+class AgentStartFailed(AgentUnavailable):
+    """The agent was started and said why it could not run (keyagent.startnote)."""
+
+
 class _BusError(Exception):
     def __init__(self, name: str, message: str) -> None:
         super().__init__(name)
@@ -162,6 +166,7 @@ class AgentConnection:
             raise e.to_exception() from None
 
     def _activate(self) -> str:
+        started = time.time()
         try:
             self._bus_call(
                 "StartServiceByName", "su", protocol.BUS_NAME, 0, timeout=ACTIVATION_TIMEOUT
@@ -173,6 +178,11 @@ class AgentConnection:
                     f"The key agent is not installed on this bus ({e.message})"
                 ) from None
             if e.name.startswith(_DBUS_ERR + "Spawn.") or e.name in _UNAVAILABLE_ERRORS:
+                from keyagent import startnote
+
+                why = startnote.read_since(started)  # the agent's own sentence, if it left one
+                if why is not None:
+                    raise AgentStartFailed(f"The key agent failed to start: {why}") from None
                 raise AgentUnavailable(f"The key agent failed to start: {e.message}") from None
             raise e.to_exception() from None
 

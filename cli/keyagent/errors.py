@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from keyagent.client import AgentUnavailable
+from keyagent.connection import AgentStartFailed
 from keyagent.protocol import (
     AccessDenied,
     KeyAgentError,
@@ -33,6 +34,8 @@ def hint_for(err: KeyAgentError, command: str = "") -> str:
         return "is this an age-encrypted file?" if command == "decrypt" else ""
     if isinstance(err, RateLimited):
         return "too many attempts: wait a little and try again"
+    if isinstance(err, AgentStartFailed):
+        return "fix that and run the command again: the agent starts when needed"
     if isinstance(err, AgentUnavailable):
         return (
             "check that a session bus is running and that keyagentd is installed"

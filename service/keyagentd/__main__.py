@@ -16,6 +16,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from keyagent import startnote
 from keyagent.protocol import DEFAULT_MAX_PAYLOAD, KeyAgentError
 from keyagentd import __version__
 from keyagentd.kdf import MAX_MEMORY_KIB, MAX_PARALLELISM, MAX_TIME_COST, KdfParams
@@ -146,8 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         user_config = load_config()
     except ConfigError as exc:
-        print(f"keyagentd: error: {exc}", file=sys.stderr)
-        return 1
+        return _start_failed(str(exc))
     idle_exit = user_config.idle_exit if args.idle_exit is None else args.idle_exit
 
     config = Config(
@@ -172,10 +172,17 @@ async def _serve(config: object) -> int:
     try:
         await agent.start()
     except KeyAgentError as exc:
-        print(f"keyagentd: error: {exc.message}", file=sys.stderr)
-        return 1
+        return _start_failed(exc.message)
+    startnote.clear()
     await agent.run()
     return 0
+
+
+def _start_failed(message: str) -> int:
+    """Say why on stderr (the journal), and leave it for `keyagent` (keyagent.startnote)."""
+    print(f"keyagentd: error: {message}", file=sys.stderr)
+    startnote.record(message)
+    return 1
 
 
 if __name__ == "__main__":
