@@ -209,6 +209,7 @@ def test_one_command_parser_parses_like_the_whole(argv: list[str]) -> None:
 
 _FAST_TOKENS = [
     *("-o", "--output", "-q", "--quiet", "--debug", "--passphrase-fd", "-k", "--key"),
+    *("--askpass", "--no-askpass"),
     *("-r", "--recipient", "-R", "--recipients-file", "-p", "--passphrase", "-a", "--armor"),
     *("--out", "-oOUT", "--output=o", "-qa", "-h", "--help", "--", "-x", "--bogus"),
     *("in", "out", "-", "", "-1", "3", "03", "+3", "3x", "\u0663", "age1abc", "a b", "decrypt"),
