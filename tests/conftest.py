@@ -59,21 +59,7 @@ class PrivateBus:
 
     def agent_pid(self) -> int | None:
         """The pid of the process owning org.example.KeyAgent, or None when nobody owns it."""
-        out = self.run(
-            [
-                "dbus-send",
-                "--session",
-                "--print-reply",
-                "--dest=org.freedesktop.DBus",
-                "/org/freedesktop/DBus",
-                "org.freedesktop.DBus.GetConnectionUnixProcessID",
-                f"string:{BUS_NAME}",
-            ],
-            check=False,
-        )
-        if out.returncode != 0:
-            return None
-        return int(out.stdout.split()[-1])
+        return name_owner_pid(self.env, BUS_NAME)
 
     def wait_agent_gone(self, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -82,6 +68,27 @@ class PrivateBus:
                 return True
             time.sleep(0.05)
         return False
+
+
+def name_owner_pid(env: dict[str, str], name: str) -> int | None:
+    """The pid of the process owning bus ``name`` on ``env``'s session bus, or None."""
+    out = subprocess.run(
+        [
+            "dbus-send",
+            "--session",
+            "--print-reply",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.GetConnectionUnixProcessID",
+            f"string:{name}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    return int(out.stdout.split()[-1]) if out.returncode == 0 else None
 
 
 def _write_config(
@@ -275,6 +282,29 @@ def as_other_user() -> None:
 
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
+
+
+def _copy_readable(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in [dst, *dst.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+@pytest.fixture(scope="session")
+def other_user_pythonpath() -> Iterator[str]:
+    """A PYTHONPATH that uid 65534 can read, wherever the checkout and the venv live (a 0700
+    home, a `mktemp -d` folder): copies of our packages and jeepney in a world-readable dir."""
+    import jeepney
+
+    top = Path(tempfile.mkdtemp(prefix="keyagent-other-uid-"))
+    try:
+        top.chmod(0o755)
+        for package in (ROOT / "service" / "keyagentd", ROOT / "cli" / "keyagent"):
+            _copy_readable(package, top / package.name)
+        _copy_readable(Path(jeepney.__file__).resolve().parent, top / "jeepney")
+        yield str(top)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def have(tool: str) -> bool:

@@ -18,9 +18,8 @@ from jeepney.io.blocking import DBusConnection, open_dbus_connection
 from agent_support import FAST_ARGS, MANAGER, MI, CallError, Client, module_bus
 from conftest import PrivateBus
 from keyagent import protocol
+from keyagentd.audit import Audit, ExecutableCache
 from keyagentd.auth import Caller
-from keyagentd.bus.accesslog import AccessLog, ExecutableCache
-from keyagentd.bus.gate import CURRENT_CALLER
 from keyagentd.policy import AccessRecord
 
 SECRET = "correct horse battery staple"
@@ -75,6 +74,26 @@ def test_access_log_signals_for_unlock_decrypt_lock(bus: PrivateBus) -> None:
             assert watcher.next() == ("Encrypt", "audited", pid, ME, "ok")
             assert c.decrypt(ct) == (b"hello", "audited")
             assert watcher.next() == ("Decrypt", "audited", pid, ME, "ok")
+            # The Fd methods name their keys as Encrypt and Decrypt do (issue 17).
+            r, w = os.pipe()
+            out_r, out_w = os.pipe()
+            os.write(w, b"streamed")
+            os.close(w)
+            c.m("EncryptFd", "ashha{sv}", ["audited"], r, out_w, {})
+            os.close(r)
+            os.close(out_w)
+            assert watcher.next() == ("EncryptFd", "audited", pid, ME, "ok")
+            with os.fdopen(out_r, "rb") as f:
+                streamed = f.read()
+            r, w = os.pipe()
+            out_r, out_w = os.pipe()
+            os.write(w, streamed)
+            os.close(w)
+            c.m("DecryptFd", "hha{sv}", r, out_w, {})
+            os.close(r)
+            os.close(out_w)
+            os.close(out_r)
+            assert watcher.next() == ("DecryptFd", "audited", pid, ME, "ok")
 
             c.k("audited", "Lock")
             assert watcher.next() == ("Lock", "audited", pid, ME, "ok")
@@ -140,16 +159,13 @@ def test_executable_is_read_once_per_caller() -> None:
     assert looked[-1] == 13
 
 
-def test_on_operation_builds_the_record_from_the_current_caller() -> None:
+def test_record_is_built_from_the_caller_it_is_given() -> None:
     sent: list[AccessRecord] = []
-    log = AccessLog(sent.append, ExecutableCache(lookup=lambda pid: "/usr/bin/tool\nx"))
-    token = CURRENT_CALLER.set(Caller(":1.9", os.getuid(), 4242))
-    try:
-        log.on_operation("Decrypt", "work", "ok")
-        log.on_operation("Export", "work", "error")  # an internal error: the caller saw Failed
-    finally:
-        CURRENT_CALLER.reset(token)
-    log.on_operation("LockAll", "", "ok")  # no caller known: pid 0, no executable
+    log = Audit(sent.append, ExecutableCache(lookup=lambda pid: "/usr/bin/tool\nx"))
+    caller = Caller(":1.9", os.getuid(), 4242)
+    log.record("Decrypt", "work", caller, "ok")
+    log.record("Export", "work", caller, "error")  # an internal error: the caller saw Failed
+    log.record("LockAll", "", None, "ok")  # no caller known: pid 0, no executable
     assert [r.body() for r in sent] == [
         ["Decrypt", "work", 4242, "/usr/bin/tool?x", "ok"],
         ["Export", "work", 4242, "/usr/bin/tool?x", "Failed"],
@@ -161,4 +177,4 @@ def test_a_failing_emitter_never_breaks_the_operation() -> None:
     def broken(record: AccessRecord) -> None:
         raise OSError("bus gone")
 
-    AccessLog(broken).on_operation("Lock", "k", "ok")  # no exception
+    Audit(broken).record("Lock", "k", None, "ok")  # no exception

@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 import pytest
 
-from keyagent.protocol import Failed, Integrity, KeyAgentError, Malformed, NoMatch, Unsupported
 from keyagentd import age
 from keyagentd.age import bech32, scrypt
 from keyagentd.age.armor import BEGIN, END
@@ -79,18 +78,18 @@ def test_bad_key_strings_give_malformed_without_echo() -> None:
     good = age.generate_identity().encode()
     broken = good[:-1] + ("Q" if good[-1] != "Q" else "P")
     for s in [broken, good.lower(), good[:20] + good[20:].lower(), "age1", "", "AGE-SECRET-KEY-1"]:
-        with pytest.raises(Malformed) as exc:
+        with pytest.raises(age.ParseError) as exc:
             age.parse_identity(s)
         assert len(s) < 20 or s[15:] not in str(exc.value)
-    with pytest.raises(Malformed):
+    with pytest.raises(age.ParseError):
         age.parse_recipient(SPEC_X25519_RECIPIENT.upper())
-    with pytest.raises(Malformed):
+    with pytest.raises(age.ParseError):
         age.parse_recipient(SPEC_X25519_IDENTITY)
-    with pytest.raises(Malformed):
+    with pytest.raises(age.ParseError):
         age.parse_identity(SPEC_X25519_RECIPIENT)
-    with pytest.raises(Unsupported):
+    with pytest.raises(age.UnsupportedError):
         age.identity_from_seed("rsa", bytes(32))
-    with pytest.raises(Malformed):
+    with pytest.raises(age.ParseError):
         age.identity_from_seed("x25519", bytes(31))
 
 
@@ -106,7 +105,7 @@ def test_parse_identities_file() -> None:
     a, b = age.generate_identity(), age.generate_identity("mlkem768x25519")
     text = f"# created: now\n# public key: x\n{a.encode()}\n\n{b.encode()}\n"
     assert [i.encode() for i in age.parse_identities(text)] == [a.encode(), b.encode()]
-    with pytest.raises(Malformed):
+    with pytest.raises(age.ParseError):
         age.parse_identities("# nothing\n")
 
 
@@ -127,10 +126,10 @@ def test_mixing_rules() -> None:
     pw = age.ScryptRecipient("pw", work_factor=1)
     for mix in ([x, pw], [pw, pw], [pq, x], [x, pq], [pq, pw]):
         out = io.BytesIO()
-        with pytest.raises(Unsupported):
+        with pytest.raises(age.UnsupportedError):
             age.encrypt(mix, io.BytesIO(b"data"), out)
         assert out.getvalue() == b""
-    with pytest.raises(Failed):
+    with pytest.raises(ValueError):
         age.encrypt([], io.BytesIO(b"data"), io.BytesIO())
 
 
@@ -187,7 +186,7 @@ def test_decryptor_shows_stanza_types_and_matches_right_identity() -> None:
     out = io.BytesIO()
     assert d.decrypt_to(out) == 6
     assert out.getvalue() == b"secret"
-    with pytest.raises(NoMatch):
+    with pytest.raises(age.NoMatchError):
         age.Decryptor(io.BytesIO(ct)).unwrap([other])
 
 
@@ -198,14 +197,14 @@ def test_hybrid_round_trip_multiple_recipients() -> None:
     d = age.Decryptor(io.BytesIO(ct))
     assert d.stanza_types == frozenset({"mlkem768x25519"})
     assert age.decrypt_bytes([ids[1]], ct) == data
-    with pytest.raises(NoMatch):
+    with pytest.raises(age.NoMatchError):
         age.decrypt_bytes([age.generate_identity("mlkem768x25519"), age.generate_identity()], ct)
 
 
 def test_scrypt_round_trip_and_wrong_passphrase() -> None:
     ct = age.encrypt_bytes([age.ScryptRecipient("pässwörd", work_factor=4)], b"data")
     assert age.decrypt_bytes([age.ScryptIdentity("pässwörd")], ct) == b"data"
-    with pytest.raises(NoMatch):
+    with pytest.raises(age.NoMatchError):
         age.decrypt_bytes([age.ScryptIdentity("password")], ct)
 
 
@@ -220,11 +219,11 @@ def test_scrypt_work_factor_cap_is_checked_before_any_kdf(monkeypatch: pytest.Mo
 
     files = {wf: _scrypt_file(wf) for wf in ("23", "11", "99999999999999999999")}
     monkeypatch.setattr(scrypt, "_derive", no_kdf)
-    with pytest.raises(Unsupported, match="work factor"):
+    with pytest.raises(age.UnsupportedError, match="work factor"):
         age.decrypt_bytes([age.ScryptIdentity("pw")], files["23"])
-    with pytest.raises(Unsupported):
+    with pytest.raises(age.UnsupportedError):
         age.decrypt_bytes([age.ScryptIdentity("pw", max_work_factor=10)], files["11"])
-    with pytest.raises(Malformed):
+    with pytest.raises(age.ParseError):
         age.decrypt_bytes([age.ScryptIdentity("pw")], files["99999999999999999999"])
 
 
@@ -234,10 +233,10 @@ def test_scrypt_auto_work_factor_is_bounded() -> None:
 
 
 def test_unsupported_version() -> None:
-    with pytest.raises(Unsupported):
+    with pytest.raises(age.UnsupportedError):
         age.Decryptor(io.BytesIO(b"age-encryption.org/v2\n-> X25519 abc\n\n--- x\n"))
     for junk in [b"", b"hello world\n", b"\x00" * 100, b"age-encryption.org/v1"]:
-        with pytest.raises(Malformed):
+        with pytest.raises(age.ParseError):
             age.Decryptor(io.BytesIO(junk))
 
 
@@ -261,7 +260,7 @@ class EndlessHeader(io.RawIOBase):
 
 def test_header_size_is_bounded() -> None:
     src = EndlessHeader()
-    with pytest.raises(Malformed):
+    with pytest.raises(age.ParseError):
         age.Decryptor(src)  # type: ignore[arg-type]
     assert src.served < 4 * 1024 * 1024
 
@@ -436,7 +435,7 @@ def test_truncation_releases_only_whole_authenticated_chunks(size: int) -> None:
         if cut >= len(ct) or cut < header_len:
             continue
         out = io.BytesIO()
-        with pytest.raises(Integrity):
+        with pytest.raises(age.PayloadError):
             age.decrypt([ident], io.BytesIO(ct[:cut]), out)
         released = out.getvalue()
         assert len(released) % CHUNK == 0
@@ -446,7 +445,7 @@ def test_truncation_releases_only_whole_authenticated_chunks(size: int) -> None:
 def test_trailing_data_is_rejected() -> None:
     ident = age.generate_identity()
     ct = age.encrypt_bytes([ident.recipient()], b"abc")
-    with pytest.raises(Integrity):
+    with pytest.raises(age.PayloadError):
         age.decrypt_bytes([ident], ct + b"\x00")
 
 
@@ -465,7 +464,7 @@ def test_armor_crlf_and_surrounding_whitespace() -> None:
         ct[: len(ct) // 2],
     ]
     for b in bad:
-        with pytest.raises(Malformed):
+        with pytest.raises(age.ParseError):
             age.decrypt_bytes([ident], b)
 
 
@@ -482,5 +481,52 @@ def test_armor_full_last_line() -> None:
     assert age.decrypt_bytes([ident], ct) == data
 
 
-def test_errors_are_named() -> None:
-    assert issubclass(Malformed, KeyAgentError) and issubclass(Integrity, KeyAgentError)
+def test_engine_errors_are_its_own_and_mapped_once() -> None:
+    """The engine raises its own types (no wire names in age/); one table outside it maps
+    each to the agent's wire error, keeping the sentence (or the wire class's default)."""
+    from keyagent import protocol
+    from keyagentd.errors import AGE_TO_WIRE, wire_error
+
+    assert not any(issubclass(c, protocol.KeyAgentError) for c in AGE_TO_WIRE)
+    wires = {
+        age.ParseError: protocol.Malformed,
+        age.HeaderMacError: protocol.Integrity,
+        age.PayloadError: protocol.Integrity,
+        age.NoMatchError: protocol.NoMatch,
+        age.UnsupportedError: protocol.Unsupported,
+        age.PassphraseError: protocol.BadPassphrase,
+    }
+    assert dict(AGE_TO_WIRE) == wires
+    for engine_cls, wire_cls in wires.items():
+        mapped = wire_error(engine_cls("A sentence."))
+        assert type(mapped) is wire_cls and mapped.message == "A sentence."
+        assert type(wire_error(engine_cls())) is wire_cls
+    assert wire_error(age.NoMatchError()).message == protocol.NoMatch().message
+    other = OSError("disk")
+    assert wire_error(other) is other
+
+
+def test_the_engine_stands_alone() -> None:
+    """age/ imports no D-Bus, no agent names (keyagent.protocol), no threads and none of the
+    agent but the leaf `keyagentd.secrets` (wiping buffers): it is a library on its own."""
+    import ast
+    from pathlib import Path
+
+    allowed_outside = {"keyagentd.secrets"}
+    banned = {"threading", "concurrent", "asyncio", "dbus_fast", "jeepney", "keyagent"}
+    root = Path(age.__file__).parent
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top not in banned, f"{path.name} imports {name}"
+                if top == "keyagentd":
+                    assert name.startswith("keyagentd.age") or name in allowed_outside, (
+                        f"{path.name} imports {name}"
+                    )

@@ -15,7 +15,6 @@ from pathlib import Path
 import pyrage
 import pytest
 
-from keyagent.protocol import NoMatch
 from keyagentd import age
 
 SIZES = [0, 1, 65535, 65536, 65537, 3 * 1024 * 1024 + 12345]
@@ -111,7 +110,7 @@ def test_we_decrypt_age_passphrase_file(tmp_path: Path, armor: bool) -> None:
     src.write_bytes(data)
     _age_with_tty(["-p", *(["-a"] if armor else []), "-o", str(enc), str(src)], "battery staple")
     assert age.decrypt_bytes([age.ScryptIdentity("battery staple")], enc.read_bytes()) == data
-    with pytest.raises(NoMatch):
+    with pytest.raises(age.NoMatchError):
         age.decrypt_bytes([age.ScryptIdentity("wrong", max_work_factor=18)], enc.read_bytes())
 
 

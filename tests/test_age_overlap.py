@@ -1,4 +1,5 @@
-"""The engine's ``overlap`` option: output written on a second thread, same guarantees."""
+"""The agent's overlapped output (keyagentd/overlap.py, passed to the engine as ``output``):
+output written on a second thread, same guarantees as the engine's direct output."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from typing import BinaryIO, cast
 
 import pytest
 
-from keyagent.protocol import Failed, Integrity
-from keyagentd import age
-from keyagentd.age import overlap, stream
-from keyagentd.age.stream import CHUNK, CHUNK_CT, NONCE_SIZE, OVERLAP_AFTER
+from keyagent.protocol import Failed
+from keyagentd import age, overlap
+from keyagentd.age.stream import CHUNK, CHUNK_CT, NONCE_SIZE
+from keyagentd.overlap import OVERLAP_AFTER, OverlappedOutput
 
 IDENT = age.generate_identity()
 MIB = 1 << 20
@@ -48,7 +49,7 @@ class Sink(io.RawIOBase):
 
 def _encrypt(plain: bytes, overlap: bool = False) -> bytes:
     out = io.BytesIO()
-    age.encrypt([IDENT.recipient()], io.BytesIO(plain), out, overlap=overlap)
+    age.encrypt([IDENT.recipient()], io.BytesIO(plain), out, output=_output(overlap))
     return out.getvalue()
 
 
@@ -60,7 +61,11 @@ def _bin(obj: object) -> BinaryIO:
 def _decrypt(ct: bytes, dst: object, overlap: bool = True) -> int:
     dec = age.Decryptor(io.BytesIO(ct))
     dec.unwrap([IDENT])
-    return dec.decrypt_to(_bin(dst), overlap=overlap)
+    return dec.decrypt_to(_bin(dst), output=_output(overlap))
+
+
+def _output(overlap: bool) -> type[OverlappedOutput] | None:
+    return OverlappedOutput if overlap else None
 
 
 def _payload_offset(ct: bytes) -> int:
@@ -85,7 +90,7 @@ def two_cores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture(params=[0, OVERLAP_AFTER], ids=["thread-at-once", "thread-after-1MiB"])
 def overlap_after(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
-    monkeypatch.setattr(stream, "OVERLAP_AFTER", request.param)
+    monkeypatch.setattr(overlap, "OVERLAP_AFTER", request.param)
     return int(request.param)
 
 
@@ -112,13 +117,13 @@ def test_overlap_writes_on_another_thread_only_for_big_payloads() -> None:
     ct = _encrypt(plain)
     big = Sink()
     _decrypt(ct, big)
-    assert big.threads - {me}, "overlap=True never used a writer thread"
+    assert big.threads - {me}, "the overlapped output never used a writer thread"
     small, plain_sink = Sink(), Sink()
     _decrypt(_encrypt(os.urandom(OVERLAP_AFTER * CHUNK)), small)
     _decrypt(ct, plain_sink, overlap=False)
     assert small.threads == {me} and plain_sink.threads == {me}
     enc = Sink()
-    age.encrypt([IDENT.recipient()], io.BytesIO(plain), _bin(enc), overlap=True)
+    age.encrypt([IDENT.recipient()], io.BytesIO(plain), _bin(enc), output=OverlappedOutput)
     assert enc.threads - {me}
 
 
@@ -130,7 +135,7 @@ def test_tampered_chunk_releases_exactly_the_authenticated_prefix(
     ct = _tamper(_encrypt(plain), bad)
     before = threading.active_count()
     sink = Sink()
-    with pytest.raises(Integrity):
+    with pytest.raises(age.PayloadError):
         _decrypt(ct, sink)
     assert bytes(sink.data) == plain[: bad * CHUNK]
     assert threading.active_count() == before
@@ -141,13 +146,13 @@ def test_truncated_and_trailing_with_overlap(cut: int, overlap_after: int) -> No
     plain = os.urandom(2 * MIB)  # 32 chunks
     ct = _encrypt(plain)
     ref, got = Sink(), Sink()
-    with pytest.raises(Integrity):
+    with pytest.raises(age.PayloadError):
         _decrypt(ct[:-cut], ref, overlap=False)
-    with pytest.raises(Integrity):
+    with pytest.raises(age.PayloadError):
         _decrypt(ct[:-cut], got)
     assert got.data == ref.data and len(got.data) % CHUNK == 0
     trailing = Sink()
-    with pytest.raises(Integrity):
+    with pytest.raises(age.PayloadError):
         _decrypt(ct + b"x", trailing)
     assert bytes(trailing.data) == plain
 
@@ -156,7 +161,7 @@ def _run(direction: str, plain: bytes, ct: bytes, sink: Sink) -> None:
     if direction == "decrypt":
         _decrypt(ct, sink)
     else:
-        age.encrypt([IDENT.recipient()], io.BytesIO(plain), _bin(sink), overlap=True)
+        age.encrypt([IDENT.recipient()], io.BytesIO(plain), _bin(sink), output=OverlappedOutput)
 
 
 @pytest.mark.parametrize("direction", ["decrypt", "encrypt"])
@@ -194,7 +199,7 @@ def test_write_error_wins_over_a_later_bad_chunk(overlap_after: int) -> None:
     sink = Sink(fail_at=overlap_after + 2, delay=0.005)
     with pytest.raises(Failed) as info:
         _decrypt(ct, sink)
-    assert not isinstance(info.value, Integrity)
+    assert not isinstance(info.value, age.PayloadError)
     assert threading.active_count() == before
 
 
@@ -224,7 +229,7 @@ def test_read_error_still_writes_every_authenticated_chunk(overlap_after: int) -
     dec = age.Decryptor(_bin(FailingSource(ct, cut)))
     dec.unwrap([IDENT])
     with pytest.raises(Failed, match="Reading the input"):
-        dec.decrypt_to(_bin(sink), overlap=True)
+        dec.decrypt_to(_bin(sink), output=OverlappedOutput)
     # Chunk 24 waits for chunk 25 to be read (is 24 the last?), which fails: 0-23 are out.
     assert bytes(sink.data) == plain[: 24 * CHUNK]
     assert threading.active_count() == before
@@ -237,11 +242,13 @@ def test_slow_sink_and_progress(overlap_after: int) -> None:
     totals: list[int] = []
     dec = age.Decryptor(io.BytesIO(ct))
     dec.unwrap([IDENT])
-    assert dec.decrypt_to(_bin(sink), progress=totals.append, overlap=True) == len(plain)
+    assert dec.decrypt_to(_bin(sink), progress=totals.append, output=OverlappedOutput) == len(plain)
     assert bytes(sink.data) == plain
     assert totals == [min((i + 1) * CHUNK, len(plain)) for i in range(41)]
     enc = Sink(delay=0.001)
-    age.encrypt([IDENT.recipient()], io.BytesIO(plain), _bin(enc), armor=True, overlap=True)
+    age.encrypt(
+        [IDENT.recipient()], io.BytesIO(plain), _bin(enc), armor=True, output=OverlappedOutput
+    )
     assert age.decrypt([IDENT], io.BytesIO(bytes(enc.data)), io.BytesIO())[1] == len(plain)
 
 
@@ -277,12 +284,12 @@ def test_writer_comes_and_goes_as_streams_do(
         assert _decrypt(ct, sink) == len(plain)
         assert bytes(sink.data) == plain
     else:
-        with pytest.raises(Integrity):
+        with pytest.raises(age.PayloadError):
             _decrypt(ct, sink)
         assert bytes(sink.data) == plain[: bad * CHUNK]
     assert me in sink.threads and sink.threads - {me}
     assert threading.active_count() == before
     enc = Sink()
-    age.encrypt([IDENT.recipient()], io.BytesIO(plain), _bin(enc), overlap=True)
+    age.encrypt([IDENT.recipient()], io.BytesIO(plain), _bin(enc), output=OverlappedOutput)
     assert me in enc.threads and enc.threads - {me}
     assert age.decrypt([IDENT], io.BytesIO(bytes(enc.data)), io.BytesIO())[1] == len(plain)

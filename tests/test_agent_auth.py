@@ -56,6 +56,15 @@ def test_other_uid_is_denied_everything_but_introspect_and_ping(permissive_bus: 
         bus, "--object-path", MANAGER, "--method", "org.freedesktop.DBus.Introspectable.Introspect"
     )
     assert code == 0 and "CreateKey" in text
+    # ... but sees no children: not even which keys exist (issue 13).
+    code, text = as_other(
+        bus, "--object-path", f"{MANAGER}/keys", "--method",
+        "org.freedesktop.DBus.Introspectable.Introspect",
+    )  # fmt: skip
+    assert code == 0 and "<node" in text and "mine" not in text, text
+    with Client(bus.address) as me:
+        mine = me.call(f"{MANAGER}/keys", "org.freedesktop.DBus.Introspectable", "Introspect")[0]
+        assert '<node name="mine"' in mine  # the owner sees them
     code, text = as_other(
         bus, "--object-path", MANAGER, "--method", "org.freedesktop.DBus.Peer.Ping"
     )
@@ -116,3 +125,24 @@ def test_one_way_calls_from_the_owner_run_in_order(private_bus: PrivateBus) -> N
         fresh.conn.send(msg)
         # the same connection asks next: the replay keeps the order
         assert fresh.prop(protocol.key_path("nr"), KI, "Locked") is True
+
+
+def test_a_fire_and_forget_lock_all_from_a_sender_already_gone_locks(
+    private_bus: PrivateBus,
+) -> None:
+    """A hotkey's `dbus-send` (no reply wanted) exits before the agent can read its uid: its
+    LockAll must still lock every key (issue 13). Only LockAll is run for such a sender
+    (`Method.orphan_safe`); anything else from it is denied, as before."""
+    from agent_support import wait_until
+
+    with Client(private_bus.address) as c:
+        c.create("hotkey")
+        c.unlock("hotkey")
+        gone = Client(private_bus.address)
+        msg = new_method_call(
+            DBusAddress(MANAGER, bus_name=protocol.BUS_NAME, interface=MI), "LockAll"
+        )
+        msg.header.flags |= MessageFlag.no_reply_expected
+        gone.conn.send(msg)
+        gone.close()  # before the agent's credentials lookup, as dbus-send does
+        assert wait_until(lambda: c.prop(protocol.key_path("hotkey"), KI, "Locked") is True, 10)

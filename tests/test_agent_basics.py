@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,8 +83,17 @@ def _interfaces(xml: str) -> dict[str, ET.Element]:
     return {i.attrib["name"]: i for i in root.findall("interface")}
 
 
+EMITS = "org.freedesktop.DBus.Property.EmitsChangedSignal"
+
+
+def _emits(prop: ET.Element) -> str:
+    values = [a.attrib["value"] for a in prop.findall("annotation") if a.attrib["name"] == EMITS]
+    return values[0] if values else "true"
+
+
 def _shape(iface: ET.Element) -> dict[str, object]:
-    """Methods (in-arg names and types, out types) and properties (type, access)."""
+    """Methods (argument names and types, in and out) and properties (type, access, whether
+    they signal changes)."""
     methods = {}
     for m in iface.findall("method"):
         args = m.findall("arg")
@@ -94,10 +102,15 @@ def _shape(iface: ET.Element) -> dict[str, object]:
             for a in args
             if a.attrib.get("direction", "in") == "in"
         ]
-        outs = [a.attrib["type"] for a in args if a.attrib.get("direction") == "out"]
+        outs = [
+            (a.attrib.get("name"), a.attrib["type"])
+            for a in args
+            if a.attrib.get("direction") == "out"
+        ]
         methods[m.attrib["name"]] = (ins, outs)
     props = {
-        p.attrib["name"]: (p.attrib["type"], p.attrib["access"]) for p in iface.findall("property")
+        p.attrib["name"]: (p.attrib["type"], p.attrib["access"], _emits(p))
+        for p in iface.findall("property")
     }
     signals = sorted(s.attrib["name"] for s in iface.findall("signal"))
     return {"methods": methods, "properties": props, "signals": signals}
@@ -120,6 +133,19 @@ def test_introspection_matches_the_contract(client: Client) -> None:
     assert _shape(live_key[KI]) == _shape(contract[KI])
     assert "org.freedesktop.DBus.ObjectManager" in live_manager
     assert KI not in live_manager and MI not in live_key
+
+
+def test_the_contract_documents_every_member() -> None:
+    contract = _interfaces((ROOT / "dbus" / "org.example.KeyAgent.xml").read_text())
+    for name in (MI, KI):
+        for member in contract[name]:
+            if member.tag in ("method", "property", "signal"):
+                docs = [
+                    a.attrib["value"]
+                    for a in member.findall("annotation")
+                    if a.attrib["name"] == "org.gtk.GDBus.DocString"
+                ]
+                assert docs and docs[0].strip(), f"{name}.{member.attrib['name']} has no doc"
 
 
 # --- keys --------------------------------------------------------------------------------
@@ -331,6 +357,11 @@ def test_decrypt_names_locked_candidates_and_pins(client: Client) -> None:
     assert err(e) == "Locked"
     names = protocol.parse_locked_names(e.value.text)
     assert "cand1" in names and "cand2" in names  # every locked X25519 key could match
+    # The candidates travel as data too: (s message, as names), the sentence unchanged.
+    assert e.value.data == (sorted(names),)
+    assert e.value.text == protocol.locked_message(tuple(sorted(names)))
+    parsed = protocol.error_from_wire(e.value.name, e.value.text, *e.value.data)
+    assert isinstance(parsed, protocol.Locked) and parsed.names == tuple(sorted(names))
     client.unlock("cand2")
     with pytest.raises(CallError) as e:
         client.decrypt(ct)
@@ -353,6 +384,7 @@ def test_no_match_when_every_candidate_is_unlocked(private_bus: PrivateBus) -> N
         with pytest.raises(CallError) as e:
             client.decrypt(ct)
         assert err(e) == "Locked" and protocol.parse_locked_names(e.value.text) == ("only",)
+        assert e.value.data == (["only"],)
         client.unlock("only")
         with pytest.raises(CallError) as e:
             client.decrypt(ct)
@@ -461,7 +493,6 @@ def test_every_error_name_is_reachable(client: Client) -> None:
     expect("InvalidName", client.create, "not/a/name")
     # RateLimited: more concurrent streams than --max-streams (2) from one caller
     held = client.hold_decrypt_streams(2)
-    time.sleep(0.2)
     r, w = os.pipe()
     expect("RateLimited", client.m, "DecryptFd", "hha{sv}", r, w, {})
     for fd in (r, w, *(fd for pair in held for fd in pair)):
@@ -509,3 +540,16 @@ def test_object_manager_signals_come_from_the_manager_path(client: Client) -> No
         removed = client.conn.recv_until_filtered(signals, timeout=10)
         assert removed.header.fields[HeaderFields.member] == "InterfacesRemoved"
         assert removed.body == (protocol.key_path("omkey"), [KI])
+
+
+def test_error_text_bounds_what_the_caller_sent(client: Client) -> None:
+    """A huge option name must not come back whole in the error (issue 13). (Under the test
+    agent's payload cap: anything above it is TooLarge before any parsing.)"""
+    huge = "x" * (256 * 1024)
+    with pytest.raises(CallError) as e:
+        client.m("Encrypt", "asaya{sv}", ["age1x"], b"data", {huge: ("b", True)})
+    assert e.value.name == protocol.INVALID_ARGS
+    assert "Unknown option 'xxxx" in e.value.text and len(e.value.text) < 300
+    with pytest.raises(CallError) as e:
+        client.m("CreateKey", "ssa{sv}", "bounded", "pw", {"type": ("s", huge)})
+    assert e.value.short == "Unsupported" and len(e.value.text) < 300

@@ -7,6 +7,7 @@ it upstream, these tests say the fix can go.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import gc
@@ -14,13 +15,16 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
-from typing import cast
+from typing import Annotated, cast
 
 import pytest
-from dbus_fast import Message, MessageType
+from dbus_fast import DBusError, Message, MessageType
 from dbus_fast.aio import MessageBus
 from dbus_fast.aio import message_bus as _aio
+from dbus_fast.annotations import DBusSignature
+from dbus_fast.service import ServiceInterface, dbus_signal
 from jeepney import DBusAddress, HeaderFields, message_bus, new_method_call, new_signal
 
 from agent_support import (
@@ -35,6 +39,7 @@ from agent_support import (
 )
 from conftest import PrivateBus
 from keyagent import protocol
+from keyagentd.bus import fixes
 from keyagentd.bus.fixes import FixedMessageBus, PatientWriter
 
 INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
@@ -129,6 +134,7 @@ def _writer_on(
     if patient:
         writer.__class__ = PatientWriter
         cast(PatientWriter, writer)._waiting = False
+        cast(PatientWriter, writer)._failed = None
     return writer, fake_bus
 
 
@@ -277,7 +283,7 @@ async def _stock_bus_leaks(bus_cls: type[MessageBus], address: str, count: int) 
                 )
             )
             assert reply.message_type is MessageType.ERROR
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0)  # one loop turn: the last call's handling ends after its reply
         leaked = fd_count(os.getpid()) - before
         sender.disconnect()
         service.disconnect()
@@ -290,3 +296,99 @@ async def _stock_bus_leaks(bus_cls: type[MessageBus], address: str, count: int) 
 def test_stock_dbus_fast_still_leaks_fds(private_bus: PrivateBus) -> None:
     assert asyncio.run(_stock_bus_leaks(FixedMessageBus, private_bus.address, 200)) < 5
     assert asyncio.run(_stock_bus_leaks(MessageBus, private_bus.address, 200)) >= 200
+
+
+# --- fix 3: a signal sent onto a dying bus must not break dbus-fast's signal loop ---------
+
+
+class _Emitter(ServiceInterface):
+    def __init__(self) -> None:
+        super().__init__("test.Emitter")
+
+    @dbus_signal()
+    def Ping(self) -> Annotated[str, DBusSignature("s")]:
+        return "ping"
+
+
+async def _signal_onto_a_dying_bus(bus_cls: type[FixedMessageBus], address: str) -> str:
+    """Emit a signal while the bus's socket refuses writes (as when the bus daemon has just
+    exited): what the emitting code saw ("" when nothing was raised into it)."""
+    bus = await bus_cls(address).connect()
+    emitter = _Emitter()
+    bus.export("/test", emitter)
+    await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus.Peer",
+            member="Ping",
+        )
+    )  # the writer has nothing queued
+    cast(socket.socket, bus._sock).shutdown(socket.SHUT_WR)  # the next send fails: EPIPE
+    try:
+        emitter.Ping()
+        seen = ""
+    except RuntimeError as exc:
+        seen = str(exc)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(bus.wait_for_disconnect(), 5)  # type: ignore[no-untyped-call]
+    return seen
+
+
+def test_a_signal_onto_a_dying_bus_raises_nothing(private_bus: PrivateBus) -> None:
+    """dbus-fast's `_handle_signal` iterates the interface's set of buses and sends on each.
+    Our writer sends at once (stock dbus-fast waits for the loop), and when that send failed
+    it finalized the bus right there, which unexports it from inside that loop: "Set
+    changed size during iteration" (the agent logged a traceback when the bus daemon
+    restarted, test_rel_faults.py::test_bus_daemon_restart). It now finalizes on the next
+    loop turn; this failed every run before."""
+    assert asyncio.run(_signal_onto_a_dying_bus(FixedMessageBus, private_bus.address)) == ""
+
+
+# --- the seam: every private dbus-fast name lives in fixes.py and is checked at import ----
+
+
+def _dbus_fast_private_names() -> set[str]:
+    from dbus_fast.message_bus import BaseMessageBus
+    from dbus_fast.service import ServiceInterface
+
+    owners = (MessageBus, BaseMessageBus, ServiceInterface, DBusError, Message, _aio)
+    names = {n for o in owners for n in dir(o) if n.startswith("_") and not n.startswith("__")}
+    return names | set(dir(_aio._MessageWriter)) - {n for n in dir(object)}
+
+
+def _attributes(path: Path, *, seam: bool) -> set[str]:
+    """Attribute names read or written in ``path``; in the seam also the methods it defines
+    (overrides). Elsewhere ``self._x`` is our own classes' state, not dbus-fast's."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute):
+            if not seam and isinstance(node.value, ast.Name) and node.value.id == "self":
+                continue
+            found.add(node.attr)
+        elif seam and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            found.add(node.name)
+    return found
+
+
+def test_every_private_dbus_fast_name_is_in_the_seam_and_checked() -> None:
+    private = {n for n in _dbus_fast_private_names() if n.startswith("_")}
+    seam = Path(fixes.__file__)
+    used = _attributes(seam, seam=True) & private
+    checked = {name for _owner, name in fixes.PRIVATE_NAMES}
+    assert used and used <= checked, sorted(used - checked)
+    assert all(hasattr(owner, name) for owner, name in fixes.PRIVATE_NAMES)
+    for path in sorted(seam.parent.parent.rglob("*.py")):
+        if path != seam:
+            outside = _attributes(path, seam=False) & private
+            assert not outside, f"{path.name} uses dbus-fast internals {sorted(outside)}"
+
+
+def test_the_seam_check_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(_aio._MessageWriter, "buffer_message")
+    with pytest.raises(ImportError, match=r"_MessageWriter\.buffer_message"):
+        fixes.check_dbus_fast()
+    monkeypatch.undo()
+    monkeypatch.setattr(fixes, "WRITER_ATTRIBUTES", (*fixes.WRITER_ATTRIBUTES, "no_such"))
+    with pytest.raises(ImportError, match=r"_MessageWriter\(\)\.no_such"):
+        fixes.check_dbus_fast()

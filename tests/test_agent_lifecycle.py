@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -208,26 +209,26 @@ def test_idle_exit_waits_for_unlocked_keys(bus_factory: conftest.BusFactory) -> 
     bus = bus_factory(agent_args=(*FAST_ARGS, "--idle-exit", "1"))
     with Client(bus.address) as c:
         c.create("idle")
-        c.unlock_for("idle", 2)
+        c.unlock_for("idle", 6)
         pid = agent_pid(bus)
-    time.sleep(1.5)
+    time.sleep(1.5)  # past --idle-exit, well before the key locks (a time feature: generous)
     assert bus.agent_pid() == pid  # an unlocked key keeps it alive past --idle-exit
-    assert bus.wait_agent_gone(10)  # the key locks at 2 s, then 1 s idle
+    assert bus.wait_agent_gone(20)  # the key locks at 6 s, then 1 s idle
     with Client(bus.address) as c:  # activation brings it back, key still there
         assert c.prop(protocol.key_path("idle"), KI, "Locked") is True
         assert bus.agent_pid() != pid
 
 
 def test_idle_exit_after_calls_stop(bus_factory: conftest.BusFactory) -> None:
-    bus = bus_factory(agent_args=(*FAST_ARGS, "--idle-exit", "1"))
+    bus = bus_factory(agent_args=(*FAST_ARGS, "--idle-exit", "3"))
     with Client(bus.address) as c:
         c.prop(MANAGER, MI, "Version")
         pid = agent_pid(bus)
-        for _ in range(8):  # calls keep it alive
+        for _ in range(8):  # calls keep it alive: 4 s in all, 0.5 s apart (2.5 s of margin)
             c.prop(MANAGER, MI, "Version")
-            time.sleep(0.25)
+            time.sleep(0.5)
         assert bus.agent_pid() == pid
-    assert bus.wait_agent_gone(10)
+    assert bus.wait_agent_gone(20)
 
 
 # --- timers ------------------------------------------------------------------------------
@@ -266,6 +267,48 @@ def test_timeouts_lock_keys_and_emit_properties_changed(private_bus: PrivateBus)
             locked = c.conn.recv_until_filtered(changes, timeout=10)
             assert locked.body[1]["Locked"] == ("b", True)
             c.k("timed", "Lock")  # locking a locked key: no error, no signal
+
+
+def test_a_use_that_moves_unlocked_until_is_signalled(private_bus: PrivateBus) -> None:
+    """Properties and their signals agree (issue 17): a Decrypt moves the idle deadline, so
+    UnlockedUntil changes and a (coalesced) PropertiesChanged says so."""
+    path = protocol.key_path("used")
+    with Client(private_bus.address) as c:
+        recipient = c.create("used")
+        ct = c.encrypt([recipient], b"use")
+        rule = MatchRule(
+            type="signal",
+            interface="org.freedesktop.DBus.Properties",
+            member="PropertiesChanged",
+            path=path,
+        )
+        c.conn.send_and_get_reply(message_bus.AddMatch(rule))
+        with c.conn.filter(rule, bufsize=10) as changes:
+            c.unlock_for("used", 600, 3600)
+            until = c.conn.recv_until_filtered(changes, timeout=10).body[1]["UnlockedUntil"][1]
+            # UnlockedUntil counts whole seconds: a use moves it once the clock has passed one.
+            assert wait_until(lambda: time.time() >= until - 600 + 1, 5)
+            assert c.decrypt(ct)[1] == "used"
+            moved = c.conn.recv_until_filtered(changes, timeout=10)
+            iface, values, _ = moved.body
+            assert iface == KI and set(values) == {"UnlockedUntil"}
+            assert values["UnlockedUntil"][1] == c.prop(path, KI, "UnlockedUntil") > until
+
+
+def test_constant_properties_are_annotated_const(private_bus: PrivateBus) -> None:
+    with Client(private_bus.address) as c:
+        c.create("consts")
+        xml = c.call(protocol.key_path("consts"), "org.freedesktop.DBus.Introspectable",
+                     "Introspect")[0]  # fmt: skip
+    emits = "org.freedesktop.DBus.Property.EmitsChangedSignal"
+    props = {
+        p.attrib["name"]: {a.attrib["name"]: a.attrib["value"] for a in p.findall("annotation")}
+        for p in ET.fromstring(xml).iter("property")  # noqa: S314 - our agent's XML
+    }
+    for name in ("Name", "Label", "Type", "Recipient", "Created"):
+        assert props[name].get(emits) == "const"
+    for name in ("Locked", "UnlockedUntil", "IdleTimeout", "MaxTimeout"):
+        assert props[name].get(emits, "true") == "true"
 
 
 def test_log_lines_name_operations_but_never_secrets(

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -179,7 +178,6 @@ def test_parallel_streams_keep_the_bus_responsive(bus: PrivateBus) -> None:
 def test_too_many_streams_per_caller(bus: PrivateBus) -> None:
     with Client(bus.address) as c:
         held = c.hold_decrypt_streams(MAX_STREAMS)  # streams that wait for input
-        time.sleep(0.2)
         with pytest.raises(CallError) as e:
             stream(c, "DecryptFd", b"", {})
         assert e.value.short == "RateLimited"
@@ -197,14 +195,9 @@ def test_streams_of_a_caller_that_leaves_are_cancelled(bus: PrivateBus) -> None:
         c.prop(MANAGER, MI, "Version")
     pid = agent_pid(bus)
     base = fd_count(pid)
-    in_r, in_w = os.pipe()  # we keep the write end open: the stream would wait forever
-    out_r, out_w = os.pipe()
     leaving = Client(bus.address)
-    addr = DBusAddress(MANAGER, bus_name=protocol.BUS_NAME, interface=MI)
-    leaving.conn.send(new_method_call(addr, "DecryptFd", "hha{sv}", (in_r, out_w, {})))
-    os.close(in_r)
-    os.close(out_w)
-    time.sleep(0.3)
+    # We keep the write end open: the stream would wait forever.
+    ((in_w, out_r),) = leaving.hold_decrypt_streams(1)
     assert fd_count(pid) >= base + 2  # the stream holds its two fds
     leaving.close()
     assert settle_fds(pid, base) <= base  # cancelled when its caller left the bus
@@ -296,3 +289,91 @@ def test_fds_of_a_new_callers_queued_calls_stay_with_their_call(bus: PrivateBus)
             assert replies[1].body == ("s", 6)
             assert os.read(out_r, 100) == b"queued"
             os.close(out_r)
+
+
+def test_streams_on_silent_pipes_starve_no_one(private_bus: PrivateBus, tmp_path: Path) -> None:
+    """Four connections, each with four DecryptFd streams on pipes nobody writes (16, the
+    whole stream pool): another client's UnlockFromFd and DecryptFd still run (issue 13).
+    A waiting stream holds no thread; it only uses up its own caller's quota."""
+    with Client(private_bus.address) as setup:
+        recipient = setup.create("starve")
+        ct = setup.encrypt([recipient], b"not starved")
+    manager = DBusAddress(MANAGER, bus_name=protocol.BUS_NAME, interface=MI)
+    holders: list[Client] = []
+    silent: list[int] = []
+    try:
+        for _ in range(4):
+            holder = Client(private_bus.address)
+            holders.append(holder)
+            for _ in range(4):
+                r, w = os.pipe()
+                out_r, out_w = os.pipe()
+                holder.conn.send(new_method_call(manager, "DecryptFd", "hha{sv}", (r, out_w, {})))
+                os.close(r)
+                os.close(out_w)
+                silent += [w, out_r]
+            holder.prop(MANAGER, MI, "Version")  # its four calls have reached the agent
+        with Client(private_bus.address, timeout=30) as other:
+            r, w = os.pipe()
+            os.write(w, b"pw\n")
+            os.close(w)
+            try:
+                other.k("starve", "UnlockFromFd", "ha{sv}", r, {})
+            finally:
+                os.close(r)
+            src = tmp_path / "in.age"
+            src.write_bytes(ct)
+            out = tmp_path / "out"
+            fi = os.open(src, os.O_RDONLY)
+            fo = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                assert other.m("DecryptFd", "hha{sv}", fi, fo, {}) == ("starve", 11)
+            finally:
+                os.close(fi)
+                os.close(fo)
+            assert out.read_bytes() == b"not starved"
+    finally:
+        for fd in silent:
+            os.close(fd)
+        for holder in holders:
+            holder.close()
+
+
+def test_unlocks_never_queue_behind_stalled_streams(private_bus: PrivateBus) -> None:
+    """Sixteen streams that started (their input sent a byte) and then stalled hold every
+    stream thread; an UnlockFromFd still answers: it is read on the event loop (issue 13)."""
+    with Client(private_bus.address) as setup:
+        setup.create("stalled")
+    manager = DBusAddress(MANAGER, bus_name=protocol.BUS_NAME, interface=MI)
+    holders: list[Client] = []
+    silent: list[int] = []
+    try:
+        for _ in range(4):
+            holder = Client(private_bus.address)
+            holders.append(holder)
+            for _ in range(4):
+                r, w = os.pipe()
+                out_r, out_w = os.pipe()
+                os.write(w, b"a")  # readable: the stream takes a thread, then waits for more
+                holder.conn.send(new_method_call(manager, "DecryptFd", "hha{sv}", (r, out_w, {})))
+                os.close(r)
+                os.close(out_w)
+                silent += [w, out_r]
+            holder.prop(MANAGER, MI, "Version")
+        with Client(private_bus.address, timeout=30) as other:
+            r, w = os.pipe()
+            os.write(w, b"pw\n")
+            os.close(w)
+            try:
+                other.k("stalled", "UnlockFromFd", "ha{sv}", r, {})
+            finally:
+                os.close(r)
+            assert (
+                other.prop(protocol.key_path("stalled"), "org.example.KeyAgent.Key", "Locked")
+                is False
+            )
+    finally:
+        for fd in silent:
+            os.close(fd)
+        for holder in holders:
+            holder.close()

@@ -19,9 +19,12 @@ from cli_support import TtyRun, ka
 from conftest import BusFactory, PrivateBus
 from keyagent import protocol
 from keyagentd import age, askpass
-from keyagentd.bus.options import Options
-from keyagentd.bus.service import Agent, Config
+from keyagentd.cache import KeyCache
+from keyagentd.config import Config as UserConfig
 from keyagentd.kdf import KdfParams
+from keyagentd.keys import Keys
+from keyagentd.keystore import KeyStore
+from keyagentd.work import Work
 
 PASS = "pw"
 PYTHON = os.path.realpath(sys.executable)  # what /proc/PID/exe shows for `keyagent`
@@ -162,16 +165,30 @@ def test_commands_without_a_terminal_ask_through_askpass(
 # --- in process: the rate limiter and a missing askpass program ---------------------------
 
 
-def _agent(tmp: Path) -> Agent:
+class NoListener:
+    """The core's `KeyEvents` with no bus behind it."""
+
+    def added(self, record: object) -> None:
+        pass
+
+    def removed(self, name: str) -> None:
+        pass
+
+    def changed(self, name: str) -> None:
+        pass
+
+
+def _agent(tmp: Path) -> Keys:
+    """The core's keys alone: no bus, no agent process."""
     kdf = KdfParams(memory_kib=1024, time_cost=1, parallelism=1)
-    agent = Agent(Config(home=tmp / "home", kdf=kdf, idle_exit=0))
-    agent.store.prepare()
+    store = KeyStore(tmp / "home", kdf=kdf)
+    keys = Keys(store, KeyCache(), UserConfig(), Work(1, 4), NoListener())
     identity = age.generate_identity("x25519")
-    record = agent.store.create(
+    keys.load()
+    keys.records["k"] = store.create(
         "k", "x25519", bytearray(identity.seed), identity.recipient().encode(), PASS, ""
     )
-    agent.records["k"] = record
-    return agent
+    return keys
 
 
 def test_wrong_askpass_passphrases_count_in_the_rate_limiter(
@@ -182,18 +199,18 @@ def test_wrong_askpass_passphrases_count_in_the_rate_limiter(
     agent = _agent(tmp_path)
 
     async def run() -> None:
-        agent._loop = asyncio.get_running_loop()
         with pytest.raises(protocol.BadPassphrase):
-            await agent.unlock_by_askpass("k", Options({}), os.getpid())
+            await agent.unlock_by_askpass("k", os.getpid())
         assert agent.limiter.failures("k") == 3
         assert not agent.cache.is_unlocked("k")
-        await agent.unlock_by_askpass("k", Options({}), os.getpid())
+        await agent.unlock_by_askpass("k", os.getpid())
         assert agent.cache.is_unlocked("k") and agent.limiter.failures("k") == 0
 
     try:
         asyncio.run(run())
     finally:
-        agent._close()
+        agent.close()
+        agent.work.shutdown()
     assert len(fake.asked()) == 4
 
 
@@ -212,15 +229,15 @@ def test_systemd_ask_password_without_a_password_agent_fails_at_once(
     agent = _agent(tmp_path)
 
     async def run() -> None:
-        agent._loop = asyncio.get_running_loop()
         with pytest.raises(protocol.Failed) as e:
-            await agent.unlock_by_askpass("k", Options({}), os.getpid())
+            await agent.unlock_by_askpass("k", os.getpid())
         assert "$KEYAGENT_ASKPASS" in e.value.message and "\n" not in e.value.message
 
     try:
         asyncio.run(run())
     finally:
-        agent._close()
+        agent.close()
+        agent.work.shutdown()
     assert not (tmp_path / "ran").exists()
 
 
@@ -231,11 +248,11 @@ def test_no_askpass_program_is_failed(tmp_path: Path, monkeypatch: pytest.Monkey
     agent = _agent(tmp_path)
 
     async def run() -> None:
-        agent._loop = asyncio.get_running_loop()
         with pytest.raises(protocol.Failed, match="there is no askpass program"):
-            await agent.unlock_by_askpass("k", Options({}), os.getpid())
+            await agent.unlock_by_askpass("k", os.getpid())
 
     try:
         asyncio.run(run())
     finally:
-        agent._close()
+        agent.close()
+        agent.work.shutdown()

@@ -91,6 +91,35 @@ def test_unlock_errors(private_bus: PrivateBus) -> None:
     assert r.returncode == 1 and b"missing" in r.stderr
 
 
+def test_unlock_several_keys_with_an_ssh_add_lifetime(private_bus: PrivateBus) -> None:
+    """`keyagent unlock a b -t 1h30m`: one passphrase line per key, in order; -t is the key's
+    maximum lifetime, typed as for ssh-add; a wrong passphrase stops at that key."""
+    bus = private_bus
+    create_key(bus, "a", "pa")
+    create_key(bus, "b", "pb")
+    create_key(bus, "c", "pc")
+    r = ka_pw(bus, ["pa", "pb"], "unlock", "a", "b", "-t", "1h30m")
+    assert r.returncode == 0, r.stderr
+    keys = {k["name"]: k for k in json.loads(ka(bus, "status", "--json").stdout)["keys"]}
+    assert keys["a"]["max_timeout"] == keys["b"]["max_timeout"] == 5400
+    assert not keys["a"]["locked"] and not keys["b"]["locked"] and keys["c"]["locked"]
+    assert ka(bus, "lock", "--all").returncode == 0
+
+    r = ka_pw(bus, ["pa", "pa"], "unlock", "a", "c", "b")  # the second line is wrong
+    assert r.returncode == 1
+    assert error_line(r) == "keyagent: error: Key 'c': The passphrase is wrong."
+    assert b"unlocked before it: 'a'" in r.stderr
+    keys = {k["name"]: k for k in json.loads(ka(bus, "status", "--json").stdout)["keys"]}
+    assert [n for n, k in sorted(keys.items()) if not k["locked"]] == ["a"]
+
+    assert ka(bus, "lock", "--all").returncode == 0
+    r = ka_pw(bus, ["pa", "pb"], "unlock", "a", "missing", "b")  # every name checked first
+    assert r.returncode == 1 and b"missing" in r.stderr
+    assert all(k["locked"] for k in json.loads(ka(bus, "status", "--json").stdout)["keys"])
+    r = ka_pw(bus, ["pa"], "unlock", "a", "-t", "1x")
+    assert r.returncode == 2 and b"invalid duration '1x'" in r.stderr
+
+
 def test_encrypt_decrypt_files_and_armor(private_bus: PrivateBus, files: Path) -> None:
     bus = private_bus
     recipient = create_key(bus, "k")

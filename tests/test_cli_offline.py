@@ -12,12 +12,10 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
-import jeepney
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,7 +23,8 @@ from jeepney import HeaderFields
 
 from cli_support import KEYAGENT, error_line, ka, passphrase_fd
 from conftest import OTHER_UID, PrivateBus, as_other_user, requires_root
-from keyagent import cli
+from keyagent import args as argparse_cli
+from keyagent import cli, fastargs, grammar
 from keyagent.client import KeyInfo
 from keyagent.commands import armor, parse_identity_file
 from keyagent.context import CommandError
@@ -49,7 +48,7 @@ from keyagent.status import (
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = [
-    "init", "list", "status", "unlock", "lock", "recipient", "encrypt", "decrypt",
+    "init", "list", "status", "unlock", "lock", "recipient", "identity", "encrypt", "decrypt",
     "import", "export", "passwd", "delete", "install", "uninstall",
 ]  # fmt: skip
 
@@ -162,13 +161,14 @@ def test_import_time_skips_heavy_modules() -> None:
     assert r.stdout.strip() == "keyagent 0.1.0"
     modules = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if "|" in line}
     assert "keyagent.cli" in modules
-    for heavy in ("asyncio", "cryptography", "dbus_fast", "keyagentd"):
+    for heavy in ("asyncio", "cryptography", "dbus_fast", "keyagentd", "typing", "argparse"):
         assert not any(m == heavy or m.startswith(heavy + ".") for m in modules), heavy
 
 
 def test_decrypt_hot_path_skips_slow_modules(tmp_path: Path) -> None:
     """`keyagent decrypt -o OUT FILE` loads none of the modules that cost milliseconds at each
-    start (the command's start-up goal): it gets as far as the bus, which is missing here."""
+    start (the command's start-up goal): it gets as far as the bus, which is missing here;
+    `status` likewise (no dataclasses, json or pathlib)."""
     src = tmp_path / "in.age"
     src.write_bytes(b"x")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DBUS_")}
@@ -182,11 +182,13 @@ def test_decrypt_hot_path_skips_slow_modules(tmp_path: Path) -> None:
 
     baseline = imported("-c", "pass")
     loaded = imported("-m", "keyagent", "decrypt", "-o", str(tmp_path / "out"), str(src))
-    # (keyagent.crypt is not listed: -X importtime misses importlib.import_module)
-    assert {"keyagent.client", "keyagent.context", "keyagent.output", "jeepney"} <= loaded
+    assert {"keyagent.client", "keyagent.crypt", "keyagent.output", "jeepney"} <= loaded
     slow = ["dataclasses", "inspect", "pathlib", "tempfile", "shutil", "threading", "traceback"]
-    slow += ["argparse", "gettext", "locale"]  # cli.fast_args reads this command line
+    slow += ["argparse", "gettext", "locale"]  # fastargs.parse_fast reads this command line
     assert not [m for m in slow if m in loaded - baseline]
+    status = imported("-m", "keyagent", "status")
+    assert {"keyagent.commands", "keyagent.keyinfo", "keyagent.status"} <= status
+    assert not [m for m in [*slow, "json"] if m in status - baseline]
 
 
 @pytest.mark.parametrize(
@@ -201,9 +203,9 @@ def test_decrypt_hot_path_skips_slow_modules(tmp_path: Path) -> None:
     ],
 )
 def test_one_command_parser_parses_like_the_whole(argv: list[str]) -> None:
-    assert cli._command_in(argv) == next(a for a in argv if not a.startswith("-"))
-    assert cli.build_parser(cli._command_in(argv)).parse_args(argv) == (
-        cli.build_parser().parse_args(argv)
+    assert grammar.command_in(argv) == next(a for a in argv if not a.startswith("-"))
+    assert argparse_cli.build_parser(grammar.command_in(argv)).parse_args(argv) == (
+        argparse_cli.build_parser().parse_args(argv)
     )
 
 
@@ -211,7 +213,9 @@ _FAST_TOKENS = [
     *("-o", "--output", "-q", "--quiet", "--debug", "--passphrase-fd", "-k", "--key"),
     *("--askpass", "--no-askpass"),
     *("-r", "--recipient", "-R", "--recipients-file", "-p", "--passphrase", "-a", "--armor"),
-    *("--out", "-oOUT", "--output=o", "-qa", "-h", "--help", "--", "-x", "--bogus"),
+    *("--json", "--all", "--idle-timeout", "-t", "--max-timeout", "--askpass", "-y", "--yes"),
+    *("--type", "x25519", "mlkem768x25519", "--label", "--bindir", "10m", "1h30m", "0", "1w"),
+    *("--out", "-oOUT", "--output=o", "-qa", "-h", "--help", "--", "-x", "--bogus", "-t5"),
     *("in", "out", "-", "", "-1", "3", "03", "+3", "3x", "\u0663", "age1abc", "a b", "decrypt"),
 ]
 
@@ -219,21 +223,21 @@ _FAST_TOKENS = [
 def _argparse_or_none(argv: list[str]) -> dict[str, object] | None:
     try:
         with contextlib.redirect_stdout(StringIO()), contextlib.redirect_stderr(StringIO()):
-            return vars(cli.build_parser().parse_args(argv))
+            return vars(argparse_cli.build_parser().parse_args(argv))
     except SystemExit:
         return None
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(
     st.lists(st.just("--debug"), max_size=2),
-    st.sampled_from(["decrypt", "encrypt"]),
+    st.sampled_from(sorted(grammar.COMMANDS)),
     st.lists(st.sampled_from(_FAST_TOKENS), max_size=7),
 )
 def test_fast_args_agree_with_argparse(lead: list[str], command: str, rest: list[str]) -> None:
-    """The fast path reads a line only as argparse does; anything else it leaves to argparse."""
+    """The fast reader reads a line only as argparse does; anything else it leaves to argparse."""
     argv = [*lead, command, *rest]
-    fast = cli.fast_args(argv)
+    fast = fastargs.parse_fast(argv)
     if fast is not None:
         assert vars(fast) == _argparse_or_none(argv)
 
@@ -246,19 +250,27 @@ def test_fast_args_agree_with_argparse(lead: list[str], command: str, rest: list
         ["decrypt"],
         ["encrypt", "-r", "age1x", "-k", "a", "--key", "b", "-R", "f", "-a", "-o", "o", "-"],
         ["encrypt", "-p", "--armor", "--output", "o", "--quiet", "--debug", "in"],
+        ["status"],
+        ["status", "--json"],
+        ["list"],
+        ["unlock", "work", "home", "-t", "1h30m", "--passphrase-fd", "3"],
+        ["lock", "--all"],
+        ["recipient", "work", "home"],
+        ["init", "work", "--type", "mlkem768x25519", "--label", "laptop"],
+        ["import", "work", "id.txt"],
     ],
 )
 def test_fast_args_read_the_usual_lines(argv: list[str]) -> None:
-    fast = cli.fast_args(argv)
+    fast = fastargs.parse_fast(argv)
     assert fast is not None and vars(fast) == _argparse_or_none(argv)
 
 
 def test_top_level_help_lists_every_command_even_before_one(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert cli._command_in(["-h", "decrypt"]) is None
-    assert cli._command_in(["--bogus", "decrypt"]) is None
-    assert cli._command_in(["nope"]) is None
+    assert grammar.command_in(["-h", "decrypt"]) is None
+    assert grammar.command_in(["--bogus", "decrypt"]) is None
+    assert grammar.command_in(["nope"]) is None
     with pytest.raises(SystemExit) as e:
         cli.main(["-h", "decrypt"])
     assert e.value.code == 0
@@ -570,8 +582,7 @@ def _pty_answer(master: int, answers: list[bytes], seen: list[bytes]) -> None:
         buf = b""
         while b": " not in buf:
             buf += os.read(master, 1024)
-        seen.append(buf)
-        time.sleep(0.05)
+        seen.append(buf)  # the prompt comes after echo is off and typeahead dropped
         os.write(master, answer)
 
 
@@ -699,13 +710,14 @@ while True:
 
 
 @requires_root
-def test_refuses_an_agent_of_another_uid(permissive_bus: PrivateBus) -> None:
+def test_refuses_an_agent_of_another_uid(
+    permissive_bus: PrivateBus, other_user_pythonpath: str
+) -> None:
     """A process of uid 65534 owns the name: the client must not send it anything."""
-    # The venv's interpreter lives under /root: uid 65534 runs the system one with our jeepney.
-    site = str(Path(jeepney.__file__).resolve().parent.parent)
+    # The venv's interpreter may live where uid 65534 cannot go: it runs the system one.
     fake = subprocess.Popen(
         ["/usr/bin/python3", "-c", FAKE_OWNER],
-        env={**permissive_bus.env, "PYTHONPATH": site},
+        env={**permissive_bus.env, "PYTHONPATH": other_user_pythonpath},
         stdout=subprocess.PIPE,
         text=True,
         preexec_fn=as_other_user,
@@ -735,11 +747,10 @@ def test_refuses_an_agent_of_another_uid(permissive_bus: PrivateBus) -> None:
 
 
 def _options_by_command() -> dict[str, set[str]]:
-    parser = cli.build_parser()
+    parser = argparse_cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return {
-        name: {s for a in p._actions for s in a.option_strings if s.startswith("--")}
-        for name, p in sub.choices.items()
+        name: {s for a in p._actions for s in a.option_strings} for name, p in sub.choices.items()
     }
 
 
@@ -756,11 +767,17 @@ def test_completions_and_man_page_know_every_command_and_option(path: str) -> No
     text = (ROOT / path).read_text()
     if path.endswith(".1"):
         text = text.replace("\\-", "-")
+    fish = path.endswith(".fish")
     for command, options in _options_by_command().items():
         assert command in text, command
-        for opt in options - {"--help"}:
-            bare = opt[2:] if path.endswith(".fish") else opt
-            assert bare in text, (command, opt)
+        for opt in options - {"--help", "-h"}:
+            if opt.startswith("--"):
+                assert (opt[2:] if fish else opt) in text, (command, opt)
+            else:  # a short option: as fish spells it, or as a word of its own
+                assert (f"-s {opt[1:]}" if fish else f"{opt} ") in text.replace(",", " "), (
+                    command,
+                    opt,
+                )
 
 
 def test_bash_completion_completes_commands_and_options() -> None:

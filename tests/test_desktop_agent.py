@@ -136,6 +136,7 @@ def test_allowed_executables(private_bus: PrivateBus, tmp_path: Path, allowed: b
     else:
         assert out.returncode == 4
         assert f"Key 'work' may not be used by {PYTHON}" in out.stderr
+        assert "hint: the agent refused: a key's policy" in out.stderr  # not "not yours"
         assert out.stdout == ""
 
 

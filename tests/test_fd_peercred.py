@@ -21,7 +21,7 @@ from agent_support import (
 )
 from conftest import PrivateBus, as_other_user, requires_root
 from keyagent import protocol
-from keyagentd.bus.fdpeer import check_fd_peers
+from keyagentd.streams import check_fd_peers
 
 
 @pytest.fixture(scope="module")

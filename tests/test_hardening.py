@@ -27,8 +27,9 @@ from keyagentd.hardening import (
 )
 
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'service'}:{ROOT / 'cli'}"}
-#: The venv's interpreter lives under /root (0700): processes of another uid use the system one,
-#: which is enough for the stdlib-only hardening module.
+#: The venv's interpreter may live where another uid cannot go (a 0700 home): processes of
+#: another uid use the system one, which is enough for the stdlib-only hardening module, with
+#: a readable copy of our packages (the `other_user_pythonpath` fixture).
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 REPORT = """
@@ -44,9 +45,10 @@ print(json.dumps({"before": is_dumpable(), "messages": harden_process(),
 """
 
 
-def run_child(code: str, python: str = sys.executable, **kw: object) -> dict[str, Any]:
+def run_child(code: str, python: str = sys.executable, **kw: Any) -> dict[str, Any]:
+    kw.setdefault("env", ENV)
     out = subprocess.run(  # type: ignore[call-overload]
-        [python, "-c", code], env=ENV, capture_output=True, text=True, check=True, **kw
+        [python, "-c", code], capture_output=True, text=True, check=True, **kw
     )
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
@@ -77,8 +79,14 @@ def _small_memlock_other_user() -> None:
 
 
 @requires_root
-def test_memory_not_locked_under_a_finite_limit_says_so() -> None:
-    report = run_child(REPORT, SYSTEM_PYTHON, preexec_fn=_small_memlock_other_user, cwd="/")
+def test_memory_not_locked_under_a_finite_limit_says_so(other_user_pythonpath: str) -> None:
+    report = run_child(
+        REPORT,
+        SYSTEM_PYTHON,
+        preexec_fn=_small_memlock_other_user,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": other_user_pythonpath},
+    )
     line = next(m for m in report["messages"] if "memory" in m)
     assert "memory not locked: RLIMIT_MEMLOCK is 64 KiB" in line
     assert "raise the memlock limit" in line
@@ -119,12 +127,12 @@ def _read_proc_as_other_user(pid: int) -> str:
 
 
 @requires_root
-def test_same_uid_process_cannot_read_a_hardened_process() -> None:
+def test_same_uid_process_cannot_read_a_hardened_process(other_user_pythonpath: str) -> None:
     results = {}
     for mode in ("plain", "harden"):
         child = subprocess.Popen(
             [SYSTEM_PYTHON, "-c", HOLD, mode],
-            env=ENV,
+            env={**os.environ, "PYTHONPATH": other_user_pythonpath},
             preexec_fn=as_other_user,
             cwd="/",
             stdin=subprocess.PIPE,

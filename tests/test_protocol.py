@@ -47,6 +47,13 @@ def test_locked_names_survive_the_wire() -> None:
     back = protocol.error_from_wire(err.wire_name(), err.message)
     assert isinstance(back, protocol.Locked)
     assert back.names == ("work", "my-key")
+    signature, body = err.wire_args()
+    assert signature == protocol.LOCKED_SIGNATURE == "sas"
+    assert body == [err.message, ["work", "my-key"]]
+    # The data wins over the sentence; names that are not key names are dropped.
+    data = protocol.error_from_wire(err.wire_name(), "Key 'x' is locked.", ["a", "b/c"])
+    assert isinstance(data, protocol.Locked) and data.names == ("a",)
+    assert protocol.Failed("f.").wire_args() == ("s", ["f."])
 
 
 @given(NAMES)

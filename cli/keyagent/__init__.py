@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 __version__ = "0.1.0"
 
+TYPE_CHECKING = False  # importing `typing` costs milliseconds at every start of the command
 if TYPE_CHECKING:
+    from typing import Any
+
     from keyagent.client import AgentUnavailable, Client, KeyInfo
 
 __all__ = ["AgentUnavailable", "Client", "KeyInfo", "__version__"]

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    # KeyInfo loads on first use: `dataclasses` is too slow to import on the command's hot path.
+    # KeyInfo loads on first use: only `list`, `status` and API users need it.
     if name == "KeyInfo":
         from keyagent.keyinfo import KeyInfo
 
@@ -114,7 +114,8 @@ class Client(AgentConnection):
         return str(reply[1])
 
     def import_key(self, name: str, identity: str, passphrase: str, *, label: str = "") -> str:
-        """Seal an existing ``AGE-SECRET-KEY-…`` identity; returns the key's object path."""
+        """Seal an existing ``AGE-SECRET-KEY-…`` identity or unencrypted OpenSSH/PEM private key
+        (ssh-ed25519, ssh-rsa); returns the key's object path."""
         opts: dict[str, tuple[str, Any]] = {"label": ("s", label)} if label else {}
         reply = self._manager("ImportKey", "sssa{sv}", (name, identity, passphrase, opts))
         return str(reply[0])
@@ -148,6 +149,26 @@ class Client(AgentConnection):
         """Decrypt in one message; returns (plaintext, key name or "" for passphrase files)."""
         opts = _decrypt_options(key, passphrase)
         reply = self._manager("Decrypt", "aya{sv}", (ciphertext, opts))
+        return bytes(reply[0]), str(reply[1])
+
+    def unwrap_file_key(
+        self,
+        stanzas: Sequence[tuple[str, Sequence[str], bytes]],
+        *,
+        key: str | None = None,
+        askpass: bool = False,
+        timeout: float | None = -1.0,
+    ) -> tuple[bytes, str]:
+        """The file key behind a header's recipient stanzas (type, args, body), and the name of
+        the agent key that opened it. For age plugins: the caller checks the header MAC."""
+        opts: dict[str, tuple[str, Any]] = {}
+        if key is not None:
+            opts["key"] = ("s", key)
+        if askpass:
+            opts["askpass"] = ("b", True)
+            timeout = ASKPASS_TIMEOUT if timeout == -1.0 else timeout
+        body = ([(t, list(a), bytes(b)) for t, a, b in stanzas], opts)
+        reply = self._manager("UnwrapFileKey", "a(sasay)a{sv}", body, timeout=timeout)
         return bytes(reply[0]), str(reply[1])
 
     def encrypt_fd(

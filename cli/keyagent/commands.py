@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import sys
 import time
-from pathlib import Path
 
 from keyagent.context import (
     CommandError,
@@ -64,6 +63,8 @@ def parse_identity_file(text: str, source: str) -> str:
 
 
 def cmd_import(ctx: Context) -> int:
+    from pathlib import Path  # here: pathlib costs milliseconds at every start of `status`
+
     a = ctx.args
     name = key_name(a.name)
     source = "standard input" if a.file in (None, "-") else f"'{a.file}'"
@@ -73,10 +74,18 @@ def cmd_import(ctx: Context) -> int:
     except OSError as e:
         raise CommandError(f"Cannot read {source}: {e.strerror}.") from None
     except UnicodeDecodeError:
-        raise CommandError(f"{source} is not an age identity file.") from None
-    identity = parse_identity_file(text, source)
+        raise CommandError(f"{source} is not an age identity file or SSH key.") from None
     client = ctx.client()
-    client.owner()
+    from keyagent import sshimport  # the age engine's SSH checks (cryptography): here only
+
+    if sshimport.is_private_key(text):
+        client.owner()  # fail early, before asking for any passphrase
+        identity = sshimport.ssh_identity(ctx, text, source)
+    elif sshimport.is_public_key(text):
+        raise CommandError(f"{source} is an SSH public key: import the private key file.")
+    else:
+        identity = parse_identity_file(text, source)
+        client.owner()
     passphrase = ctx.passphrases.new(
         f"New passphrase for key '{name}': ", f"Confirm passphrase for key '{name}': "
     )
@@ -133,20 +142,38 @@ def cmd_delete(ctx: Context) -> int:
 
 
 def cmd_unlock(ctx: Context) -> int:
+    """Unlock each named key in turn (with --passphrase-fd, one line per key, in order)."""
     a = ctx.args
-    name = key_name(a.name)
+    names = list(dict.fromkeys(key_name(n) for n in a.names))
+    if a.askpass and ctx.passphrases.from_fd:
+        raise UsageError("Give --askpass or --passphrase-fd, not both.")
     client = ctx.client()
-    client.key(name)  # NoSuchKey (and the owner check) before the prompt
-    if askpass_wanted(ctx):
-        if ctx.passphrases.from_fd:
-            raise UsageError("Give --askpass or --passphrase-fd, not both.")
+    ask_agent = askpass_wanted(ctx)
+    for name in names:
+        client.key(name)  # NoSuchKey (and the owner check) before any prompt
+    for done, name in enumerate(names):
+        try:
+            _unlock_one(ctx, name, ask_agent)
+        except BadPassphrase as e:
+            if len(names) == 1:
+                raise
+            unlocked = ", ".join(f"'{n}'" for n in names[:done]) or "none"
+            raise CommandError(
+                f"Key '{name}': {e.message}", f"unlocked before it: {unlocked}"
+            ) from None
+    return 0
+
+
+def _unlock_one(ctx: Context, name: str, ask_agent: bool) -> None:
+    a, client = ctx.args, ctx.client()
+    if ask_agent:
         try:
             client.unlock_by_askpass(name, idle_timeout=a.idle_timeout, max_timeout=a.max_timeout)
         except Failed as e:  # no askpass program: without a terminal, nobody to ask
             if a.askpass:
                 raise
             raise UsageError(e.message, "or run on a terminal, or use --passphrase-fd N") from None
-        return 0
+        return
     tries = 1 if ctx.passphrases.from_fd else TTY_TRIES
     for attempt in range(tries):
         prompt = f"Passphrase for key '{name}': "
@@ -157,11 +184,10 @@ def cmd_unlock(ctx: Context) -> int:
             client.unlock_with_pipe(
                 name, passphrase, idle_timeout=a.idle_timeout, max_timeout=a.max_timeout
             )
-            return 0
+            return
         except BadPassphrase:
             if attempt == tries - 1:
                 raise
-    raise AssertionError("unreachable")
 
 
 def cmd_lock(ctx: Context) -> int:
@@ -181,6 +207,26 @@ def cmd_recipient(ctx: Context) -> int:
     for name in names:
         print(client.key(name).recipient)
     return 0
+
+
+def cmd_identity(ctx: Context) -> int:
+    from keyagent.plugin.encoding import encode_identity
+
+    info = ctx.client().key(key_name(ctx.args.name))
+    sys.stdout.write(
+        identity_text(info.name, info.type, info.recipient, encode_identity(info.name))
+    )
+    return 0
+
+
+def identity_text(name: str, key_type: str, recipient: str, identity: str) -> str:
+    """An identity file for age -i: comments, then the plugin identity (a name, no secret)."""
+    return (
+        f"# keyagent key: {name} ({key_type}); the secret key stays in the agent\n"
+        f"# recipient: {recipient}\n"
+        f"# use: age -d -i THIS_FILE, or age -e -i THIS_FILE (needs age-plugin-keyagent)\n"
+        f"{identity}\n"
+    )
 
 
 def cmd_list(ctx: Context) -> int:
@@ -203,6 +249,8 @@ def cmd_status(ctx: Context) -> int:
 
 
 def cmd_install(ctx: Context) -> int:
+    from pathlib import Path
+
     from keyagent import install
 
     bindir = Path(ctx.args.bindir) if ctx.args.bindir else None

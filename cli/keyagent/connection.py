@@ -17,13 +17,9 @@ from jeepney import DBusAddress, HeaderFields, Message, MessageType, new_method_
 from jeepney.io.blocking import DBusConnection, open_dbus_connection
 
 from keyagent import protocol
-from keyagent.protocol import (
-    AccessDenied,
-    KeyAgentError,
-    NoSuchKey,
-    error_from_wire,
-    key_name_from_path,
-)
+from keyagent.errormap import NOT_DELIVERED, AgentUnavailable, BusError, NotYourAgent, error_for
+
+__all__ = ["ACTIVATION_TIMEOUT", "DEFAULT_TIMEOUT", "AgentConnection", "AgentUnavailable"]
 
 DEFAULT_TIMEOUT: Final = 30.0
 #: Starting the agent includes Python start-up and the keystore scan; be generous.
@@ -32,60 +28,6 @@ ACTIVATION_TIMEOUT: Final = 60.0
 POLL_INTERVAL: Final = 0.2
 
 _DBUS = DBusAddress("/org/freedesktop/DBus", "org.freedesktop.DBus", "org.freedesktop.DBus")
-_DBUS_ERR = "org.freedesktop.DBus.Error."
-
-#: Bus errors that mean "nobody is there to answer" (exit code 3 in the command).
-_UNAVAILABLE_ERRORS: Final = frozenset(
-    _DBUS_ERR + n
-    for n in (
-        "ServiceUnknown",
-        "NameHasNoOwner",
-        "NoReply",
-        "Disconnected",
-        "TimedOut",
-        "Timeout",
-        "NoServer",
-        "Spawn.ExecFailed",
-        "Spawn.ChildExited",
-        "Spawn.ChildSignaled",
-        "Spawn.Failed",
-        "Spawn.FailedToSetup",
-        "Spawn.ConfigInvalid",
-        "Spawn.ServiceNotValid",
-        "Spawn.ServiceNotFound",
-        "Spawn.PermissionsInvalid",
-        "Spawn.FileInvalid",
-        "Spawn.NoMemory",
-    )
-)
-#: A call to a unique name that has gone away was never delivered: safe to resolve and resend.
-_NOT_DELIVERED: Final = frozenset({_DBUS_ERR + "ServiceUnknown", _DBUS_ERR + "NameHasNoOwner"})
-
-
-class AgentUnavailable(KeyAgentError):
-    """The session bus or the agent cannot be reached, or the agent did not answer in time."""
-
-    short_name = "AgentUnavailable"
-
-    @classmethod
-    def default_message(cls) -> str:
-        return "The key agent is not available."
-
-
-class AgentStartFailed(AgentUnavailable):
-    """The agent was started and said why it could not run (keyagent.startnote)."""
-
-
-class _BusError(Exception):
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(name)
-        self.name = name
-        self.message = message
-
-    def to_exception(self) -> KeyAgentError:
-        if self.name in _UNAVAILABLE_ERRORS:
-            return AgentUnavailable(self.message or "The key agent is not available.")
-        return error_from_wire(self.name, self.message)
 
 
 class AgentConnection:
@@ -141,20 +83,20 @@ class AgentConnection:
             ],
             timeout=self.timeout,
         )
-        if isinstance(first, _BusError):
-            if first.name not in _NOT_DELIVERED:
-                raise first.to_exception() from None
+        if isinstance(first, BusError):
+            if first.name not in NOT_DELIVERED:
+                raise error_for(first) from None
             owner = self._activate()
             uid = self._uid_of(owner)
-        elif isinstance(uid_reply, _BusError) or isinstance(last, _BusError) or last != first:
+        elif isinstance(uid_reply, BusError) or isinstance(last, BusError) or last != first:
             # The name changed hands meanwhile (rare): ask about one owner by its unique name.
-            owner = str(last[0]) if not isinstance(last, _BusError) else str(first[0])
+            owner = str(last[0]) if not isinstance(last, BusError) else str(first[0])
             uid = self._uid_of(owner)
         else:
             owner, uid = str(first[0]), int(uid_reply[0])
         if uid != os.getuid():
             # Never send a passphrase or data to a service run by someone else.
-            raise AccessDenied(
+            raise NotYourAgent(
                 f"The service {protocol.BUS_NAME} on this bus runs as uid {uid}, not as you."
             )
         return owner
@@ -162,8 +104,8 @@ class AgentConnection:
     def _uid_of(self, unique_name: str) -> int:
         try:
             return int(self._bus_call("GetConnectionUnixUser", "s", unique_name)[0])
-        except _BusError as e:
-            raise e.to_exception() from None
+        except BusError as e:
+            raise error_for(e) from None
 
     def _activate(self) -> str:
         started = time.time()
@@ -172,32 +114,25 @@ class AgentConnection:
                 "StartServiceByName", "su", protocol.BUS_NAME, 0, timeout=ACTIVATION_TIMEOUT
             )
             return str(self._bus_call("GetNameOwner", "s", protocol.BUS_NAME)[0])
-        except _BusError as e:
-            if e.name == _DBUS_ERR + "ServiceUnknown":
-                raise AgentUnavailable(
-                    f"The key agent is not installed on this bus ({e.message})"
-                ) from None
-            if e.name.startswith(_DBUS_ERR + "Spawn.") or e.name in _UNAVAILABLE_ERRORS:
-                from keyagent import startnote
+        except BusError as e:
+            from keyagent import startnote
 
-                why = startnote.read_since(started)  # the agent's own sentence, if it left one
-                if why is not None:
-                    raise AgentStartFailed(f"The key agent failed to start: {why}") from None
-                raise AgentUnavailable(f"The key agent failed to start: {e.message}") from None
-            raise e.to_exception() from None
+            # the agent's own sentence, if it left one during this attempt
+            note = startnote.read_since(started)
+            raise error_for(e, starting=True, start_note=note) from None
 
     def agent_running(self) -> bool:
         """Whether the agent runs now (never starts it)."""
         try:
             return bool(self._bus_call("NameHasOwner", "s", protocol.BUS_NAME)[0])
-        except _BusError as e:
-            raise e.to_exception() from None
+        except BusError as e:
+            raise error_for(e) from None
 
     def agent_pid(self) -> int:
         try:
             return int(self._bus_call("GetConnectionUnixProcessID", "s", self.owner())[0])
-        except _BusError as e:
-            raise e.to_exception() from None
+        except BusError as e:
+            raise error_for(e) from None
 
     # -- raw calls ---------------------------------------------------------------------------
 
@@ -208,9 +143,9 @@ class AgentConnection:
         timeout: float | None,
         progress: Callable[[], None] | None = None,
     ) -> tuple[Any, ...]:
-        """Send and wait for the reply; raise _BusError for an error reply."""
+        """Send and wait for the reply; raise BusError for an error reply."""
         (reply,) = self._exchange([msg], timeout=timeout, progress=progress)
-        if isinstance(reply, _BusError):
+        if isinstance(reply, BusError):
             raise reply
         return reply
 
@@ -220,8 +155,8 @@ class AgentConnection:
         *,
         timeout: float | None,
         progress: Callable[[], None] | None = None,
-    ) -> list[tuple[Any, ...] | _BusError]:
-        """Send every message at once, then wait for every reply (a _BusError for an error)."""
+    ) -> list[tuple[Any, ...] | BusError]:
+        """Send every message at once, then wait for every reply (a BusError for an error)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: dict[int, Message] = {}
         try:
@@ -279,25 +214,25 @@ class AgentConnection:
             msg = new_method_call(addr, member, signature, tuple(args))
             try:
                 return self._send(msg, timeout=t, progress=progress)
-            except _BusError as e:
-                if e.name in _NOT_DELIVERED and attempt == 1:
+            except BusError as e:
+                if e.name in NOT_DELIVERED and attempt == 1:
                     # The agent exited (idle) between our check and the call: restart it.
                     self._owner = None
                     continue
-                if e.name in (_DBUS_ERR + "UnknownObject", _DBUS_ERR + "UnknownMethod") and (
-                    path.startswith(protocol.KEYS_PATH_PREFIX)
-                ):
-                    name = key_name_from_path(path)
-                    raise NoSuchKey(f"There is no key named '{name}'.") from None
-                raise e.to_exception() from None
+                key = protocol.key_name_from_path(path) if _is_key(path) else None
+                raise error_for(e, key=key) from None
         raise AssertionError("unreachable")
 
 
-def _unpack(reply: Message) -> tuple[Any, ...] | _BusError:
+def _is_key(path: str) -> bool:
+    return path.startswith(protocol.KEYS_PATH_PREFIX)
+
+
+def _unpack(reply: Message) -> tuple[Any, ...] | BusError:
     if reply.header.message_type == MessageType.error:
-        name = str(reply.header.fields.get(HeaderFields.error_name, ""))
-        text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
-        return _BusError(name, text)
+        fields = reply.header.fields
+        name = str(fields.get(HeaderFields.error_name, ""))
+        return BusError(name, str(fields.get(HeaderFields.sender, "")), tuple(reply.body))
     return tuple(reply.body)
 
 

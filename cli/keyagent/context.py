@@ -8,16 +8,13 @@ import os
 import stat
 import sys
 from collections.abc import Iterator
-from types import SimpleNamespace, TracebackType
-from typing import TYPE_CHECKING
+from types import TracebackType
 
 from keyagent.client import Client
+from keyagent.grammar import Args
 from keyagent.output import AtomicOutput, OutputError
 from keyagent.prompt import Passphrases
 from keyagent.protocol import is_valid_key_name
-
-if TYPE_CHECKING:
-    import argparse
 
 
 class UsageError(Exception):
@@ -41,7 +38,7 @@ class Context:
 
     def __init__(
         self,
-        args: argparse.Namespace | SimpleNamespace,
+        args: Args,
         passphrases: Passphrases,
         client: Client | None = None,
     ) -> None:

@@ -39,7 +39,12 @@ TTY_TRIES = 3
 
 
 def read_recipients_file(path: str) -> list[str]:
-    """Recipients from a file like age's -R: one per line, '#' comments and blank lines skipped."""
+    """Recipients from a file like age's -R: one per line, '#' comments and blank lines skipped.
+
+    SSH public key lines (an ``authorized_keys`` or ``.pub`` file) are sent as ``type base64``:
+    options and comments are dropped, and keys age cannot use (ecdsa, sk-*) are skipped with
+    a warning, as age does. A bad line is reported by number, not quoted (it might be secret).
+    """
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -47,7 +52,25 @@ def read_recipients_file(path: str) -> list[str]:
         raise CommandError(f"Cannot read recipients file '{path}': {e.strerror}.") from None
     except UnicodeDecodeError:
         raise CommandError(f"Recipients file '{path}' is not UTF-8 text.") from None
-    out = [s.strip() for s in lines if s.strip() and not s.strip().startswith("#")]
+    out = []
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if " " not in line and "\t" not in line:
+            out.append(line)  # age1... (or a key name)
+            continue
+        from keyagent import sshimport  # the age engine's SSH parser: only for such a line
+        from keyagentd.age import errors as age_errors
+
+        try:
+            out.append(sshimport.public_line(line))
+        except age_errors.UnsupportedError as e:
+            print(f"keyagent: warning: '{path}' line {number}: {e} Skipped.", file=sys.stderr)
+        except age_errors.ParseError:
+            raise CommandError(
+                f"Recipients file '{path}': malformed recipient at line {number}."
+            ) from None
     if not out:
         raise CommandError(f"Recipients file '{path}' lists no recipients.")
     return out

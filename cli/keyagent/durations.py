@@ -1,12 +1,13 @@
-"""Durations on the command line: `90`, `90s`, `10m`, `2h`, `1d`, `1h30m`."""
+"""Durations on the command line: `90`, `90s`, `10m`, `2h`, `1d`, `1w`, `1h30m` (the time
+format of sshd_config(5), which `ssh-add -t` users type)."""
 
 from __future__ import annotations
 
 import re
 from typing import Final
 
-_UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_PART: Final = re.compile(r"(\d+)([smhd]?)")
+_UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PART: Final = re.compile(r"(\d+)([smhdw]?)")
 #: The agent takes timeouts as uint32 seconds.
 MAX_SECONDS: Final = 2**32 - 1
 
@@ -24,7 +25,7 @@ def parse_duration(text: str) -> int:
         if not m.group(2) and pos < len(value):
             break  # a bare number must be the whole text
     if not value or pos != len(value):
-        raise ValueError(f"invalid duration {text!r}: use e.g. 90, 90s, 10m, 2h, 1d or 1h30m")
+        raise ValueError(f"invalid duration {text!r}: use e.g. 90, 90s, 10m, 2h, 1d, 1w or 1h30m")
     if total <= 0 or total > MAX_SECONDS:
         raise ValueError(f"invalid duration {text!r}: it must be between 1 second and 136 years")
     return total

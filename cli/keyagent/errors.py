@@ -1,11 +1,18 @@
-"""Hints the command prints under an agent error: what a person can do next."""
+"""What the command says under an agent error: its exit status and a hint at what to do next."""
 
 from __future__ import annotations
 
-from keyagent.client import AgentUnavailable
-from keyagent.connection import AgentStartFailed
+from keyagent.errormap import (
+    AgentStartFailed,
+    AgentUnavailable,
+    BusRefused,
+    NotYourAgent,
+    PolicyRefused,
+)
+from keyagent.grammar import EXIT_DENIED, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE
 from keyagent.protocol import (
     AccessDenied,
+    InvalidName,
     KeyAgentError,
     KeyExists,
     Locked,
@@ -14,6 +21,16 @@ from keyagent.protocol import (
     NoSuchKey,
     RateLimited,
 )
+
+
+def exit_status(err: KeyAgentError) -> int:
+    if isinstance(err, AgentUnavailable):
+        return EXIT_UNAVAILABLE
+    if isinstance(err, AccessDenied):
+        return EXIT_DENIED
+    if isinstance(err, InvalidName):
+        return EXIT_USAGE
+    return EXIT_FAILED
 
 
 def hint_for(err: KeyAgentError, command: str = "") -> str:
@@ -41,6 +58,17 @@ def hint_for(err: KeyAgentError, command: str = "") -> str:
             "check that a session bus is running and that keyagentd is installed"
             " (run 'keyagent install')"
         )
-    if isinstance(err, AccessDenied):
+    return _denied_hint(err) if isinstance(err, AccessDenied) else ""
+
+
+def _denied_hint(err: AccessDenied) -> str:
+    if isinstance(err, NotYourAgent):
         return "the org.example.KeyAgent service on this bus is not yours: nothing was sent to it"
+    if isinstance(err, PolicyRefused):
+        return (
+            "the agent refused: a key's policy (allowed_executables, confirm) in its"
+            " config.toml decides who may use it; see keyagentd(8)"
+        )
+    if isinstance(err, BusRefused):
+        return "the session bus's own policy refused the call: check its configuration"
     return ""

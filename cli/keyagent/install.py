@@ -4,6 +4,8 @@ The user copies point at this installation's `keyagentd`, so D-Bus activation (d
 `Exec=`) and systemd (dbus-broker activates through `SystemdService=`) start the right agent.
 The templates are the very files meson installs system-wide (`dbus/…service.in`,
 `data/keyagent.service.in`); meson also copies them into this package so a wheel has them.
+After writing or removing the activation file we ask the session bus to reload: dbus-broker
+only sees new activation files then (dbus-daemon watches the directory, reloading is harmless).
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ import shutil
 import sys
 from pathlib import Path
 
+from jeepney import MessageType
+from jeepney.bus_messages import message_bus
+from jeepney.io.blocking import open_dbus_connection
+
 from keyagent.protocol import BUS_NAME
+
+RELOAD_TIMEOUT = 10.0  # seconds; a bus daemon re-reads its configuration in milliseconds
 
 _HERE = Path(__file__).resolve().parent
 #: Where the templates live: installed beside this module by meson, or in the source tree.
@@ -69,22 +77,46 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def reload_session_bus(bus: str = "SESSION") -> str | None:
+    """org.freedesktop.DBus.ReloadConfig on the session bus; None, or why it did not happen."""
+    try:
+        with open_dbus_connection(bus=bus) as conn:
+            reply = conn.send_and_get_reply(message_bus.ReloadConfig(), timeout=RELOAD_TIMEOUT)
+    except KeyError:  # jeepney: no DBUS_SESSION_BUS_ADDRESS
+        return "no session bus (DBUS_SESSION_BUS_ADDRESS is not set)"
+    except (OSError, TimeoutError, ValueError, RuntimeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        return f"cannot connect to the session bus: {reason}"
+    if reply.header.message_type is MessageType.error:
+        return f"the session bus refused to reload: {reply.body[0] if reply.body else 'error'}"
+    return None
+
+
+def _reload_or_say_why() -> None:
+    problem = reload_session_bus()
+    if problem is not None:  # the files are right; a bus started later reads them anyway
+        print(f"keyagent: note: {problem}; log in again if activation fails", file=sys.stderr)
+
+
 def install(bindir: Path | None = None) -> list[Path]:
-    """Write the user activation file and systemd unit; return the paths written."""
+    """Write the user activation file and systemd unit, reload the bus; return the paths."""
     where = str(bindir or find_agent_bindir())
     written = []
     targets = ((activation_file(), ACTIVATION_TEMPLATE), (systemd_unit(), UNIT_TEMPLATE))
     for path, template in targets:
         _write_atomically(path, read_template(template).replace("@bindir@", where))
         written.append(path)
+    _reload_or_say_why()
     return written
 
 
 def uninstall() -> list[Path]:
-    """Remove the user copies; return the paths that were removed."""
+    """Remove the user copies (and reload the bus if any were there); return those removed."""
     removed = []
     for path in (activation_file(), systemd_unit()):
         if path.exists():
             path.unlink()
             removed.append(path)
+    if removed:
+        _reload_or_say_why()
     return removed

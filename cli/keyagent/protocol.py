@@ -8,7 +8,7 @@ This module is deliberately light (no I/O, no third-party imports): the
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Any, Final
 
 BUS_NAME: Final = "org.example.KeyAgent"
 MANAGER_PATH: Final = "/org/example/KeyAgent"
@@ -16,6 +16,8 @@ MANAGER_INTERFACE: Final = "org.example.KeyAgent"
 KEY_INTERFACE: Final = "org.example.KeyAgent.Key"
 KEYS_PATH_PREFIX: Final = MANAGER_PATH + "/keys/"
 ERROR_PREFIX: Final = "org.example.KeyAgent.Error."
+#: A ``Locked`` error reply's body: the sentence, then the candidate key names.
+LOCKED_SIGNATURE: Final = "sas"
 
 ACCESS_DENIED: Final = "org.freedesktop.DBus.Error.AccessDenied"
 INVALID_ARGS: Final = "org.freedesktop.DBus.Error.InvalidArgs"
@@ -23,6 +25,10 @@ INVALID_ARGS: Final = "org.freedesktop.DBus.Error.InvalidArgs"
 KEY_TYPE_X25519: Final = "x25519"
 KEY_TYPE_HYBRID: Final = "mlkem768x25519"
 KEY_TYPES: Final = (KEY_TYPE_X25519, KEY_TYPE_HYBRID)
+KEY_TYPE_SSH_ED25519: Final = "ssh-ed25519"
+KEY_TYPE_SSH_RSA: Final = "ssh-rsa"
+#: Every type a stored key may have: KEY_TYPES are created, SSH keys only imported.
+STORED_KEY_TYPES: Final = (*KEY_TYPES, KEY_TYPE_SSH_ED25519, KEY_TYPE_SSH_RSA)
 
 #: In-message payload cap (``ay`` arguments and replies); larger data uses the Fd methods.
 DEFAULT_MAX_PAYLOAD: Final = 16 * 1024 * 1024
@@ -67,6 +73,8 @@ class KeyAgentError(Exception):
     """
 
     short_name: str = "Failed"
+    #: The agent's own note of the key an error is about, for its audit (never sent).
+    key: str = ""
 
     @classmethod
     def wire_name(cls) -> str:
@@ -79,6 +87,10 @@ class KeyAgentError(Exception):
     @classmethod
     def default_message(cls) -> str:
         return "The operation failed."
+
+    def wire_args(self) -> tuple[str, list[Any]]:
+        """The error reply's signature and body: the sentence, then any data (see `Locked`)."""
+        return "s", [self.message]
 
 
 class Failed(KeyAgentError):
@@ -101,6 +113,10 @@ class Locked(KeyAgentError):
     @classmethod
     def for_keys(cls, names: tuple[str, ...] | list[str]) -> Locked:
         return cls(locked_message(tuple(names)), tuple(names))
+
+    def wire_args(self) -> tuple[str, list[Any]]:
+        """``(s message, as names)``: the candidates as data, not only inside the sentence."""
+        return LOCKED_SIGNATURE, [self.message, list(self.names)]
 
 
 class NoSuchKey(KeyAgentError):
@@ -204,11 +220,16 @@ ERRORS: Final[dict[str, type[KeyAgentError]]] = {
 AGENT_ERROR_NAMES: Final = tuple(n for n in ERRORS if n.startswith(ERROR_PREFIX))
 
 
-def error_from_wire(name: str, message: str) -> KeyAgentError:
-    """The exception for a D-Bus error reply; unknown names become ``Failed``."""
+def error_from_wire(name: str, message: str, *data: object) -> KeyAgentError:
+    """The exception for a D-Bus error reply (its name, then its body's arguments); unknown
+    names become ``Failed``. A ``Locked`` reply's second argument lists the candidate keys
+    (an older agent's has none: the names are read from the sentence)."""
     cls = ERRORS.get(name)
     if cls is None:
         return Failed(message or name)
+    if cls is Locked and data and isinstance(data[0], list | tuple):
+        names = tuple(n for n in data[0] if isinstance(n, str) and is_valid_key_name(n))
+        return Locked(message, names)
     return cls(message)
 
 

@@ -6,7 +6,6 @@ changes only when a field changes meaning or goes away. New fields may be added.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import Any, Final
@@ -59,6 +58,8 @@ def status_document(
 
 
 def status_json(doc: dict[str, Any]) -> str:
+    import json  # only for --json: it costs milliseconds at start-up
+
     return json.dumps(doc, indent=2, sort_keys=False) + "\n"
 
 

@@ -1,7 +1,17 @@
 # bash completion for keyagent(1)
 
+# Key names from the key directory, as keyagentd finds it: asking the agent would start it.
 _keyagent_keys() {
-    keyagent list 2>/dev/null | cut -d' ' -f1
+    local dir=${KEYAGENT_HOME:-} f
+    if [[ -z $dir ]]; then
+        if [[ ${XDG_DATA_HOME:-} == /* ]]; then dir=$XDG_DATA_HOME/keyagent
+        else dir=$HOME/.local/share/keyagent; fi
+    fi
+    for f in "$dir"/*.key; do
+        [[ -f $f ]] || continue
+        f=${f##*/}
+        printf '%s\n' "${f%.key}"
+    done
 }
 
 _keyagent() {
@@ -12,7 +22,7 @@ _keyagent() {
         words=("${COMP_WORDS[@]}")
         cword=$COMP_CWORD
     }
-    local commands="init list status unlock lock recipient encrypt decrypt import export passwd delete install uninstall"
+    local commands="init list status unlock lock recipient identity encrypt decrypt import export passwd delete install uninstall"
     local cmd="" i
     for ((i = 1; i < cword; i++)); do
         case ${words[i]} in
@@ -29,17 +39,17 @@ _keyagent() {
         --bindir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         -k|--key) COMPREPLY=($(compgen -W "$(_keyagent_keys)" -- "$cur")); return ;;
         --type) COMPREPLY=($(compgen -W "x25519 mlkem768x25519" -- "$cur")); return ;;
-        -r|--recipient|--label|--passphrase-fd|--idle-timeout|--max-timeout) return ;;
+        -r|--recipient|--label|--passphrase-fd|--idle-timeout|-t|--max-timeout) return ;;
     esac
     local opts="--help --debug"
     case $cmd in
         init) opts+=" --type --label --passphrase-fd" ;;
         status) opts+=" --json" ;;
-        unlock) opts+=" --idle-timeout --max-timeout --passphrase-fd --askpass --no-askpass" ;;
+        unlock) opts+=" --idle-timeout -t --max-timeout --passphrase-fd --askpass --no-askpass" ;;
         lock) opts+=" --all" ;;
         encrypt) opts+=" -r --recipient -R --recipients-file -k --key -p --passphrase -a --armor -o --output -q --quiet --passphrase-fd" ;;
         decrypt) opts+=" -k --key -o --output -q --quiet --passphrase-fd --askpass --no-askpass" ;;
-        import) opts+=" --label --passphrase-fd" ;;
+        import) opts+=" --label --passphrase-fd --ssh-passphrase-fd" ;;
         export) opts+=" -a --armor -o --output --passphrase-fd" ;;
         passwd) opts+=" --passphrase-fd" ;;
         delete) opts+=" -y --yes --passphrase-fd --askpass --no-askpass" ;;
@@ -50,7 +60,7 @@ _keyagent() {
         return
     fi
     case $cmd in
-        unlock|lock|recipient|export|passwd|delete)
+        unlock|lock|recipient|identity|export|passwd|delete)
             COMPREPLY=($(compgen -W "$(_keyagent_keys)" -- "$cur")) ;;
         encrypt|decrypt|import)
             COMPREPLY=($(compgen -f -- "$cur")) ;;

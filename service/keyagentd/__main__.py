@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -20,6 +21,9 @@ from keyagent import startnote
 from keyagent.protocol import DEFAULT_MAX_PAYLOAD, KeyAgentError
 from keyagentd import __version__
 from keyagentd.kdf import MAX_MEMORY_KIB, MAX_PARALLELISM, MAX_TIME_COST, KdfParams
+from keyagentd.log import setup as log_setup
+
+log = logging.getLogger("keyagentd")
 
 M_ARENA_MAX = -8
 #: glibc arenas: each worker thread would otherwise get its own 64 MiB-reserving arena.
@@ -123,22 +127,36 @@ def harden() -> list[str]:
     return messages
 
 
+def warn_if_callers_unidentifiable() -> None:
+    """Say at start-up why allowed_executables will refuse everyone, when it will.
+
+    Our parent (dbus-daemon, systemd --user) is a process of ours like any caller: if its
+    /proc/PID/exe is unreadable, so is theirs, typically because a user namespace
+    (systemd's PrivateUsers=) stands between us.
+    """
+    parent = os.getppid()
+    try:
+        if os.stat(f"/proc/{parent}").st_uid != os.getuid():
+            return
+        os.readlink(f"/proc/{parent}/exe")
+    except PermissionError:
+        log.warning(
+            "cannot read the programs of other processes (/proc/PID/exe), as in a user "
+            "namespace (PrivateUsers=): keys with allowed_executables will refuse every caller"
+        )
+    except OSError:
+        return
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     memory, lanes = int(args.argon2_memory), int(args.argon2_parallelism)
     if memory < 8 * lanes:
         build_parser().error(f"--argon2-memory must be at least {8 * lanes} KiB for {lanes} lanes")
     hardening_messages = harden()
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="keyagentd[%(process)d]: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not args.verbose:
-        logging.getLogger("dbus_fast").setLevel(logging.WARNING)
-
+    log_setup(sys.stderr, verbose=bool(args.verbose))
     for line in hardening_messages:
-        logging.getLogger("keyagentd").info("%s", line)
+        log.info("%s", line)
 
     from keyagentd.bus.service import Config
     from keyagentd.config import ConfigError, load_config
@@ -148,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         user_config = load_config()
     except ConfigError as exc:
         return _start_failed(str(exc))
+    if any(p.allowed_executables is not None for p in user_config.keys.values()):
+        warn_if_callers_unidentifiable()
     idle_exit = user_config.idle_exit if args.idle_exit is None else args.idle_exit
 
     config = Config(
@@ -165,11 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _serve(config: object) -> int:
-    from keyagentd.bus.service import Agent, Config
+    from keyagentd.bus.service import Config, connect
 
     assert isinstance(config, Config)
-    agent = Agent(config)
     try:
+        agent = await connect(config)
         await agent.start()
     except KeyAgentError as exc:
         return _start_failed(exc.message)
@@ -179,8 +199,8 @@ async def _serve(config: object) -> int:
 
 
 def _start_failed(message: str) -> int:
-    """Say why on stderr (the journal), and leave it for `keyagent` (keyagent.startnote)."""
-    print(f"keyagentd: error: {message}", file=sys.stderr)
+    """Say why in the log (the journal), and leave it for `keyagent` (keyagent.startnote)."""
+    log.error("%s", message)
     startnote.record(message)
     return 1
 

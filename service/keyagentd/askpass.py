@@ -185,8 +185,10 @@ def unlock_prompt(key_name: str, caller_pid: int) -> str:
     return f"keyagent: passphrase to unlock key '{key_name}', requested by {caller}"
 
 
-def confirm_prompt(key_name: str, operation: str, caller_pid: int) -> str:
-    return f"keyagent: allow {describe_caller(caller_pid)} to {operation} with key '{key_name}'?"
+def confirm_prompt(key_name: str, operation: str, caller_pid: int, via: str = "") -> str:
+    """``via``: the program acting for the caller (age-plugin-keyagent), named after it."""
+    caller = describe_caller(caller_pid) + (f" via {via}" if via else "")
+    return f"keyagent: allow {caller} to {operation} with key '{key_name}'?"
 
 
 def _passphrase_argv(found: Askpass, prompt: str, timeout: float, key_name: str) -> list[str]:

@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import xml.etree.ElementTree as ET
-from pathlib import Path
-
-import jeepney
 
 from conftest import ROOT, PrivateBus, as_other_user, requires_root
 from keyagent import protocol
@@ -17,7 +14,8 @@ from reliability import kit
 
 ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
 
-#: Runs as uid 65534 with the system Python (the venv's lives under /root) and only jeepney.
+#: Runs as uid 65534 with the system Python (the venv's may live where it cannot go) and only
+#: jeepney, from the readable copy of `other_user_pythonpath`.
 #: Calls every member with well-typed dummy arguments and prints {call: result}.
 OTHER_USER_SCRIPT = r"""
 import json, os, sys
@@ -122,7 +120,9 @@ OPEN_CALLS = [
 
 
 @requires_root
-def test_other_uid_is_refused_everything_but_introspection(permissive_bus: PrivateBus) -> None:
+def test_other_uid_is_refused_everything_but_introspection(
+    permissive_bus: PrivateBus, other_user_pythonpath: str
+) -> None:
     with Client(permissive_bus.address) as c:
         c.create_key("acc", "access passphrase")
         c.unlock_with_pipe("acc", "access passphrase")
@@ -133,10 +133,9 @@ def test_other_uid_is_refused_everything_but_introspection(permissive_bus: Priva
         *OPEN_CALLS,
         ("Introspect key", key_path, "org.freedesktop.DBus.Introspectable", "Introspect", "", None),
     ]
-    site = str(Path(jeepney.__file__).resolve().parent.parent)
     out = subprocess.run(
         ["/usr/bin/python3", "-c", OTHER_USER_SCRIPT, json.dumps([*calls, *open_calls])],
-        env={**permissive_bus.env, "PYTHONPATH": site},
+        env={**permissive_bus.env, "PYTHONPATH": other_user_pythonpath},
         capture_output=True,
         text=True,
         preexec_fn=as_other_user,

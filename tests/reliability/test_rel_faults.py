@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import random
@@ -36,6 +37,28 @@ def _keyagent(bus: PrivateBus, *args: str, **kw: object) -> subprocess.Popen[byt
     )
 
 
+def _output_size(p: subprocess.Popen[bytes], out: Path) -> int:
+    """How much the agent wrote so far to the command's output file for ``out`` (the unnamed
+    file, or the named temporary one, the command holds open in its directory); the full size
+    once the command has exited."""
+    if p.poll() is not None:
+        return STREAM_BYTES
+    size = 0
+    with contextlib.suppress(OSError):  # the command may exit, or close fds, meanwhile
+        for fd in os.listdir(f"/proc/{p.pid}/fd"):
+            link = f"/proc/{p.pid}/fd/{fd}"
+            target = os.readlink(link)
+            if target.startswith(f"{out.parent}/") and (
+                target.endswith(" (deleted)") or target.startswith(f"{out.parent}/.{out.name}.")
+            ):
+                size = max(size, os.stat(link).st_size)
+    return size
+
+
+def _output_reached(p: subprocess.Popen[bytes], out: Path, size: int) -> bool:
+    return _output_size(p, out) >= size
+
+
 def test_clients_killed_mid_stream(agent: Agent, tmp_path: Path) -> None:
     rng = random.Random(50)
     plain = tmp_path / "plain"
@@ -57,9 +80,10 @@ def test_clients_killed_mid_stream(agent: Agent, tmp_path: Path) -> None:
             p = _keyagent(agent.bus, "decrypt", "-o", str(out), str(ct))
             if i % 4 == 0:
                 time.sleep(rng.uniform(0.0, 0.4))  # anywhere: start-up, prompt, stream, rename
-            else:  # once the temporary output exists, i.e. inside the stream
-                kit.wait_until(lambda n=out.name: any(tmp_path.glob(f".{n}.*")), 10, 0.002)
-                time.sleep(rng.uniform(0.0, 0.03))
+            else:  # inside the stream: once the unwritten output holds a random share of it
+                want = rng.randrange(1, STREAM_BYTES)
+                reached = functools.partial(_output_reached, p, out, want)
+                assert kit.wait_until(reached, 60, 0.002), "the stream made no progress"
             p.kill()
             p.wait()
             if out.exists():
@@ -89,6 +113,7 @@ def test_clients_killed_mid_stream(agent: Agent, tmp_path: Path) -> None:
             outcomes["pipe killed"] += 1
 
     assert agent.pid() == pid, "the agent died"
+    assert outcomes["file absent"] > 0, "no kill landed inside a stream"
     fds1 = kit.settle_fds(pid, fds0, timeout=20)
     with agent.client() as c:
         assert c.decrypt(pyrage.encrypt(b"still here", [agent.identity.to_public()])) == (

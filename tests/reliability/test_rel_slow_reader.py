@@ -3,8 +3,11 @@ connection, and other clients are served meanwhile."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
+import struct
+import termios
 import threading
 import time
 
@@ -19,6 +22,12 @@ BIG = 2 * 1024 * 1024
 QUEUED = 12  # replies of ~2 MiB each left unread: far more than any socket buffer
 OTHERS = 8
 OTHER_CALLS = 25
+
+
+def unread(sock: socket.socket) -> int:
+    """Bytes waiting in a socket's receive queue (SIOCINQ: nothing is consumed)."""
+    count: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+    return count
 
 
 class RawClient:
@@ -67,7 +76,8 @@ def test_slow_reader_keeps_connection_and_does_not_stall_others(agent: Agent) ->
         raw.send(new_method_call(manager, "Encrypt", "asaya{sv}", ([agent.recipient], payload, {})))
         for _ in range(QUEUED)
     ]
-    time.sleep(0.5)  # let the agent answer and the replies pile up unread
+    # The agent answers: the replies reach our (small) socket buffer and pile up unread.
+    assert kit.wait_until(lambda: unread(raw.sock) > 0, 60, 0.005), "no reply arrived"
 
     failures: list[str] = []
     done = [0]

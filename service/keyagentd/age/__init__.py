@@ -1,21 +1,25 @@
 """A sans-IO age v1 engine (C2SP age): header, STREAM payload, armor, and the
-X25519, post-quantum hybrid (mlkem768x25519) and scrypt recipient types.
+X25519, post-quantum hybrid (mlkem768x25519), scrypt and SSH (ssh-ed25519,
+ssh-rsa) recipient types.
 
-Errors are the wire classes of ``keyagent.protocol``: Malformed (not age, bad
-header, bad armor), Integrity (header MAC or a payload chunk failed), NoMatch
-(no identity opens the file), Unsupported (a format or feature not handled).
-I/O errors of the caller's file objects (OSError) pass through unchanged.
+Errors are the engine's own (errors.py, no D-Bus and no agent names): ParseError
+(not age, bad header, bad armor), HeaderMacError, PayloadError (a payload chunk
+failed or the file is cut short), NoMatchError (no identity opens the file),
+UnsupportedError (a format or feature not handled), PassphraseError (an OpenSSH
+key's own passphrase is wrong or missing); the agent maps them to its
+wire errors in one table. I/O errors of the caller's file objects (OSError) pass
+through unchanged. Streams work on any object with ``readinto``/``write``.
 
 Choices where the spec leaves room (each matches age/rage unless noted):
 - Behaviour follows the C2SP conformance vectors, including what is released
   on a damaged payload: every chunk that authenticated, nothing after.
-- A scrypt work factor above the identity's cap (default 22) is Unsupported,
+- A scrypt work factor above the identity's cap (default 22) is UnsupportedError,
   refused before any key derivation; one above 64 or not canonical decimal
-  is Malformed. ``ScryptRecipient(work_factor=None)`` targets ~1 s, 18..20.
-- A header larger than 1 MiB or with more than 1024 stanzas is Malformed.
+  is ParseError. ``ScryptRecipient(work_factor=None)`` targets ~1 s, 18..20.
+- A header larger than 1 MiB or with more than 1024 stanzas is a ParseError.
 - Armor is detected when the first non-blank byte is ``-``; LF or CRLF lines
   and up to 1 KiB of whitespace around the block are accepted.
-- A file with an scrypt stanza must have exactly one stanza (Malformed
+- A file with an scrypt stanza must have exactly one stanza (ParseError
   otherwise), whatever identities are tried.
 - The hybrid's encapsulation randomness comes from OpenSSL (``rng`` is used
   for file keys, nonces, X25519 shares and scrypt salts only).
@@ -30,33 +34,64 @@ import os
 from collections.abc import Callable, Sequence
 
 from .engine import Decryptor, decrypt, encrypt
+from .errors import (
+    AgeError,
+    ArmorError,
+    HeaderMacError,
+    NoMatchError,
+    ParseError,
+    PassphraseError,
+    PayloadError,
+    UnsupportedError,
+)
 from .format import Stanza
 from .hybrid import HybridIdentity, HybridRecipient
 from .keys import (
     KEY_TYPES,
+    STANZA_TYPES,
+    AnyIdentity,
+    AnyRecipient,
     Identity,
     KeyType,
     Recipient,
     generate_identity,
     identity_from_seed,
+    is_recipient_text,
+    may_open,
     parse_identities,
     parse_identity,
     parse_recipient,
 )
 from .scrypt import ScryptIdentity, ScryptRecipient
+from .ssh import SshEd25519Identity, SshEd25519Recipient, SshRsaIdentity, SshRsaRecipient
 from .x25519 import X25519Identity, X25519Recipient
 
 __all__ = [
     "KEY_TYPES",
+    "STANZA_TYPES",
+    "AgeError",
+    "AnyIdentity",
+    "AnyRecipient",
+    "ArmorError",
     "Decryptor",
+    "HeaderMacError",
     "HybridIdentity",
     "HybridRecipient",
     "Identity",
     "KeyType",
+    "NoMatchError",
+    "ParseError",
+    "PassphraseError",
+    "PayloadError",
     "Recipient",
     "ScryptIdentity",
     "ScryptRecipient",
+    "SshEd25519Identity",
+    "SshEd25519Recipient",
+    "SshRsaIdentity",
+    "SshRsaRecipient",
     "Stanza",
+    "UnsupportedError",
     "X25519Identity",
     "X25519Recipient",
     "decrypt",
@@ -65,6 +100,8 @@ __all__ = [
     "encrypt_bytes",
     "generate_identity",
     "identity_from_seed",
+    "is_recipient_text",
+    "may_open",
     "parse_identities",
     "parse_identity",
     "parse_recipient",

@@ -14,7 +14,7 @@ As strict as age's Go ``armor`` package (armor/armor.go), rule by rule:
   follow a full line; after it, less than 1 KiB of blank bytes (exactly 1 KiB is refused:
   Go reads 1 KiB and cannot tell it from more).
 
-Every violation raises `ArmorError` (a `Malformed`: same wire name), so callers can tell an
+Every violation raises `ArmorError` (a `ParseError`: the agent's Malformed), so callers can tell an
 armor failure from a malformed age header inside good armor.
 """
 
@@ -23,8 +23,7 @@ from __future__ import annotations
 import binascii
 from typing import Any, Final
 
-from keyagent.protocol import Malformed
-
+from .errors import ArmorError
 from .source import Readable, write_all
 
 BEGIN: Final = b"-----BEGIN AGE ENCRYPTED FILE-----"
@@ -41,10 +40,6 @@ _GO_SPACE: Final = frozenset(
     " \t\n\v\f\r\x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000"
     + "".join(chr(c) for c in range(0x2000, 0x200B))
 )
-
-
-class ArmorError(Malformed):
-    """The armor itself is malformed (not the age file inside it)."""
 
 
 def _bad(why: str) -> ArmorError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from keyagent.protocol import Malformed
+from .errors import ParseError
 
 _CHARSET: Final = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 _REV: Final = {c: i for i, c in enumerate(_CHARSET)}
@@ -62,26 +62,26 @@ def encode(hrp: str, data: bytes) -> str:
 
 
 def decode(s: str) -> tuple[str, bytes]:
-    """Return ``(hrp, data)`` with ``hrp`` lowercased; raise Malformed on any defect.
+    """Return ``(hrp, data)`` with ``hrp`` lowercased; raise ParseError on any defect.
 
     The error text never echoes the input: it may be a secret key.
     """
     if not s.isascii() or any(ord(c) < 33 or ord(c) > 126 for c in s):
-        raise Malformed("The key string has invalid characters.")
+        raise ParseError("The key string has invalid characters.")
     if s.lower() != s and s.upper() != s:
-        raise Malformed("The key string mixes upper and lower case.")
+        raise ParseError("The key string mixes upper and lower case.")
     s = s.lower()
     pos = s.rfind("1")
     if pos < 1 or pos + 7 > len(s):
-        raise Malformed("The key string is not valid Bech32.")
+        raise ParseError("The key string is not valid Bech32.")
     hrp = s[:pos]
     try:
         values = [_REV[c] for c in s[pos + 1 :]]
     except KeyError:
-        raise Malformed("The key string has invalid characters.") from None
+        raise ParseError("The key string has invalid characters.") from None
     if _polymod(_hrp_expand(hrp) + values) != 1:
-        raise Malformed("The key string has a bad checksum (a typo?).")
+        raise ParseError("The key string has a bad checksum (a typo?).")
     data = _convert_bits(values[:-6], 5, 8, False)
     if data is None:
-        raise Malformed("The key string is not valid Bech32.")
+        raise ParseError("The key string is not valid Bech32.")
     return hrp, bytes(data)

@@ -7,14 +7,13 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, Final
 
-from keyagent.protocol import Failed, Integrity, Malformed, NoMatch, Unsupported
-
 from . import hybrid, scrypt
 from .armor import MAX_WHITESPACE, ArmorReader, ArmorWriter, looks_armored
+from .errors import HeaderMacError, NoMatchError, ParseError, UnsupportedError
 from .format import FILE_KEY_SIZE, Header, encode_header, header_mac, parse_header
 from .keys import Identity, Recipient
 from .source import PrefixedSource, RawSource, Readable, read_full, write_all
-from .stream import NONCE_SIZE, decrypt_payload, encrypt_payload, payload_key
+from .stream import NONCE_SIZE, OutputFactory, decrypt_payload, encrypt_payload, payload_key
 
 _PQ: Final = hybrid.STANZA_TYPE
 _SCRYPT: Final = scrypt.STANZA_TYPE
@@ -27,20 +26,19 @@ def encrypt(
     *,
     armor: bool = False,
     rng: Callable[[int], bytes] = os.urandom,
-    overlap: bool = False,
+    output: OutputFactory | None = None,
 ) -> int:
     """Encrypt ``src`` to ``recipients`` into ``dst``; returns the bytes written to ``dst``.
 
-    ``overlap`` writes on a second thread while the cipher runs: faster for big streams
-    when a core is free for it (see stream.py and overlap.py: payloads up to 1 MiB, and
-    streams while others already keep the cores busy, stay on the calling thread).
+    ``output`` makes where the ciphertext chunks go (stream.py `ChunkOutput`; default:
+    written on the calling thread). The agent passes its overlapped writer.
 
     A passphrase (scrypt) recipient must be alone, and the post-quantum hybrid
     is not mixed with classic recipients (it would lose its point): both raise
-    Unsupported before anything is written.
+    UnsupportedError before anything is written.
     """
     if not recipients:
-        raise Failed("Encrypting needs at least one recipient.")
+        raise ValueError("Encrypting needs at least one recipient.")
     _check_mix([getattr(r, "stanza_type", None) for r in recipients])
     file_key = rng(FILE_KEY_SIZE)
     stanzas = [s for r in recipients for s in r.wrap(file_key, rng)]
@@ -51,19 +49,19 @@ def encrypt(
     source = RawSource(src)
     if not armor:
         write_all(dst, header + nonce)
-        return len(header) + NONCE_SIZE + encrypt_payload(key, source, dst, overlap=overlap)
+        return len(header) + NONCE_SIZE + encrypt_payload(key, source, dst, output=output)
     out = ArmorWriter(dst)
     out.write(header + nonce)
-    encrypt_payload(key, source, out, overlap=overlap)
+    encrypt_payload(key, source, out, output=output)
     out.close()
     return out.written
 
 
 def _check_mix(types: Sequence[str | None]) -> None:
     if _SCRYPT in types and len(types) > 1:
-        raise Unsupported("A passphrase can't be combined with other recipients.")
+        raise UnsupportedError("A passphrase can't be combined with other recipients.")
     if _PQ in types and any(t != _PQ for t in types):
-        raise Unsupported(
+        raise UnsupportedError(
             "Post-quantum recipients can't be mixed with classic ones: "
             "the file would be only as strong as the weakest."
         )
@@ -89,7 +87,7 @@ class Decryptor:
         self._source: Readable = PrefixedSource(rest, source)
         self.stanza_types: frozenset[str] = frozenset(s.type for s in header.stanzas)
         if _SCRYPT in self.stanza_types and len(header.stanzas) != 1:
-            raise Malformed("A passphrase-encrypted file must have exactly one recipient stanza.")
+            raise ParseError("A passphrase-encrypted file must have exactly one recipient stanza.")
         self._file_key: bytes | None = None
         self._payload_key = b""
         self._done = False
@@ -101,28 +99,28 @@ class Decryptor:
     def unwrap(self, identities: Sequence[Identity]) -> Identity:
         """Find the file key and check the header MAC; returns the identity that matched.
 
-        Raises NoMatch, Integrity (bad MAC) or Malformed (a stanza of one of the
+        Raises NoMatchError, HeaderMacError or ParseError (a stanza of one of the
         identities' types is malformed, or the payload nonce is missing).
         """
         if self._file_key is not None:
-            raise Failed("Decryptor.unwrap was already called.")
+            raise RuntimeError("Decryptor.unwrap was already called.")
         for identity in identities:
             file_key = identity.unwrap(self._header.stanzas)
             if file_key is None:
                 continue
             if len(file_key) != FILE_KEY_SIZE:
-                raise Malformed("A recipient stanza holds a file key of the wrong size.")
+                raise ParseError("A recipient stanza holds a file key of the wrong size.")
             mac = header_mac(file_key, self._header.mac_input)
             if not hmac.compare_digest(mac, self._header.mac):
-                raise Integrity("The age header failed its integrity check (MAC).")
+                raise HeaderMacError("The age header failed its integrity check (MAC).")
             # Go's age reads the nonce only now, making a short one a header failure.
             nonce = bytearray(NONCE_SIZE)
             if read_full(self._source, memoryview(nonce)) != NONCE_SIZE:
-                raise Malformed("The age file ends before its payload.")
+                raise ParseError("The age file ends before its payload.")
             self._file_key = file_key
             self._payload_key = payload_key(file_key, bytes(nonce))
             return identity
-        raise NoMatch()
+        raise NoMatchError()
 
     def file_key_for_tests(self) -> bytes | None:
         """The unwrapped file key, for the conformance runner only (it is secret)."""
@@ -133,20 +131,20 @@ class Decryptor:
         dst: BinaryIO,
         *,
         progress: Callable[[int], None] | None = None,
-        overlap: bool = False,
+        output: OutputFactory | None = None,
     ) -> int:
         """Stream the plaintext to ``dst``, each chunk written only once authenticated.
 
-        Returns plaintext bytes written. Raises Integrity if a chunk fails or the
+        Returns plaintext bytes written. Raises PayloadError if a chunk fails or the
         file is cut short; what was written by then is the authenticated prefix.
-        ``overlap`` writes on a second thread while the cipher runs (as in `encrypt`).
+        ``output`` makes where the plaintext chunks go (as in `encrypt`).
         """
         if self._file_key is None:
-            raise Failed("Decryptor.unwrap must succeed before decrypt_to.")
+            raise RuntimeError("Decryptor.unwrap must succeed before decrypt_to.")
         if self._done:
-            raise Failed("This file was already decrypted.")
+            raise RuntimeError("This file was already decrypted.")
         self._done = True
-        return decrypt_payload(self._payload_key, self._source, dst, progress, overlap=overlap)
+        return decrypt_payload(self._payload_key, self._source, dst, progress, output=output)
 
 
 def _peek_start(src: Readable) -> bytes:

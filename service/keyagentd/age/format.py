@@ -18,8 +18,7 @@ from typing import Final
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from keyagent.protocol import Malformed, Unsupported
-
+from .errors import ParseError, UnsupportedError
 from .source import Readable
 
 INTRO: Final = b"age-encryption.org/v1\n"
@@ -132,7 +131,7 @@ class _LineReader:
         self._eof = False
 
     def line(self) -> bytes:
-        """The next line including its LF; raises Malformed at EOF or past the limit."""
+        """The next line including its LF; raises ParseError at EOF or past the limit."""
         end = self._buf.find(b"\n", self._pos)
         if end < 0:
             end = self._fill()
@@ -153,8 +152,8 @@ class _LineReader:
         while True:
             if self._eof or self._consumed + len(acc) > MAX_HEADER:
                 if self._consumed == 0 and not acc:
-                    raise Malformed("The input is empty, not an age file.")
-                raise Malformed("The input is not an age file, or its header is cut short.")
+                    raise ParseError("The input is empty, not an age file.")
+                raise ParseError("The input is not an age file, or its header is cut short.")
             n = self._src.readinto(view)
             if n == 0:
                 self._eof = True
@@ -174,17 +173,17 @@ class _LineReader:
 def _parse_stanza(first: bytes, lines: _LineReader, raw: list[bytes]) -> Stanza:
     parts = first[:-1].split(b" ")
     if parts[0] != b"->" or len(parts) < 2:
-        raise Malformed("The age header has a malformed recipient stanza.")
+        raise ParseError("The age header has a malformed recipient stanza.")
     for a in parts[1:]:
         if _VCHARS.fullmatch(a) is None:
-            raise Malformed("The age header has a malformed stanza argument.")
+            raise ParseError("The age header has a malformed stanza argument.")
     body = b""
     while True:
         line = lines.line()
         raw.append(line)
         decoded = b64decode(line[:-1])
         if decoded is None or len(decoded) > BYTES_PER_LINE:
-            raise Malformed("The age header has a malformed stanza body.")
+            raise ParseError("The age header has a malformed stanza body.")
         body += decoded
         if len(decoded) < BYTES_PER_LINE:
             # ASCII-only (checked above), so this decode cannot fail.
@@ -198,8 +197,10 @@ def parse_header(src: Readable) -> tuple[Header, bytes]:
     intro = lines.line()
     if intro != INTRO:
         if intro.startswith(VERSION_PREFIX) and _VCHARS.fullmatch(intro[len(VERSION_PREFIX) : -1]):
-            raise Unsupported("This age file uses a format version this agent doesn't support.")
-        raise Malformed("The input is not an age file.")
+            raise UnsupportedError(
+                "This age file uses a format version this agent doesn't support."
+            )
+        raise ParseError("The input is not an age file.")
     mac_input = [intro]
     stanzas: list[Stanza] = []
     while True:
@@ -207,16 +208,16 @@ def parse_header(src: Readable) -> tuple[Header, bytes]:
         if line.startswith(FOOTER_PREFIX):
             parts = line[:-1].split(b" ")
             if parts[0] != FOOTER_PREFIX or len(parts) != 2:
-                raise Malformed("The age header has a malformed MAC line.")
+                raise ParseError("The age header has a malformed MAC line.")
             mac = b64decode(parts[1])
             if mac is None or len(mac) != MAC_SIZE:
-                raise Malformed("The age header has a malformed MAC line.")
+                raise ParseError("The age header has a malformed MAC line.")
             break
         mac_input.append(line)
         stanzas.append(_parse_stanza(line, lines, mac_input))
         if len(stanzas) > MAX_STANZAS:
-            raise Malformed("The age header has too many recipient stanzas.")
+            raise ParseError("The age header has too many recipient stanzas.")
     if not stanzas:
-        raise Malformed("The age header has no recipient stanza.")
+        raise ParseError("The age header has no recipient stanza.")
     mac_input.append(FOOTER_PREFIX)
     return Header(tuple(stanzas), b"".join(mac_input), mac), lines.rest()

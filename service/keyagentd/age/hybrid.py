@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from keyagent.protocol import Malformed
 from keyagentd.secrets import scrub_bytes
 
 from . import bech32
+from .errors import ParseError
 from .format import FILE_KEY_SIZE, Stanza, b64decode, b64encode
 from .seeded import SeededIdentity
 
@@ -45,14 +45,14 @@ class HybridRecipient:
 
     def __init__(self, public_bytes: bytes) -> None:
         if len(public_bytes) != PUBLIC_SIZE:
-            raise Malformed("A post-quantum recipient has the wrong size.")
+            raise ParseError("A post-quantum recipient has the wrong size.")
         self.public_bytes = bytes(public_bytes)
         self._encoded: str | None = None
         try:
             mlkem = MLKEM768PublicKey.from_public_bytes(self.public_bytes[:MLKEM_PUBLIC_SIZE])
             x25519 = X25519PublicKey.from_public_bytes(self.public_bytes[MLKEM_PUBLIC_SIZE:])
         except ValueError:
-            raise Malformed("The post-quantum recipient is not a valid key.") from None
+            raise ParseError("The post-quantum recipient is not a valid key.") from None
         self._key = hpke.MLKEM768X25519PublicKey(mlkem, x25519)
 
     def encode(self) -> str:
@@ -133,9 +133,9 @@ class HybridIdentity(SeededIdentity):
                 continue
             enc = b64decode(s.args[0]) if len(s.args) == 1 else None
             if enc is None or len(enc) != ENC_SIZE:
-                raise Malformed("A post-quantum stanza is malformed.")
+                raise ParseError("A post-quantum stanza is malformed.")
             if len(s.body) != _BODY_SIZE:
-                raise Malformed("A post-quantum stanza body has the wrong size.")
+                raise ParseError("A post-quantum stanza body has the wrong size.")
             # The library reports a low-order X25519 share as a plain tag failure;
             # the spec makes it a header failure, so check it first.
             try:
@@ -143,7 +143,7 @@ class HybridIdentity(SeededIdentity):
             except ValueError:
                 shared = bytes(32)
             if shared == bytes(32):
-                raise Malformed("A post-quantum stanza has a low-order X25519 share.")
+                raise ParseError("A post-quantum stanza has a low-order X25519 share.")
             try:
                 return _SUITE.decrypt(enc + s.body, key, info=_INFO)
             except (InvalidTag, ValueError):  # a failed open is "not for us"

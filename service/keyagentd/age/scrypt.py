@@ -11,8 +11,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from keyagent.protocol import Malformed, Unsupported
-
+from .errors import ParseError, UnsupportedError
 from .format import FILE_KEY_SIZE, Stanza, b64decode, b64encode
 
 STANZA_TYPE: Final = "scrypt"
@@ -92,27 +91,27 @@ class ScryptIdentity:
     def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
         for s in stanzas:
             if s.type == STANZA_TYPE and len(stanzas) != 1:
-                raise Malformed("A passphrase-encrypted file must have exactly one stanza.")
+                raise ParseError("A passphrase-encrypted file must have exactly one stanza.")
         for s in stanzas:
             if s.type != STANZA_TYPE:
                 continue
             if len(s.args) != 2:
-                raise Malformed("A scrypt stanza is malformed.")
+                raise ParseError("A scrypt stanza is malformed.")
             salt = b64decode(s.args[0])
             if salt is None or len(salt) != 16:
-                raise Malformed("A scrypt stanza has a malformed salt.")
+                raise ParseError("A scrypt stanza has a malformed salt.")
             if _WORK_FACTOR_RE.fullmatch(s.args[1]) is None:
-                raise Malformed("A scrypt stanza has a malformed work factor.")
+                raise ParseError("A scrypt stanza has a malformed work factor.")
             log_n = int(s.args[1]) if len(s.args[1]) <= 3 else _MAX_SANE_WORK_FACTOR + 1
             if log_n > _MAX_SANE_WORK_FACTOR:
-                raise Malformed("A scrypt stanza has an impossible work factor.")
+                raise ParseError("A scrypt stanza has an impossible work factor.")
             if log_n > self.max_work_factor:
-                raise Unsupported(
+                raise UnsupportedError(
                     f"The file's passphrase work factor ({log_n}) is above this agent's "
                     f"limit ({self.max_work_factor})."
                 )
             if len(s.body) != _BODY_SIZE:
-                raise Malformed("A scrypt stanza body has the wrong size.")
+                raise ParseError("A scrypt stanza body has the wrong size.")
             key = _derive(self._passphrase, salt, log_n)
             try:
                 return ChaCha20Poly1305(key).decrypt(_ZERO_NONCE, s.body, None)

@@ -1,14 +1,14 @@
-"""The seed-holding part shared by the key-pair identities (X25519, hybrid)."""
+"""The seed-holding part shared by the key-pair identities (X25519, hybrid, SSH)."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from keyagent.protocol import Malformed
 from keyagentd.secrets import scrub_bytes
 from keyagentd.secrets import wipe as wipe_buffer
 
 from . import bech32
+from .errors import ParseError
 
 SEED_SIZE = 32
 
@@ -29,10 +29,12 @@ class SeededIdentity:
     #: `encode` upper-cases the result) and the message for a seed of the wrong size.
     _identity_hrp: ClassVar[str]
     _size_error: ClassVar[str]
+    #: The secret sizes a subclass accepts (an RSA key is longer than a seed).
+    _sizes: ClassVar[range] = range(SEED_SIZE, SEED_SIZE + 1)
 
     def __init__(self, seed: bytes | bytearray | memoryview) -> None:
-        if len(seed) != SEED_SIZE:
-            raise Malformed(self._size_error)
+        if len(seed) not in self._sizes:
+            raise ParseError(self._size_error)
         self._seed: bytearray | None = bytearray(seed)
 
     def _drop_keys(self) -> None:

@@ -5,24 +5,21 @@ otherwise. Decryption reads one chunk ahead to know which chunk is final and
 writes a chunk only once it has authenticated, so on failure the output holds
 exactly the authenticated prefix (what age itself releases).
 
-With ``overlap`` a writer thread (overlap.py) writes authenticated chunks while the
-cipher works on the next ones; it starts only after `OVERLAP_AFTER` chunks, so small
-payloads never pay for a thread, and only while the overlapped streams running leave a
-core free for it (checked every `RETUNE_EVERY` chunks).
+Output goes through a `ChunkOutput` (``output``): by default `DirectOutput`, on the
+calling thread. The engine starts no threads; the agent passes its overlapped writer
+(keyagentd/overlap.py), which writes on a second thread while the cipher runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from keyagent.protocol import Integrity
-
+from .errors import PayloadError
 from .format import hkdf
-from .overlap import STREAMS, OverlapWriter, retune
 from .source import Readable, read_full, write_all
 
 CHUNK: Final = 64 * 1024
@@ -31,17 +28,15 @@ CHUNK_CT: Final = CHUNK + TAG
 NONCE_SIZE: Final = 16
 _LAST: Final = b"\x01"
 _MORE: Final = b"\x00"
-#: Chunks written directly before an ``overlap`` stream starts its writer thread (1 MiB).
-OVERLAP_AFTER: Final = 16
-#: How often (in chunks) an ``overlap`` stream checks whether a core is free for its writer.
-RETUNE_EVERY: Final = 16
 
 
 def payload_key(file_key: bytes, nonce: bytes) -> bytes:
     return hkdf(file_key, nonce, b"payload")
 
 
-def encrypt_payload(key: bytes, src: Readable, dst: Any, *, overlap: bool = False) -> int:
+def encrypt_payload(
+    key: bytes, src: Readable, dst: Any, *, output: OutputFactory | None = None
+) -> int:
     """Encrypt ``src`` to ``dst``; returns the ciphertext bytes written."""
     aead = ChaCha20Poly1305(key)
     cur = bytearray(CHUNK)
@@ -51,7 +46,7 @@ def encrypt_payload(key: bytes, src: Readable, dst: Any, *, overlap: bool = Fals
     nxt: bytearray | None = None
     counter = 0
     written = 0
-    with _Output(dst, overlap, CHUNK_CT) as out:
+    with (output or DirectOutput)(dst, CHUNK_CT) as out:
         while True:
             last = n < CHUNK
             m = 0
@@ -61,7 +56,7 @@ def encrypt_payload(key: bytes, src: Readable, dst: Any, *, overlap: bool = Fals
                 m = read_full(src, memoryview(nxt))
                 last = m == 0
             if not last:
-                out.retune(counter)
+                out.before_chunk(counter)
             out_mv = out.slot(n + TAG if last else CHUNK_CT)
             nonce = counter.to_bytes(11, "big") + (_LAST if last else _MORE)
             k = aead.encrypt_into(nonce, memoryview(cur)[:n], None, out_mv[: n + TAG])
@@ -80,14 +75,14 @@ def decrypt_payload(
     dst: Any,
     progress: Callable[[int], None] | None = None,
     *,
-    overlap: bool = False,
+    output: OutputFactory | None = None,
 ) -> int:
     """Decrypt the chunks of ``src`` to ``dst``; returns plaintext bytes written.
 
-    Raises Integrity on any failure, after writing every chunk that authenticated
+    Raises PayloadError on any failure, after writing every chunk that authenticated
     (as age does: a valid final chunk followed by trailing data is released).
-    ``progress`` gets the running total of plaintext bytes after each chunk (with
-    ``overlap``: authenticated and queued for writing).
+    ``progress`` gets the running total of plaintext bytes after each chunk (handed to
+    ``output``: authenticated, perhaps still queued for writing).
     """
     aead = ChaCha20Poly1305(key)
     cur = bytearray(CHUNK_CT)
@@ -96,24 +91,24 @@ def decrypt_payload(
     nxt: bytearray | None = None
     counter = 0
     written = 0
-    # On the way out _Output writes everything committed (the authenticated prefix).
-    with _Output(dst, overlap, CHUNK) as out:
+    # On the way out the output writes everything committed (the authenticated prefix).
+    with (output or DirectOutput)(dst, CHUNK) as out:
         while True:
             prefix = counter.to_bytes(11, "big")
             if n < CHUNK_CT:
                 # A short chunk ends the stream: it must be the final chunk, and may
                 # be empty only when it is the whole payload.
                 if n < TAG or (n == TAG and counter != 0):
-                    raise Integrity("The encrypted file is cut short or damaged.")
+                    raise PayloadError("The encrypted file is cut short or damaged.")
                 out_mv = out.slot(n - TAG)
                 k = _open(aead, prefix + _LAST, memoryview(cur)[:n], out_mv)
                 if k < 0:
-                    raise Integrity()
+                    raise PayloadError()
                 m = 0
             else:
                 if nxt is None:
                     nxt = bytearray(CHUNK_CT)
-                out.retune(counter)
+                out.before_chunk(counter)
                 out_mv = out.slot(CHUNK)
                 m = read_full(src, memoryview(nxt))
                 # A full chunk is final iff nothing follows. On failure try the other
@@ -122,11 +117,11 @@ def decrypt_payload(
                 if k < 0:
                     k = _open(aead, prefix + (_MORE if m == 0 else _LAST), cur, out_mv)
                     if k < 0:
-                        raise Integrity()
+                        raise PayloadError()
                     out.emit(out_mv, k)
                     if m == 0:
-                        raise Integrity("The encrypted file is cut short.")
-                    raise Integrity("The encrypted file has data after its end.")
+                        raise PayloadError("The encrypted file is cut short.")
+                    raise PayloadError("The encrypted file has data after its end.")
             out.emit(out_mv, k)
             written += k
             if progress is not None:
@@ -138,63 +133,54 @@ def decrypt_payload(
             cur, nxt, n = nxt, cur, m
 
 
-class _Output:
-    """Where a stream's output chunks go: one buffer of its own written straight to
-    ``dst`` or, with ``overlap`` and once `retune` starts it, a writer thread's slots.
+class ChunkOutput(Protocol):
+    """Where one stream's output chunks go (a context manager around the stream)."""
 
-    As a context manager it counts the stream in `STREAMS` (with ``overlap``) and on
-    the way out closes the writer: that writes everything committed, ends the thread
-    and raises a write error first (single-threaded, it would have come first).
-    """
+    def __enter__(self) -> ChunkOutput: ...
+    def __exit__(self, *exc: object) -> None: ...
 
-    __slots__ = ("_chunk", "_dst", "_overlap", "_own", "_writer")
+    def before_chunk(self, counter: int) -> None:
+        """Called before each chunk that is not the last (``counter``: its index)."""
 
-    def __init__(self, dst: Any, overlap: bool, chunk: int) -> None:
+    def slot(self, size: int) -> memoryview:
+        """The buffer for the next output chunk (``size``: the bytes it needs)."""
+        ...
+
+    def emit(self, out: memoryview, k: int) -> None:
+        """Send the first ``k`` bytes of ``out`` (from `slot`) on: they authenticated."""
+
+
+#: Makes a stream's output: ``factory(dst, chunk)`` with ``chunk`` a full output chunk's size.
+OutputFactory = Callable[[Any, int], ChunkOutput]
+
+
+class DirectOutput:
+    """The default output: one buffer of its own, each chunk written straight to ``dst``
+    on the calling thread. (The agent's overlapped writer lives outside the engine.)"""
+
+    __slots__ = ("_dst", "_own")
+
+    def __init__(self, dst: Any, chunk: int) -> None:
+        del chunk  # sized by what comes in: a short final chunk needs less
         self._dst = dst
-        self._overlap = overlap
-        self._chunk = chunk  # a full output chunk: the writer's slot size
-        # Made on first use, sized by what came in (a short final chunk needs less).
         self._own: memoryview | None = None
-        self._writer: OverlapWriter | None = None
 
-    def __enter__(self) -> _Output:
-        if self._overlap:
-            STREAMS.enter()
+    def __enter__(self) -> DirectOutput:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
-            if self._writer is not None:
-                self._writer.close()
-        finally:
-            if self._overlap:
-                STREAMS.leave()
+        pass
 
-    def retune(self, counter: int) -> None:
-        """Before a chunk that is not the last: start or stop the writer when due."""
-        if self._overlap and _retune_now(counter):
-            self._writer = retune(self._writer, self._dst, self._chunk)
+    def before_chunk(self, counter: int) -> None:
+        pass
 
     def slot(self, size: int) -> memoryview:
-        """The buffer for the next output chunk (``size``: what our own one needs)."""
-        if self._writer is not None:
-            return self._writer.slot()
         if self._own is None:
             self._own = memoryview(bytearray(size))
         return self._own
 
     def emit(self, out: memoryview, k: int) -> None:
-        """Send the first ``k`` bytes of ``out`` (from `slot`) on."""
-        if self._writer is not None:
-            self._writer.commit(k)
-        else:
-            write_all(self._dst, out[:k])
-
-
-def _retune_now(counter: int) -> bool:
-    """Whether to (re)decide on the writer thread before this chunk: past the first MiB,
-    then every MiB (other streams start and end)."""
-    return counter >= OVERLAP_AFTER and counter % RETUNE_EVERY == 0
+        write_all(self._dst, out[:k])
 
 
 def _open(

@@ -17,22 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from keyagent.protocol import Integrity, KeyAgentError, NoMatch
-
-from .armor import ArmorError
 from .engine import Decryptor
+from .errors import AgeError, ArmorError, HeaderMacError, NoMatchError
 from .keys import Identity, parse_identity
 from .scrypt import ScryptIdentity
 
 #: The failure expectations of the format. They name the stage at which decryption must
 #: fail, not an error: any named error of that stage passes (an unknown version answering
-#: Unsupported is a header failure as much as a Malformed header is).
+#: UnsupportedError is a header failure as much as a ParseError is).
 STAGES: Final = frozenset(
     {"armor failure", "header failure", "HMAC failure", "no match", "payload failure"}
 )
 
 
-def stage_of(error: KeyAgentError, in_payload: bool) -> str:
+def stage_of(error: AgeError, in_payload: bool) -> str:
     """The stage a named error belongs to: armor decoding (wherever the armored input is
     read), the payload (once the header is accepted), else the header: no identity matched,
     its MAC did not verify, or anything else about it."""
@@ -40,9 +38,9 @@ def stage_of(error: KeyAgentError, in_payload: bool) -> str:
         return "armor failure"
     if in_payload:
         return "payload failure"
-    if isinstance(error, NoMatch):
+    if isinstance(error, NoMatchError):
         return "no match"
-    if isinstance(error, Integrity):
+    if isinstance(error, HeaderMacError):
         return "HMAC failure"
     return "header failure"
 
@@ -98,7 +96,7 @@ def run_vector(v: Vector) -> str | None:
     identities: list[Identity] = [parse_identity(s) for s in v.identities]
     identities += [ScryptIdentity(p) for p in v.passphrases]
     out = io.BytesIO()
-    error: KeyAgentError | None = None
+    error: AgeError | None = None
     decryptor = None
     in_payload = False
     try:
@@ -106,7 +104,7 @@ def run_vector(v: Vector) -> str | None:
         decryptor.unwrap(identities)
         in_payload = True
         decryptor.decrypt_to(out)
-    except KeyAgentError as e:
+    except AgeError as e:
         error = e
     released = hashlib.sha256(out.getvalue()).hexdigest()
     if v.expect == "success":

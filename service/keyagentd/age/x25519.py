@@ -9,9 +9,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from keyagent.protocol import Malformed
-
 from . import bech32
+from .errors import ParseError
 from .format import FILE_KEY_SIZE, Stanza, b64decode, b64encode, hkdf
 from .seeded import SeededIdentity
 
@@ -30,9 +29,9 @@ def _shared(private: X25519PrivateKey, peer: X25519PublicKey) -> bytes:
         shared = private.exchange(peer)
     except ValueError:
         # cryptography refuses an all-zero shared secret itself.
-        raise Malformed("An X25519 stanza has a low-order share.") from None
+        raise ParseError("An X25519 stanza has a low-order share.") from None
     if shared == _ZERO_SHARED:
-        raise Malformed("An X25519 stanza has a low-order share.")
+        raise ParseError("An X25519 stanza has a low-order share.")
     return shared
 
 
@@ -41,7 +40,7 @@ class X25519Recipient:
 
     def __init__(self, public_bytes: bytes) -> None:
         if len(public_bytes) != 32:
-            raise Malformed("An X25519 recipient is 32 bytes.")
+            raise ParseError("An X25519 recipient is 32 bytes.")
         self.public_bytes = bytes(public_bytes)
         self._encoded: str | None = None
         self._key = X25519PublicKey.from_public_bytes(self.public_bytes)
@@ -118,9 +117,9 @@ class X25519Identity(SeededIdentity):
                 continue
             share = b64decode(s.args[0]) if len(s.args) == 1 else None
             if share is None or len(share) != 32:
-                raise Malformed("An X25519 stanza is malformed.")
+                raise ParseError("An X25519 stanza is malformed.")
             if len(s.body) != _BODY_SIZE:
-                raise Malformed("An X25519 stanza body has the wrong size.")
+                raise ParseError("An X25519 stanza body has the wrong size.")
             shared = _shared(key, X25519PublicKey.from_public_bytes(share))
             wrap_key = hkdf(shared, share + self._public, _INFO)
             try:

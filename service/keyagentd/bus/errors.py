@@ -19,6 +19,8 @@ from keyagent.protocol import (
     KeyAgentError,
     error_from_wire,
 )
+from keyagentd.bus.fixes import ErrorWithData, error_message
+from keyagentd.errors import wire_error
 
 log = logging.getLogger(__name__)
 
@@ -26,18 +28,21 @@ INTERNAL_ERROR_TEXT = "The agent hit an internal error; see its log."
 
 
 def to_dbus_error(exc: KeyAgentError) -> DBusError:
-    """The D-Bus error for a protocol exception (its class's wire name, its one sentence)."""
-    return DBusError(exc.wire_name(), exc.message)
+    """The D-Bus error for a protocol exception (its class's wire name, its one sentence,
+    then any data, e.g. `Locked`'s candidate names)."""
+    signature, body = exc.wire_args()
+    return ErrorWithData(exc.wire_name(), signature, body)
 
 
 def from_dbus_error(exc: DBusError) -> KeyAgentError:
     """The protocol exception for a D-Bus error (unknown names become ``Failed``)."""
-    return error_from_wire(exc.type, exc.text)
+    data = exc.reply.body[1:] if exc.reply is not None else []
+    return error_from_wire(exc.type, exc.text, *data)
 
 
 def error_reply(msg: Message, exc: KeyAgentError) -> Message:
     """An error reply to ``msg`` carrying ``exc``."""
-    return Message.new_error(msg, exc.wire_name(), exc.message)
+    return error_message(msg, exc.wire_name(), *exc.wire_args())
 
 
 def access_denied(msg: Message) -> Message:
@@ -50,6 +55,7 @@ def invalid_args(msg: Message, text: str) -> Message:
 
 def convert(exc: BaseException) -> DBusError:
     """Map any exception raised by a method to the error its caller sees."""
+    exc = wire_error(exc)
     if isinstance(exc, DBusError):
         return exc
     if isinstance(exc, KeyAgentError):

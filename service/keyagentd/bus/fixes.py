@@ -1,27 +1,35 @@
-"""Fixes for two bugs of dbus-fast 5.2.0, applied from outside in a `MessageBus` subclass.
+"""The seam with dbus-fast: every private name of dbus-fast the agent touches is used here,
+and only here, and each is checked when this module is imported (`PRIVATE_NAMES`), so an
+upgrade that moves one fails loudly at start. dbus-fast is pinned `>=5.2,<5.3`.
 
-1. `aio.message_bus._MessageWriter.write_callback` treats `BlockingIOError` (EAGAIN: the
-   socket's send buffer is full) as fatal and disconnects the bus. A burst of replies, or one
-   client that does not read a large reply, made a service lose its name. A send that raised
-   EAGAIN sent nothing, so `PatientWriter` keeps the buffer and waits with `loop.add_writer`
-   until the socket is writable; it writes at once only when nothing is pending, so messages
-   keep their order. When the connection fails or is closed (e.g. the bus daemon exits
-   while the agent is stopping) queued messages fail quietly: the stock writer left their
-   futures' OSError "never retrieved", logged with a traceback.
-2. `BaseMessageBus._process_message` never closes received file descriptors of method calls
-   that match no exported method (or signature), nor of signals and replies: every such
-   message leaks its fds. `FixedMessageBus._process_message` closes them after processing
-   unless a method handler taking `h` arguments received them, or the caller gate queued
-   the message for replay (`keep_fds`). Related: the unmarshaller shares one list object
-   between all fd-less messages and appends the next message's fds to it, which matters
-   once a message is held for later; each message gets its own copy first.
+Stock behaviour -> ours (upstream report):
 
-And one conformance fix: dbus-fast sends ObjectManager's InterfacesAdded/InterfacesRemoved
-from the added object's own path, while the D-Bus specification (and GDBus's object manager
-client) expects them from the object manager's path; `object_manager_path` re-routes them.
+1. `_MessageWriter.write_callback` treats EAGAIN (a full send buffer) as fatal and
+   disconnects -> `PatientWriter` keeps the buffer and waits with `loop.add_writer`,
+   in order. (python-dbus-next #153, https://github.com/altdesktop/python-dbus-next/issues/153;
+   PR #154, https://github.com/altdesktop/python-dbus-next/pull/154)
+2. A failed connection leaves queued futures' OSError "never retrieved" -> they fail
+   quietly, and the bus is finalized on the next loop turn: never inside dbus-fast's own
+   loops (`_handle_signal` iterates the interface's buses, which `_finalize` empties:
+   "Set changed size during iteration").
+3. `_process_message` never closes the fds of unmatched calls, signals and replies, and
+   fd-less messages share one list -> `FixedMessageBus._process_message` closes what no
+   handler (nor the gate) took; each message gets its own list. (python-dbus-next #162,
+   https://github.com/altdesktop/python-dbus-next/issues/162)
+4. ObjectManager signals go out from the object's path -> from the manager's path (the
+   D-Bus specification; GDBus's client expects it).
+5. Error replies carry only the sentence (`s`) -> `ErrorWithData` sends the protocol
+   error's whole body (`Locked`: `sas`, the candidate names as data).
+6. No public way to reach the socket, call with a plain callback, replay a held message
+   or introspect a path without its children -> `bus_socket`, `FixedMessageBus.call_back`,
+   `FixedMessageBus.replay`, `introspection_without_children`.
 
-The fixes lean on private names of dbus-fast 5.2 (pinned `<5.3` in pyproject.toml); they are
-checked when this module is imported, so an upgrade that moves them fails loudly at start.
+Method calls to our own interfaces never reach dbus-fast's method dispatch: the dispatcher
+(dispatch.py) answers them from a user message handler (`add_message_handler`, public), and
+sends replies and signals with `send` (public); see docs/DECISIONS.md.
+
+Each fix has a test that fails without it, and a canary showing stock dbus-fast still has
+the bug (tests/test_agent_fixes.py), so the day an upgrade fixes one upstream, it can go.
 """
 
 from __future__ import annotations
@@ -32,37 +40,60 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any, cast
 
-from dbus_fast import Message
+from dbus_fast import DBusError, Message, MessageType
 from dbus_fast.aio import MessageBus
 from dbus_fast.aio import message_bus as _aio
 from dbus_fast.message_bus import BaseMessageBus
 from dbus_fast.service import ServiceInterface
-from dbus_fast.signature import get_signature_tree
 
 log = logging.getLogger(__name__)
 
-_REQUIRED: tuple[tuple[object, str], ...] = (
+#: Every private dbus-fast name used below: (owner, name). Instance attributes of the stock
+#: writer are checked on a writer built around a stand-in bus (`_writer_attributes`).
+PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (_aio, "_MessageWriter"),
     (_aio, "_future_set_result"),
-    (_aio, "_future_set_exception"),
     (_aio._MessageWriter, "write_callback"),
     (_aio._MessageWriter, "schedule_write"),
     (_aio._MessageWriter, "buffer_message"),
     (BaseMessageBus, "_process_message"),
-    (MessageBus, "_make_method_handler"),
-    (MessageBus, "_writer"),
-    (MessageBus, "_finalize"),
+    (BaseMessageBus, "_call"),
     (BaseMessageBus, "_emit_interface_added"),
     (BaseMessageBus, "_emit_interface_removed"),
+    (BaseMessageBus, "_introspect_export_path"),
+    (MessageBus, "_writer"),
+    (MessageBus, "_finalize"),
+    (MessageBus, "_disconnected"),
+    (MessageBus, "_user_disconnect"),
+    (MessageBus, "_sock"),
     (ServiceInterface, "_get_all_property_values"),
+    (DBusError, "_as_message"),
 )
+#: What `PatientWriter` reads and writes on the stock writer it replaces.
+WRITER_ATTRIBUTES: tuple[str, ...] = (
+    "bus", "loop", "sock", "fd", "buf", "offset", "messages", "unix_fds", "fut",
+    "negotiate_unix_fd",
+)  # fmt: skip
+
+
+def _writer_attributes() -> list[str]:
+    """The `WRITER_ATTRIBUTES` a stock writer lacks (built on a stand-in bus: no I/O)."""
+    stand_in = SimpleNamespace(_negotiate_unix_fd=False, _sock=None, _loop=None, _fd=-1)
+    try:
+        writer = _aio._MessageWriter(stand_in)  # type: ignore[arg-type]
+    except Exception:  # its constructor changed: report every attribute as unverified
+        return list(WRITER_ATTRIBUTES)
+    return [a for a in WRITER_ATTRIBUTES if not hasattr(writer, a)]
 
 
 def check_dbus_fast() -> None:
-    """Raise ImportError unless the dbus-fast internals these fixes rely on exist."""
-    missing = [f"{getattr(o, '__name__', o)}.{a}" for o, a in _REQUIRED if not hasattr(o, a)]
+    """Raise ImportError unless every dbus-fast internal this module relies on exists."""
+    missing = [f"{getattr(o, '__name__', o)}.{a}" for o, a in PRIVATE_NAMES if not hasattr(o, a)]
+    if not missing:
+        missing = [f"_MessageWriter().{a}" for a in _writer_attributes()]
     if missing:
         raise ImportError(
             "keyagentd needs dbus-fast 5.2 (its fixes patch internals that this version lacks: "
@@ -74,10 +105,46 @@ def check_dbus_fast() -> None:
 check_dbus_fast()
 
 
+def introspection_without_children(bus: MessageBus, path: str) -> str:
+    """What Introspect of ``path`` answers, minus its child nodes (key names, for one)."""
+    node = bus._introspect_export_path(path)
+    node.nodes = []
+    return node.tostring()
+
+
+def bus_socket(bus: MessageBus) -> socket.socket:
+    """The connected bus's socket (for SO_PEERCRED)."""
+    return cast(socket.socket, bus._sock)
+
+
+class ErrorWithData(DBusError):
+    """A `DBusError` whose reply carries a whole body: dbus-fast's carry only the sentence."""
+
+    def __init__(self, name: str, signature: str, body: list[Any]) -> None:
+        super().__init__(name, str(body[0]))
+        self.signature, self.body = signature, body
+
+    def _as_message(self, msg: Message) -> Message:
+        return error_message(msg, self.type, self.signature, self.body)
+
+
+def error_message(msg: Message, name: str, signature: str, body: list[Any]) -> Message:
+    """An error reply to ``msg`` (public API: `Message.new_error` makes only ``s``)."""
+    return Message(
+        message_type=MessageType.ERROR,
+        reply_serial=msg.serial,
+        destination=msg.sender,
+        error_name=name,
+        signature=signature,
+        body=body,
+    )
+
+
 class PatientWriter(_aio._MessageWriter):
     """A writer that waits for a writable socket on EAGAIN instead of disconnecting."""
 
     _waiting: bool
+    _failed: Exception | None  # the error the connection failed with, until finalized
 
     def _wait_writable(self) -> None:
         if not self._waiting:
@@ -91,7 +158,7 @@ class PatientWriter(_aio._MessageWriter):
 
     def write_callback(self, remove_writer: bool = True) -> None:
         sock = cast(socket.socket, self.sock)
-        if self.bus._disconnected:
+        if self.bus._disconnected or self._failed is not None:
             self._drop_all(ConnectionError("The bus connection is closed."))
             return
         try:
@@ -130,8 +197,22 @@ class PatientWriter(_aio._MessageWriter):
             # and asyncio would log "Future exception was never retrieved" with a traceback.
             self._waiting = False
             self._drop_all(exc)
+            self._fail_later(exc)
+
+    def _fail_later(self, exc: Exception) -> None:
+        """Finalize the bus on the next loop turn, once. We may be deep inside dbus-fast
+        (`ServiceInterface._handle_signal` iterating the interface's set of buses, which
+        `_finalize` empties by unexporting): finalizing here raised "Set changed size during
+        iteration" into whoever sent the signal. Until then the bus counts as failed."""
+        if self._failed is not None:
+            return
+        self._failed = exc
+
+        def finalize() -> None:
             if not self.bus._disconnected:
                 self.bus._finalize(exc)
+
+        self.loop.call_soon(finalize)
 
     def _drop_all(self, exc: Exception) -> None:
         """Fail the message being written and every queued one (the connection is gone)."""
@@ -150,7 +231,7 @@ class PatientWriter(_aio._MessageWriter):
                 _fail_quietly(fut, exc)
 
     def schedule_write(self, msg: Message | None = None, future: Any = None) -> None:
-        if self.bus._disconnected:
+        if self.bus._disconnected or self._failed is not None:
             _fail_quietly(future, ConnectionError("The bus connection is closed."))
             return
         if msg is not None:
@@ -175,6 +256,7 @@ def install_patient_writer(bus: MessageBus) -> None:
     writer.__class__ = PatientWriter
     assert isinstance(writer, PatientWriter)
     writer._waiting = False
+    writer._failed = None
     # The stock writer may have left its callback registered; ours tracks registration itself.
     writer.loop.remove_writer(cast(int, writer.fd))
     if writer.buf is not None or writer.messages:
@@ -187,16 +269,6 @@ def _close_fds(fds: list[int]) -> None:
             os.close(fd)
         except OSError:
             log.debug("fd %d was already closed", fd)
-
-
-def _top_level_fd_indices(method_signature: str, body: list[Any]) -> set[int]:
-    """The fd indices a call's top-level `h` arguments refer to (all ours are top level)."""
-    types = get_signature_tree(method_signature).types
-    return {
-        value
-        for type_, value in zip(types, body, strict=False)
-        if type_.token == "h" and isinstance(value, int)
-    }
 
 
 OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
@@ -259,8 +331,19 @@ class FixedMessageBus(MessageBus):
         install_patient_writer(self)
         return self
 
+    def call_back(
+        self, msg: Message, done: Callable[[Message | None, Exception | None], None]
+    ) -> None:
+        """Send a method call; ``done(reply, error)`` runs from the reader (no task, no turn)."""
+        self._call(msg, done)
+
+    def replay(self, msg: Message) -> None:
+        """Process a held message as if it had just arrived (the gate's queue)."""
+        self._process_message(msg)
+
     def keep_fds(self) -> None:
-        """Called while processing a message: its fds stay open (someone else owns them now)."""
+        """Called while processing a message: its fds stay open (someone else owns them now:
+        the dispatcher's `ReceivedFds`, or the gate's queue until the replay)."""
         self._fds_taken = True
 
     def _process_message(self, msg: Message) -> None:
@@ -280,22 +363,3 @@ class FixedMessageBus(MessageBus):
             self._fds_taken = outer
             if not taken:
                 _close_fds(fds)
-
-    def _make_method_handler(
-        self, interface: ServiceInterface, method: Any
-    ) -> Callable[[Message, Any], None]:
-        inner = super()._make_method_handler(interface, method)
-        signature: str = method.in_signature
-        if "h" not in signature:
-            return inner
-
-        def handler(msg: Message, send_reply: Any) -> None:
-            inner(msg, send_reply)  # if this raises, the fds are closed as unclaimed
-            self._fds_taken = True
-            # The method owns the fds its `h` arguments name; close any extra ones sent along.
-            used = _top_level_fd_indices(signature, list(msg.body))
-            extra = [fd for i, fd in enumerate(msg.unix_fds) if i not in used]
-            if extra:
-                _close_fds(extra)
-
-        return handler

@@ -1,20 +1,16 @@
-"""The gate: every incoming method call passes here before dbus-fast dispatches it.
+"""The gate: who is calling, and may they? Behind the dispatcher (dispatch.py).
 
-One user message handler on the bus does it all (on dbus-fast 5.2, user handlers run before
-the built-in Introspectable/Properties/Peer/ObjectManager handling and see every message):
-
-1. Only method calls are examined; replies and signals always pass (swallowing a reply
-   would hang the agent's own calls). NameOwnerChanged signals drop cached verdicts.
-2. Size: a call whose body is larger than the payload cap (plus room for the other
-   arguments) is answered ``TooLarge`` before anything else looks at it.
-3. ``Introspectable`` and ``Peer`` are open to all, and the bus daemon itself passes.
-4. Caller: the sender's uid, as the bus daemon reports it, must be the agent's. Verdicts
+1. Signals: NameOwnerChanged drops cached verdicts (`observe`).
+2. ``Peer`` is open to all, and the bus daemon itself passes. ``Introspectable`` too, but
+   a caller of another uid gets each node without its children (no key names).
+3. Caller: the sender's uid, as the bus daemon reports it, must be the agent's. Verdicts
    are cached per unique name. A sender seen for the first time has its calls queued
    while one credentials lookup runs; then they are replayed, in order, through the bus's
-   `_process_message` (which meets the cached verdict this time). A failed lookup denies.
+   `replay` (which meets the cached verdict this time). A failed lookup denies.
    Denied calls get AccessDenied, or nothing when the caller asked for no reply.
-5. A known member of our interfaces called with the wrong signature gets InvalidArgs
-   (dbus-fast would answer UnknownMethod).
+   A sender that left before its credentials could be read is denied too, but its queued
+   calls are first offered to ``on_orphan``: the dispatcher runs the ones that can only
+   take access away (``LockAll``), so a fire-and-forget "lock everything" always locks.
 
 Checking inside each method instead would be unsafe: property getters and
 GetManagedObjects never reach our methods.
@@ -23,73 +19,33 @@ GetManagedObjects never reach our methods.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import Any
 
-from dbus_fast import Message, MessageFlag, MessageType, Variant
+from dbus_fast import Message, MessageFlag, MessageType
 
-from keyagent.protocol import RateLimited, TooLarge
+from keyagent.protocol import RateLimited
 from keyagentd.auth import Caller, caller_from_credentials
-from keyagentd.bus.errors import access_denied, error_reply, invalid_args
-from keyagentd.bus.fixes import FixedMessageBus
+from keyagentd.bus.errors import access_denied, error_reply
+from keyagentd.bus.fixes import FixedMessageBus, introspection_without_children
 
 log = logging.getLogger(__name__)
 
 BUS_DAEMON = "org.freedesktop.DBus"
 BUS_PATH = "/org/freedesktop/DBus"
-OPEN_INTERFACES = frozenset({"org.freedesktop.DBus.Introspectable", "org.freedesktop.DBus.Peer"})
+INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
+PEER = "org.freedesktop.DBus.Peer"
 NAME_LOST_RULE = (
     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
     "path='/org/freedesktop/DBus',member='NameOwnerChanged'"
 )
-#: Room for the arguments besides the payload (recipients, options) in the gate's size check.
-SIZE_SLACK = 1024 * 1024
+NAME_HAS_NO_OWNER = "org.freedesktop.DBus.Error.NameHasNoOwner"
 MAX_QUEUED_PER_SENDER = 64
 MAX_PENDING_SENDERS = 256
-
-#: The checked caller of the call being dispatched (copied into each method's task).
-CURRENT_CALLER: ContextVar[Caller | None] = ContextVar("keyagent_current_caller", default=None)
-
-
-def current_sender() -> str:
-    """The unique bus name of the caller whose method is running ("" outside a call)."""
-    caller = CURRENT_CALLER.get()
-    return caller.sender if caller is not None else ""
-
 
 _CALL = MessageType.METHOD_CALL
 _SIGNAL = MessageType.SIGNAL
 _ERROR = MessageType.ERROR
-
-
-def body_size(body: Any, limit: int) -> int:
-    """The size of a message body's data, counted until it passes ``limit`` (then returned).
-
-    dbus-fast has already unmarshalled the message; this walks it cheaply instead of
-    re-marshalling, and stops as soon as the answer is known.
-    """
-    total = 0
-    stack = [body]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, bytes | bytearray | str):
-            total += len(value) + 4
-        elif isinstance(value, list | tuple):
-            total += 4
-            stack.extend(value)
-        elif isinstance(value, dict):
-            total += 4
-            stack.extend(value.keys())
-            stack.extend(value.values())
-        elif isinstance(value, Variant):
-            total += 4
-            stack.append(value.value)
-        else:
-            total += 8
-        if total > limit:
-            break
-    return total
 
 
 def _no_reply(msg: Message) -> bool:
@@ -104,25 +60,18 @@ class Gate:
         bus: FixedMessageBus,
         *,
         uid: int,
-        max_payload: int,
-        signatures: Mapping[tuple[str, str], str],
-        on_call: Callable[[Caller], None] = lambda caller: None,
         on_gone: Callable[[str], None] = lambda sender: None,
+        on_orphan: Callable[[Message], bool] = lambda msg: False,
     ) -> None:
         self._bus = bus
         self._uid = uid
-        # Decrypt takes armored ciphertext of a payload at the cap: up to 1.5 times it.
-        self._size_limit = max_payload * 3 // 2 + SIZE_SLACK
-        self._signatures = dict(signatures)
-        self._interfaces = frozenset(iface for iface, _ in signatures)
-        self._on_call = on_call
         self._on_gone = on_gone
+        self._on_orphan = on_orphan
         self._verdicts: dict[str, Caller] = {}
         self._queues: dict[str, list[Message]] = {}
         self._gone_while_pending: set[str] = set()
 
     async def install(self) -> None:
-        self._bus.add_message_handler(self.handle)
         await self._bus.call(
             Message(
                 destination=BUS_DAEMON,
@@ -137,35 +86,40 @@ class Gate:
     def cached(self, sender: str) -> Caller | None:
         return self._verdicts.get(sender)
 
-    # --- the handler ---------------------------------------------------------------------
+    # --- the checks --------------------------------------------------------------------
 
-    def handle(self, msg: Message) -> Message | bool | None:
-        """dbus-fast user message handler: None lets the call through, else it is answered."""
-        mtype = msg.message_type
-        if mtype is not _CALL:
-            if mtype is _SIGNAL and msg.member == "NameOwnerChanged" and msg.sender == BUS_DAEMON:
-                self._name_owner_changed(msg)
-            return None
-        if msg.body and body_size(msg.body, self._size_limit) > self._size_limit:
-            log.info("refused %s.%s: message too large", msg.interface, msg.member)
-            return self._answer(msg, TooLarge("The message is too large: use the Fd methods."))
+    def observe(self, msg: Message) -> None:
+        """A message that is not a call (replies and signals always pass on)."""
+        if (
+            msg.message_type is _SIGNAL
+            and msg.member == "NameOwnerChanged"
+            and msg.sender == BUS_DAEMON
+        ):
+            self._name_owner_changed(msg)
+
+    def admit(self, msg: Message) -> Caller | Message | bool | None:
+        """A method call's caller if they may call; else None (open to all: pass it on to
+        dbus-fast), or the answer (an error reply; True: answered, or queued for replay)."""
         sender = msg.sender
-        if msg.interface in OPEN_INTERFACES or sender == BUS_DAEMON:
+        if msg.interface == PEER or sender == BUS_DAEMON:
             return None
         if not sender:
-            return self._deny(msg, None)
+            return None if msg.interface == INTROSPECTABLE else self._deny(msg, None)
         caller = self._verdicts.get(sender)
         if caller is None:
             return self._enqueue(sender, msg)
         if not caller.allowed(self._uid):
+            if msg.interface == INTROSPECTABLE and msg.member == "Introspect":
+                return self._introspect_for_others(msg)
             return self._deny(msg, caller)
-        expected = self._signatures.get((msg.interface or "", msg.member or ""))
-        if expected is not None and expected != msg.signature:
-            text = f"{msg.member} takes arguments '{expected}', not '{msg.signature}'."
-            return True if _no_reply(msg) else invalid_args(msg, text)
-        CURRENT_CALLER.set(caller)
-        self._on_call(caller)
-        return None
+        return caller
+
+    def _introspect_for_others(self, msg: Message) -> Message | bool:
+        """Another uid may introspect, but sees no children: no key names."""
+        if _no_reply(msg):
+            return True
+        xml = introspection_without_children(self._bus, msg.path or "/")
+        return Message.new_method_return(msg, "s", [xml])
 
     def _answer(self, msg: Message, exc: Any) -> Message | bool:
         return True if _no_reply(msg) else error_reply(msg, exc)
@@ -200,7 +154,7 @@ class Gate:
         def done(reply: Message | None, err: Exception | None) -> None:
             self._looked_up(sender, member, reply, err)
 
-        self._bus._call(
+        self._bus.call_back(
             Message(
                 destination=BUS_DAEMON,
                 path=BUS_PATH,
@@ -228,9 +182,13 @@ class Gate:
         ):
             self._lookup(sender, "GetConnectionUnixUser")  # an old bus daemon
             return
+        gone = reply is not None and reply.error_name == NAME_HAS_NO_OWNER
         self._verdicts[sender] = caller
         for queued in self._queues.pop(sender, []):
-            self._bus._process_message(queued)
+            # The sender left before its uid could be read: its calls are denied, except
+            # those that can only take access away (LockAll from a hotkey's dbus-send).
+            if not (gone and self._on_orphan(queued)):
+                self._bus.replay(queued)
         if sender in self._gone_while_pending:
             self._gone_while_pending.discard(sender)
             self._verdicts.pop(sender, None)

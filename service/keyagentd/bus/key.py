@@ -2,75 +2,41 @@
 
 from __future__ import annotations
 
-import threading
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Sequence
+from typing import Final
 
-from dbus_fast.annotations import (
-    DBusBool,
-    DBusBytes,
-    DBusDict,
-    DBusStr,
-    DBusUInt32,
-    DBusUInt64,
-    DBusUnixFd,
-)
+from dbus_fast import introspection as intr
+from dbus_fast.annotations import DBusBool, DBusStr, DBusUInt32, DBusUInt64
 from dbus_fast.constants import PropertyAccess
-from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
+from dbus_fast.service import ServiceInterface, dbus_property
 
-from keyagent.protocol import KEY_INTERFACE, BadPassphrase, InvalidArgs, TooLarge, key_path
-from keyagentd import age
-from keyagentd.bus import options as opts
-from keyagentd.bus.dbustypes import Void
-from keyagentd.bus.fdpeer import check_fd_peers
-from keyagentd.bus.gate import CURRENT_CALLER
-from keyagentd.bus.oplog import operation, sync_operation
-from keyagentd.bus.streams import FdSource, close_fds
+from keyagent.protocol import KEY_INTERFACE, key_path
+from keyagentd.bus.dispatch import Method
+from keyagentd.bus.manager import mark_constants, with_methods
+from keyagentd.cache import KeyCache
 from keyagentd.keystore import KeyRecord
-from keyagentd.secrets import wipe
 
-if TYPE_CHECKING:
-    from keyagentd.bus.service import Agent
-
-#: UnlockFromFd reads at most this much (a passphrase, not a file).
-MAX_PASSPHRASE_BYTES: Final = 4096
-PASSPHRASE_READ_TIMEOUT: Final = 30.0
-#: Unlock also takes ``askpass`` (b): the agent asks at the desktop (passphrase "").
-UNLOCK_OPTIONS: Final = {**opts.UNLOCK, "askpass": "b"}
-
-
-def read_passphrase(fd: int, cancel: threading.Event) -> str:
-    """The passphrase written to ``fd`` up to EOF, minus one trailing newline."""
-    src = FdSource(fd, cancel, timeout=PASSPHRASE_READ_TIMEOUT)
-    buf = bytearray(MAX_PASSPHRASE_BYTES + 1)
-    view = memoryview(buf)
-    try:
-        total = 0
-        while total < len(buf):
-            n = src.readinto(view[total:])
-            if n == 0:
-                break
-            total += n
-        if total > MAX_PASSPHRASE_BYTES:
-            raise TooLarge(f"A passphrase is at most {MAX_PASSPHRASE_BYTES} bytes.")
-        end = total - 1 if total and buf[total - 1] == 0x0A else total
-        try:
-            return bytes(view[:end]).decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadPassphrase("The passphrase is not valid UTF-8.") from None
-    finally:
-        view.release()
-        wipe(buf)
+#: Properties fixed for the object's life: introspection says so (EmitsChangedSignal=const).
+CONSTANT_PROPERTIES: Final = frozenset({"Name", "Label", "Type", "Recipient", "Created"})
 
 
 class KeyObject(ServiceInterface):
-    """One stored key; `Locked` and friends reflect the agent's cache."""
+    """One stored key: properties only, reflecting the cache. Its methods are answered by
+    the dispatcher (dispatch.py, table in methods.py); `introspect` lists them."""
 
-    def __init__(self, agent: Agent, record: KeyRecord) -> None:
+    def __init__(
+        self, cache: KeyCache, record: KeyRecord, methods: Callable[[], Sequence[Method]]
+    ) -> None:
         super().__init__(KEY_INTERFACE)
-        self.agent = agent
+        self.cache = cache
         self.record = record
         self.key_name = record.name
         self.path = key_path(record.name)
+        self._methods = methods
+
+    def introspect(self) -> intr.Interface:
+        base = with_methods(super().introspect(), self._methods(), KEY_INTERFACE)
+        return mark_constants(base, CONSTANT_PROPERTIES)
 
     # --- properties ----------------------------------------------------------------------
 
@@ -96,23 +62,23 @@ class KeyObject(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def Locked(self) -> DBusBool:
-        return not self.agent.cache.is_unlocked(self.key_name)
+        return not self.cache.is_unlocked(self.key_name)
 
     @dbus_property(access=PropertyAccess.READ)
     def UnlockedUntil(self) -> DBusUInt64:
-        return self.agent.cache.unlocked_until(self.key_name)
+        return self.cache.unlocked_until(self.key_name)
 
     @dbus_property(access=PropertyAccess.READ)
     def IdleTimeout(self) -> DBusUInt32:
-        return self.agent.cache.timeouts(self.key_name)[0]
+        return self.cache.timeouts(self.key_name)[0]
 
     @dbus_property(access=PropertyAccess.READ)
     def MaxTimeout(self) -> DBusUInt32:
-        return self.agent.cache.timeouts(self.key_name)[1]
+        return self.cache.timeouts(self.key_name)[1]
 
     def state(self) -> dict[str, object]:
         """The properties that change when the key locks or unlocks."""
-        cache = self.agent.cache
+        cache = self.cache
         idle, maximum = cache.timeouts(self.key_name)
         return {
             "Locked": not cache.is_unlocked(self.key_name),
@@ -120,70 +86,3 @@ class KeyObject(ServiceInterface):
             "IdleTimeout": idle,
             "MaxTimeout": maximum,
         }
-
-    # --- methods -------------------------------------------------------------------------
-
-    @dbus_method()
-    @operation("Unlock")
-    async def Unlock(self, passphrase: DBusStr, options: DBusDict) -> Void:
-        parsed = opts.parse(options, UNLOCK_OPTIONS)
-        if parsed.flag("askpass"):
-            if passphrase:
-                raise InvalidArgs("Give a passphrase or the askpass option, not both.")
-            caller = CURRENT_CALLER.get()
-            pid = caller.pid if caller is not None and caller.pid is not None else 0
-            await self.agent.unlock_by_askpass(self.key_name, parsed, pid)
-            return
-        await self.agent.unlock(self.key_name, passphrase, parsed)
-
-    @dbus_method()
-    @operation("UnlockFromFd")
-    async def UnlockFromFd(self, fd: DBusUnixFd, options: DBusDict) -> Void:
-        try:
-            parsed = opts.parse(options, opts.UNLOCK)
-            check_fd_peers([fd])
-        except Exception:
-            close_fds([fd])
-            raise
-        passphrase = await self.agent.read_fd(fd, read_passphrase)
-        await self.agent.unlock(self.key_name, passphrase, parsed)
-
-    @dbus_method()
-    @sync_operation("Lock")
-    def Lock(self) -> Void:
-        self.agent.require(self.key_name)
-        if self.agent.cache.lock(self.key_name):
-            self.agent.key_changed(self.key_name)
-
-    @dbus_method()
-    @operation("ChangePassphrase")
-    async def ChangePassphrase(self, old: DBusStr, new: DBusStr) -> Void:
-        self.agent.require(self.key_name)
-        if not new:  # checked first: a bad new passphrase is not a wrong guess of the old one
-            raise BadPassphrase("The new passphrase must not be empty.")
-        async with self.agent.limiter.attempt(self.key_name):
-            await self.agent.blocking(self.agent.store.change_passphrase, self.key_name, old, new)
-
-    @dbus_method()
-    @operation("Export")
-    async def Export(self, passphrase: DBusStr) -> DBusBytes:
-        record = self.agent.require(self.key_name)
-        async with self.agent.limiter.attempt(self.key_name):
-            seed = await self.agent.blocking(self.agent.store.unseal, self.key_name, passphrase)
-        work_factor = self.agent.config.scrypt_work_factor
-        return await self.agent.blocking(_export, record.key_type, seed, passphrase, work_factor)
-
-
-def _export(key_type: str, seed: bytearray, passphrase: str, work_factor: int | None) -> bytes:
-    """The identity as an armored age file encrypted to ``passphrase`` (scrypt)."""
-    try:
-        identity = age.identity_from_seed(key_type, seed)
-        # The identity string is an immutable str for a moment: unavoidable, never logged.
-        text = bytearray(identity.encode().encode("ascii") + b"\n")
-    finally:
-        wipe(seed)
-    try:
-        recipient = age.ScryptRecipient(passphrase, work_factor)
-        return age.encrypt_bytes([recipient], bytes(text), armor=True)
-    finally:
-        wipe(text)

@@ -1,87 +1,69 @@
-"""The manager object: /org/example/KeyAgent, interface org.example.KeyAgent."""
+"""The manager object: /org/example/KeyAgent, interface org.example.KeyAgent.
+
+Properties and the AccessLog signal only: its methods are answered by the dispatcher
+(dispatch.py, from the table in methods.py); `introspect` lists them from that table.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import io
-import threading
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, BinaryIO, cast
+from collections.abc import Callable, Sequence
+from typing import Annotated, Final
 
-from dbus_fast.annotations import (
-    DBusBytes,
-    DBusDict,
-    DBusSignature,
-    DBusStr,
-    DBusUInt64,
-    DBusUnixFd,
-)
-from dbus_fast.constants import PropertyAccess
-from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
+from dbus_fast import introspection as intr
+from dbus_fast.annotations import DBusSignature, DBusStr
+from dbus_fast.constants import ArgDirection, PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_property, dbus_signal
 
 import keyagentd
-from keyagent.protocol import (
-    KEY_TYPE_X25519,
-    KEY_TYPES,
-    MANAGER_INTERFACE,
-    InvalidName,
-    KeyExists,
-    Locked,
-    TooLarge,
-    Unsupported,
-    is_valid_key_name,
-)
-from keyagentd import age, policy
-from keyagentd.bus import crypto
-from keyagentd.bus import options as opts
-from keyagentd.bus.dbustypes import (
-    DBusPathList,
-    DBusStrList,
-    KeyAndCount,
-    KeyAndRecipient,
-    PlainAndKey,
-    Void,
-)
-from keyagentd.bus.fdpeer import check_fd_peers
-from keyagentd.bus.gate import CURRENT_CALLER, current_sender
-from keyagentd.bus.oplog import note_key, operation, sync_operation
-from keyagentd.bus.streams import Cancelled, FdSink, FdSource, close_fds
-from keyagentd.cache import KeyCache
-from keyagentd.config import Config as UserConfig
-from keyagentd.keystore import KeyRecord
-from keyagentd.secrets import wipe
-
-if TYPE_CHECKING:
-    from keyagentd.bus.service import Agent
-
-#: Decrypt and DecryptFd also take ``askpass`` (b): ask at the desktop for a locked key.
-DECRYPT_OPTIONS = {**opts.DECRYPT, "askpass": "b"}
-#: How often a stream waiting for an askpass unlock looks at its cancel flag (seconds).
-CANCEL_POLL = 0.25
+from keyagent.protocol import MANAGER_INTERFACE
+from keyagentd.bus.dbustypes import DBusPathList
+from keyagentd.bus.dispatch import Method
 
 
-def ciphertext_limit(max_payload: int) -> int:
-    """Decrypt accepts what Encrypt makes of a payload at the cap: armor adds a third,
-    chunk tags and the header a little more."""
-    return max_payload * 3 // 2 + 64 * 1024
+def with_methods(base: intr.Interface, methods: Sequence[Method], interface: str) -> intr.Interface:
+    """``base`` (properties and signals, from dbus-fast) plus the table's methods of
+    ``interface``, with every argument named as the contract names it."""
+
+    def args(pairs: Sequence[tuple[str, str]], direction: ArgDirection) -> list[intr.Arg]:
+        return [intr.Arg(sig, direction, name) for name, sig in pairs]
+
+    for m in (m for m in methods if m.interface == interface):
+        base.methods.append(
+            intr.Method(
+                m.member, args(m.in_args, ArgDirection.IN), args(m.out_args, ArgDirection.OUT)
+            )
+        )
+    return base
 
 
-def _check_name(name: str) -> None:
-    if not is_valid_key_name(name):
-        raise InvalidName(f"Invalid key name {name[:80]!r}: use 1-64 letters, digits, '_' or '-'.")
+EMITS_CHANGED: Final = "org.freedesktop.DBus.Property.EmitsChangedSignal"
+
+
+def mark_constants(base: intr.Interface, constants: frozenset[str]) -> intr.Interface:
+    """Annotate the properties that never change as such (the default is "true")."""
+    for prop in base.properties:
+        if prop.name in constants:
+            prop.annotations[EMITS_CHANGED] = "const"
+    return base
 
 
 class Manager(ServiceInterface):
-    def __init__(self, agent: Agent) -> None:
+    def __init__(
+        self, key_paths: Callable[[], list[str]], methods: Callable[[], Sequence[Method]]
+    ) -> None:
         super().__init__(MANAGER_INTERFACE)
-        self.agent = agent
+        self._key_paths = key_paths
+        self._methods = methods
+
+    def introspect(self) -> intr.Interface:
+        base = with_methods(super().introspect(), self._methods(), MANAGER_INTERFACE)
+        return mark_constants(base, frozenset({"Version"}))
 
     # --- properties ----------------------------------------------------------------------
 
     @dbus_property(access=PropertyAccess.READ)
     def Keys(self) -> DBusPathList:
-        return self.agent.key_paths()
+        return self._key_paths()
 
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> DBusStr:
@@ -93,276 +75,5 @@ class Manager(ServiceInterface):
     def AccessLog(
         self, operation: str, key: str, pid: int, executable: str, result: str
     ) -> Annotated[tuple[str, str, int, str, str], DBusSignature("ssuss")]:
+        """Declared for introspection; the agent sends it (service.py `_send_access`)."""
         return (operation, key, pid, executable, result)
-
-    def emit_access(self, record: policy.AccessRecord) -> None:
-        """Send one access record (accesslog.py) as the AccessLog signal."""
-        self.AccessLog(record.operation, record.key, record.pid, record.executable, record.result)
-
-    # --- keys ----------------------------------------------------------------------------
-
-    @dbus_method()
-    @operation("CreateKey")
-    async def CreateKey(
-        self, name: DBusStr, passphrase: DBusStr, options: DBusDict
-    ) -> KeyAndRecipient:
-        note_key(name[:64])
-        parsed = opts.parse(options, opts.CREATE_KEY)
-        _check_name(name)
-        key_type = parsed.text("type", KEY_TYPE_X25519) or KEY_TYPE_X25519
-        if key_type not in KEY_TYPES:
-            raise Unsupported(f"Unknown key type {key_type!r}: use {' or '.join(KEY_TYPES)}.")
-        self._check_free(name)
-        record = await self._seal_new_key(
-            name, age.generate_identity(key_type), passphrase, parsed.text("label", "")
-        )
-        path = self.agent.key_added(record)
-        return (path, record.recipient)
-
-    @dbus_method()
-    @operation("ImportKey")
-    async def ImportKey(
-        self, name: DBusStr, identity: DBusStr, passphrase: DBusStr, options: DBusDict
-    ) -> Annotated[str, DBusSignature("o")]:
-        note_key(name[:64])
-        parsed = opts.parse(options, opts.IMPORT_KEY)
-        _check_name(name)
-        self._check_free(name)
-        record = await self._seal_new_key(
-            name, age.parse_identity(identity), passphrase, parsed.text("label", "")
-        )
-        return self.agent.key_added(record)
-
-    @dbus_method()
-    @operation("DeleteKey")
-    async def DeleteKey(self, name: DBusStr, options: DBusDict) -> Void:
-        note_key(name[:64])
-        parsed = opts.parse(options, opts.DELETE_KEY)
-        _check_name(name)
-        self.agent.require(name)
-        passphrase = parsed.text("passphrase")
-        if passphrase is not None:
-            async with self.agent.limiter.attempt(name):
-                seed = await self.agent.blocking(self.agent.store.unseal, name, passphrase)
-            wipe(seed)
-        elif not self.agent.cache.is_unlocked(name):
-            raise Locked(
-                f"Key '{name}' is locked: unlock it or give its passphrase to delete it.", (name,)
-            )
-        elif policy.is_restricted(name, self.agent.config.user):
-            await self.agent.blocking(
-                policy.check, name, _caller_pid(), self.agent.config.user, operation="delete"
-            )
-        await self.agent.blocking(self.agent.store.delete, name)
-        self.agent.key_removed(name)
-
-    @dbus_method()
-    @sync_operation("LockAll")
-    def LockAll(self) -> Void:
-        self.agent.lock_all()
-
-    def _check_free(self, name: str) -> None:
-        if name in self.agent.records:
-            raise KeyExists(f"A key named {name!r} already exists.")
-
-    async def _seal_new_key(
-        self,
-        name: str,
-        identity: age.X25519Identity | age.HybridIdentity,
-        passphrase: str,
-        label: str | None,
-    ) -> KeyRecord:
-        """Seal ``identity`` under ``passphrase`` as the new key ``name``, off the event loop.
-        No reference to the identity is kept while the KDF runs: only a copy of its seed, which
-        `_create` wipes. Callers pass the identity inline, so they hold none either."""
-        key_type = identity.key_type
-        seed = bytearray(identity.seed)
-        recipient = identity.recipient().encode()
-        del identity
-        return await self.agent.blocking(
-            _create, self.agent, name, key_type, seed, recipient, passphrase, label
-        )
-
-    # --- data in messages ----------------------------------------------------------------
-
-    @dbus_method()
-    @operation("Encrypt")
-    async def Encrypt(
-        self, recipients: DBusStrList, plaintext: DBusBytes, options: DBusDict
-    ) -> DBusBytes:
-        parsed = opts.parse(options, opts.ENCRYPT)
-        self._check_size(plaintext)
-        targets = crypto.resolve_recipients(
-            recipients,
-            self.agent.records,
-            parsed.text("passphrase"),
-            self.agent.config.scrypt_work_factor,
-        )
-        note_key(",".join(r for r in recipients if r in self.agent.records))
-        armor = parsed.flag("armor")
-        if crypto.runs_inline(len(plaintext), parsed.text("passphrase")):
-            return age.encrypt_bytes(targets, plaintext, armor=armor)
-        return await self.agent.blocking(age.encrypt_bytes, targets, plaintext, armor=armor)
-
-    @dbus_method()
-    @operation("Decrypt")
-    async def Decrypt(self, ciphertext: DBusBytes, options: DBusDict) -> PlainAndKey:
-        parsed = opts.parse(options, DECRYPT_OPTIONS)
-        self._check_size(ciphertext, ciphertext_limit(self.agent.config.max_payload))
-        try:
-            name, plaintext = await self._decrypt(ciphertext, parsed)
-        except Locked as exc:
-            if not parsed.flag("askpass") or not exc.names:
-                raise
-            # Ask for the first candidate, then try again: the data is all here.
-            note_key(exc.names[0])
-            await self.agent.unlock_by_askpass(exc.names[0], opts.Options({}), _caller_pid())
-            name, plaintext = await self._decrypt(ciphertext, parsed)
-        note_key(name)
-        return (plaintext, name)
-
-    async def _decrypt(self, ciphertext: bytes, parsed: opts.Options) -> tuple[str, bytes]:
-        args = (
-            ciphertext,
-            self.agent.cache,
-            dict(self.agent.records),
-            parsed.text("key"),
-            parsed.text("passphrase"),
-            self.agent.config.user,
-            _caller_pid(),
-        )
-        inline = crypto.runs_inline(len(ciphertext), args[4], self.agent.cache)
-        # A confirmation dialog may wait for minutes: never on the event loop.
-        if inline and not policy.may_prompt(self.agent.config.user):
-            return _decrypt_bytes(*args)
-        return await self.agent.blocking(_decrypt_bytes, *args)
-
-    def _check_size(self, data: bytes, limit: int | None = None) -> None:
-        limit = self.agent.config.max_payload if limit is None else limit
-        if len(data) > limit:
-            raise TooLarge(
-                f"The data is larger than {limit} bytes: use EncryptFd/DecryptFd for big files."
-            )
-
-    # --- streams -------------------------------------------------------------------------
-
-    @dbus_method()
-    @operation("EncryptFd")
-    async def EncryptFd(
-        self, recipients: DBusStrList, input: DBusUnixFd, output: DBusUnixFd, options: DBusDict
-    ) -> DBusUInt64:
-        fds = [input, output]
-        try:
-            parsed = opts.parse(options, opts.ENCRYPT)
-            targets = crypto.resolve_recipients(
-                recipients,
-                self.agent.records,
-                parsed.text("passphrase"),
-                self.agent.config.scrypt_work_factor,
-            )
-            check_fd_peers(fds)
-        except Exception:
-            close_fds(fds)
-            raise
-        armor = parsed.flag("armor")
-
-        def job(cancel: threading.Event) -> int:
-            src, dst = FdSource(input, cancel), FdSink(output, cancel)
-            return age.encrypt(targets, _io(src), _io(dst), armor=armor, overlap=True)
-
-        return await self.agent.stream(current_sender(), fds, job)
-
-    @dbus_method()
-    @operation("DecryptFd")
-    async def DecryptFd(
-        self, input: DBusUnixFd, output: DBusUnixFd, options: DBusDict
-    ) -> KeyAndCount:
-        fds = [input, output]
-        try:
-            parsed = opts.parse(options, DECRYPT_OPTIONS)
-            check_fd_peers(fds)
-        except Exception:
-            close_fds(fds)
-            raise
-        cache, records = self.agent.cache, dict(self.agent.records)
-        pin, passphrase = parsed.text("key"), parsed.text("passphrase")
-        user, pid = self.agent.config.user, _caller_pid()
-        agent, ask, loop = self.agent, parsed.flag("askpass"), asyncio.get_running_loop()
-
-        def job(cancel: threading.Event) -> tuple[str, int]:
-            dec = age.Decryptor(_io(FdSource(input, cancel)))
-            try:
-                name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
-            except Locked as exc:
-                if not ask or not exc.names:
-                    raise
-                # The header is read and the input cannot rewind: unlock (on the loop), then
-                # unwrap again with the same decryptor.
-                unlock = agent.unlock_by_askpass(exc.names[0], opts.Options({}), pid)
-                _wait(asyncio.run_coroutine_threadsafe(unlock, loop), cancel)
-                name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
-            _check_policy(name, pid, user)
-            return name, dec.decrypt_to(_io(FdSink(output, cancel)), overlap=True)
-
-        name, written = await self.agent.stream(current_sender(), fds, job)
-        note_key(name)
-        return (name, written)
-
-
-def _wait(future: concurrent.futures.Future[None], cancel: threading.Event) -> None:
-    """Wait in a stream thread for work on the loop; give up if the stream is cancelled."""
-    while True:
-        try:
-            return future.result(timeout=CANCEL_POLL)
-        except concurrent.futures.TimeoutError:
-            if cancel.is_set():
-                future.cancel()
-                raise Cancelled("The operation was cancelled.") from None
-
-
-def _io(obj: object) -> BinaryIO:
-    # The engine needs only readinto/write, which FdSource/FdSink provide.
-    return cast(BinaryIO, obj)
-
-
-def _create(
-    agent: Agent,
-    name: str,
-    key_type: str,
-    seed: bytearray,
-    recipient: str,
-    passphrase: str,
-    label: str | None,
-) -> KeyRecord:
-    try:
-        return agent.store.create(name, key_type, seed, recipient, passphrase, label or "")
-    finally:
-        wipe(seed)
-
-
-def _caller_pid() -> int:
-    caller = CURRENT_CALLER.get()
-    return caller.pid if caller is not None and caller.pid is not None else 0
-
-
-def _check_policy(name: str, pid: int, user: UserConfig) -> None:
-    """Per-key policy, once the key is known and before any plaintext (may ask; blocks)."""
-    if name and policy.is_restricted(name, user):
-        policy.check(name, pid, user, operation="decrypt")
-
-
-def _decrypt_bytes(
-    data: bytes,
-    cache: KeyCache,
-    records: Mapping[str, KeyRecord],
-    pin: str | None,
-    passphrase: str | None,
-    user: UserConfig,
-    pid: int,
-) -> tuple[str, bytes]:
-    dec = age.Decryptor(io.BytesIO(data))
-    name = crypto.unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
-    _check_policy(name, pid, user)
-    out = io.BytesIO()
-    dec.decrypt_to(out)
-    return name, out.getvalue()

@@ -1,31 +1,26 @@
-"""The agent: wiring of store, cache, bus objects and gate, and its lifecycle.
+"""The agent: wiring of the core (keys, crypt, work, audit) to the bus, and its lifecycle.
 
-Start: check the keystore directory, connect to the session bus, check that the bus daemon
-runs as us or root (SO_PEERCRED), export the objects, install the gate, then claim the name
-(refusing if someone owns it). Stop: on SIGTERM/SIGINT, when the bus connection drops, or
-after `idle_exit` seconds without calls while every key is locked. Stopping releases the
-name first, so a caller arriving meanwhile activates a fresh agent.
+`connect(config)` connects to the session bus and checks that the bus daemon runs as us or
+root (SO_PEERCRED); the `Agent` it returns has every part built, nothing waits for a later
+step. `start` reads the keystore, exports the objects, installs the dispatcher and the gate,
+then claims the name (refusing if someone owns it). Stop: on SIGTERM/SIGINT, when the bus
+connection drops, or after `idle_exit` seconds without calls while every key is locked.
+Stopping releases the name first, so a caller arriving meanwhile activates a fresh agent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import signal
-import socket
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar, cast
+from typing import Final
 
-from dbus_fast import RequestNameReply
+from dbus_fast import Message, RequestNameReply
 from dbus_fast.constants import NameFlag
-from dbus_fast.service import ServiceInterface
 
 from keyagent.protocol import (
     BUS_NAME,
@@ -33,39 +28,32 @@ from keyagent.protocol import (
     KEY_INTERFACE,
     MANAGER_INTERFACE,
     MANAGER_PATH,
-    BadPassphrase,
     Failed,
-    InvalidArgs,
-    NoSuchKey,
 )
-from keyagentd import askpass
-from keyagentd.auth import Caller, check_bus_peer
-from keyagentd.bus import oplog
-from keyagentd.bus.accesslog import AccessLog
-from keyagentd.bus.fixes import FixedMessageBus
-from keyagentd.bus.gate import Gate, current_sender
-from keyagentd.bus.key import KeyObject
+from keyagentd.audit import Audit
+from keyagentd.auth import check_bus_peer
+from keyagentd.bus.dispatch import Dispatcher, Method
+from keyagentd.bus.fixes import FixedMessageBus, bus_socket
+from keyagentd.bus.gate import Gate
 from keyagentd.bus.manager import Manager
-from keyagentd.bus.options import Options
-from keyagentd.bus.registry import KeyRegistry
-from keyagentd.bus.streams import DEFAULT_MAX_STREAMS, StreamRunner
+from keyagentd.bus.methods import manager_target, method_table
+from keyagentd.bus.objects import KeyObjects
 from keyagentd.cache import KeyCache
 from keyagentd.config import Config as UserConfig
+from keyagentd.crypt import Crypt
 from keyagentd.desktop import LockTriggers, install_lock_triggers
 from keyagentd.kdf import KdfParams
-from keyagentd.keystore import KeyRecord, KeyStore
-from keyagentd.ratelimit import FailureLimiter
-from keyagentd.secrets import wipe
+from keyagentd.keys import Keys
+from keyagentd.keystore import KeyStore
+from keyagentd.policy import AccessRecord
+from keyagentd.streams import DEFAULT_MAX_STREAMS
+from keyagentd.work import Work
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 DEFAULT_IDLE_EXIT: Final = 300.0
 #: How long a stopping agent waits for calls already running to answer.
 DRAIN_SECONDS: Final = 5.0
-#: An askpass unlock asks again after a wrong passphrase, like a terminal prompt.
-ASKPASS_TRIES: Final = 3
 
 
 @dataclass(frozen=True)
@@ -81,100 +69,105 @@ class Config:
     user: UserConfig = UserConfig()  # noqa: RUF009 - frozen; config.toml
 
 
-def _signatures(*interfaces: ServiceInterface) -> dict[tuple[str, str], str]:
-    """(interface, member) -> input signature of every method we export."""
-    table = {}
-    for iface in interfaces:
-        for method in ServiceInterface._get_methods(iface):
-            table[(iface.name, method.name)] = method.in_signature
-    return table
+async def connect(config: Config, *, uid: int | None = None) -> Agent:
+    """Connect to the session bus and build the agent; ``Failed`` (one sentence) if we can't."""
+    uid = os.geteuid() if uid is None else uid
+    try:
+        bus = FixedMessageBus(session_bus_address(config.bus_address), negotiate_unix_fd=True)
+        await bus.connect()
+    except Exception as exc:
+        raise Failed(f"Cannot connect to the session bus: {_reason(exc)}.") from None
+    try:
+        check_bus_peer(bus_socket(bus), uid)
+    except BaseException:
+        bus.disconnect()
+        raise
+    return Agent(config, bus, uid, asyncio.get_running_loop())
 
 
-class Agent(KeyRegistry):
-    def __init__(self, config: Config, *, uid: int | None = None) -> None:
-        self.config = config
-        self.uid = os.geteuid() if uid is None else uid
-        self.store = KeyStore(config.home, kdf=config.kdf)
-        self.cache = KeyCache(
-            default_idle_timeout=config.user.idle_timeout,
-            default_max_timeout=config.user.max_timeout,
-        )
-        self._triggers: LockTriggers | None = None
-        self.limiter = FailureLimiter()
-        self.records: dict[str, KeyRecord] = {}
-        self.keys: dict[str, KeyObject] = {}
-        self.manager = Manager(self)
-        self.access_log = AccessLog(self.manager.emit_access)
-        # Passphrase dialogs wait for a person: never in the crypto pool (askpass.py also
-        # shows one at a time).
-        self._dialogs = ThreadPoolExecutor(1, thread_name_prefix="askpass")
-        self._pool = ThreadPoolExecutor(config.crypto_workers, thread_name_prefix="crypto")
-        self._streams = StreamRunner(config.max_streams)
-        self._bus: FixedMessageBus | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._inflight = 0
-        self._last_activity = 0.0
+class Agent:
+    """The parts, wired: core objects know nothing of the bus; bus objects adapt them."""
+
+    def __init__(
+        self, config: Config, bus: FixedMessageBus, uid: int, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.config, self.bus, self.uid, self._loop = config, bus, uid, loop
+        self._stop = asyncio.Event()
         self._idle_handle: asyncio.TimerHandle | None = None
-        self._expiry_handle: asyncio.TimerHandle | None = None
+        self._triggers: LockTriggers | None = None  # a convenience: may stay off
+        user = config.user
+        cache = KeyCache(
+            default_idle_timeout=user.idle_timeout, default_max_timeout=user.max_timeout
+        )
+        self.methods: list[Method] = []  # the table, made once the core exists (below)
+        self.manager = Manager(self._key_paths, self._table)
+        self.objects = KeyObjects(bus, self.manager, cache, self._table, self._touch)
+        self.work = Work(config.crypto_workers, config.max_streams, clock=loop.time)
+        store = KeyStore(config.home, kdf=config.kdf)
+        self.keys = Keys(store, cache, user, self.work, self.objects)
+        self.crypt = Crypt(
+            self.keys, max_payload=config.max_payload, scrypt_work_factor=config.scrypt_work_factor
+        )
+        self.methods = method_table(self.keys, self.crypt, self.work, self.objects.used)
+        self.audit = Audit()
+        self.gate = Gate(bus, uid=uid, on_gone=self._caller_gone, on_orphan=self._orphan)
+        self.dispatcher = Dispatcher(
+            bus,
+            self.gate,
+            self.audit,
+            max_payload=config.max_payload,
+            methods=self.methods,
+            targets={
+                MANAGER_INTERFACE: manager_target,
+                KEY_INTERFACE: self.objects.target,
+            },
+            on_call=self.work.touch,
+            announce=self._send_access,
+        )
 
-    @property
-    def bus(self) -> FixedMessageBus:
-        """The connected session bus (after `start`), e.g. for desktop lock triggers."""
-        assert self._bus is not None, "the agent has not started"
-        return self._bus
+    # The bus objects list the method table in their introspection, read when asked.
+    def _table(self) -> list[Method]:
+        return self.methods
+
+    def _key_paths(self) -> list[str]:
+        return self.objects.key_paths()
+
+    def _send_access(self, record: AccessRecord) -> None:
+        signal = Message.new_signal(
+            MANAGER_PATH, MANAGER_INTERFACE, "AccessLog", record.SIGNATURE, record.body()
+        )
+        self.bus.send(signal)  # a closed bus drops it quietly
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Prepare everything and claim the bus name; ``Failed`` (one sentence) if we can't."""
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+        """Export everything and claim the bus name; ``Failed`` (one sentence) if we can't."""
         # Before the name is claimed: a SIGTERM once we own it must exit cleanly, even while
         # start() still awaits (lock triggers); run() finds the stop already requested.
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.stop, f"signal {sig.name}")
-        self._last_activity = self._loop.time()
-        self.store.prepare()
-        for record in self.store.list():
-            self.records[record.name] = record
+        bus = self.bus
         try:
-            bus = FixedMessageBus(
-                session_bus_address(self.config.bus_address), negotiate_unix_fd=True
-            )
-            await bus.connect()
-        except Exception as exc:
-            raise Failed(f"Cannot connect to the session bus: {_reason(exc)}.") from None
-        self._bus = bus
-        try:
-            check_bus_peer(cast(socket.socket, bus._sock), self.uid)
+            records = self.keys.load()
             bus.object_manager_path = MANAGER_PATH
             bus.export(MANAGER_PATH, self.manager)
-            for record in list(self.records.values()):
+            for record in records:
                 try:
-                    self._export_key(record)
+                    self.objects.export(record)
                 except Exception as exc:  # one odd file must not keep the others from service
                     log.warning("Skipping key %r: %s", record.name, exc)
-                    self.records.pop(record.name, None)
-            # A stand-in key object, only to read the Key interface's method signatures.
-            sample = KeyObject(self, KeyRecord("x", "", "x25519", "", 0))
-            gate = Gate(
-                bus,
-                uid=self.uid,
-                max_payload=self.config.max_payload,
-                signatures=_signatures(self.manager, sample),
-                on_call=self._on_call,
-                on_gone=self._caller_gone,
-            )
-            await gate.install()
+                    self.keys.records.pop(record.name, None)
+            bus.add_message_handler(self.dispatcher.handle)
+            await self.gate.install()
             reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
             if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
                 raise Failed(f"{BUS_NAME} is already owned on this bus: another agent is running.")
         except BaseException:
             bus.disconnect()
             raise
-        oplog.set_operation_hook(self.access_log.on_operation)
-        log.info("serving %s with %d key(s) from %s", BUS_NAME, len(self.records), self.config.home)
+        log.info(
+            "serving %s with %d key(s) from %s", BUS_NAME, len(self.keys.records), self.config.home
+        )
         try:
             self._triggers = await install_lock_triggers(
                 bus, self.config.user, self.lock_from_trigger
@@ -185,10 +178,7 @@ class Agent(KeyRegistry):
 
     async def run(self) -> None:
         """Serve until a stop condition, then shut down cleanly."""
-        assert self._bus is not None and self._stop is not None and self._loop is not None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._loop.add_signal_handler(sig, self.stop, f"signal {sig.name}")
-        disconnect = asyncio.ensure_future(_disconnected(self._bus))
+        disconnect = asyncio.ensure_future(_disconnected(self.bus))
         stop = asyncio.ensure_future(self._stop.wait())
         await asyncio.wait({disconnect, stop}, return_when=asyncio.FIRST_COMPLETED)
         if self._triggers is not None:
@@ -205,161 +195,61 @@ class Agent(KeyRegistry):
         self._close()
 
     def stop(self, reason: str = "") -> None:
-        if self._stop is not None and not self._stop.is_set():
+        if not self._stop.is_set():
             log.info("exiting (%s)", reason or "stop requested")
             self._stop.set()
 
     async def _shutdown_bus(self) -> None:
-        bus = self._bus
-        assert bus is not None and self._loop is not None
+        bus = self.bus
         with contextlib.suppress(Exception):
             await asyncio.wait_for(bus.release_name(BUS_NAME), 2.0)
         deadline = self._loop.time() + DRAIN_SECONDS
-        self._streams.shutdown()
-        while self._inflight and self._loop.time() < deadline:
+        self.work.streams.shutdown()
+        while self.work.inflight and self._loop.time() < deadline:
             await asyncio.sleep(0.05)
         bus.disconnect()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(_disconnected(bus), 2.0)
 
     def _close(self) -> None:
-        for handle in (self._idle_handle, self._expiry_handle):
-            if handle is not None:
-                handle.cancel()
-        self._streams.shutdown()
-        self.cache.lock_all()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._dialogs.shutdown(wait=False, cancel_futures=True)
-        oplog.set_operation_hook(None)
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+        self.keys.close()
+        self.work.shutdown()
 
     def lock_from_trigger(self, reason: str) -> None:
         """The desktop locked, slept or started its screen saver: lock every key."""
-        names = self.cache.lock_all()
-        for name in names:
-            self.key_changed(name)
-        if names:
-            log.info("locked %d key(s): %s", len(names), reason)
+        self.keys.lock_all(reason)
 
     # --- activity and idle exit ----------------------------------------------------------
 
-    def _on_call(self, caller: Caller) -> None:
-        assert self._loop is not None
-        self._last_activity = self._loop.time()
+    def _orphan(self, msg: Message) -> bool:
+        return self.dispatcher.orphan(msg)
 
     def _caller_gone(self, sender: str) -> None:
-        self._streams.cancel(sender)
-        self.access_log.forget(sender)
+        self.work.cancel(sender)
+        self.audit.forget(sender)
 
     def _touch(self) -> None:
-        if self._loop is not None:
-            self._last_activity = self._loop.time()
-            self._arm_idle()
+        self.work.touch()
+        self._arm_idle()
 
     def _arm_idle(self) -> None:
-        if self.config.idle_exit <= 0 or self._idle_handle is not None or self._loop is None:
+        if self.config.idle_exit <= 0 or self._idle_handle is not None:
             return
-        when = self._last_activity + self.config.idle_exit
+        when = self.work.last_activity + self.config.idle_exit
         self._idle_handle = self._loop.call_at(when, self._idle_due)
 
     def _idle_due(self) -> None:
-        assert self._loop is not None
         self._idle_handle = None
-        if self.cache.unlocked_names():
+        if self.keys.cache.unlocked_names():
             return  # re-armed when the last key locks
-        if self._inflight or self._streams.active:
-            self._last_activity = self._loop.time()
-        elif self._loop.time() >= self._last_activity + self.config.idle_exit:
+        if self.work.busy:
+            self.work.touch()
+        elif self._loop.time() >= self.work.last_activity + self.config.idle_exit:
             self.stop(f"idle for {self.config.idle_exit:g} s with every key locked")
             return
         self._arm_idle()
-
-    # --- operations shared by the objects ------------------------------------------------
-
-    async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run CPU or disk work (Argon2, crypto) in the worker pool, off the event loop."""
-        assert self._loop is not None
-        self._inflight += 1
-        try:
-            return await self._loop.run_in_executor(
-                self._pool, functools.partial(fn, *args, **kwargs)
-            )
-        finally:
-            self._inflight -= 1
-            self._touch()
-
-    async def stream(self, caller: str, fds: list[int], job: Callable[[threading.Event], T]) -> T:
-        self._inflight += 1
-        try:
-            return await self._streams.run(caller, fds, job)
-        finally:
-            self._inflight -= 1
-            self._touch()
-
-    async def read_fd(self, fd: int, reader: Callable[[int, threading.Event], T]) -> T:
-        """Run ``reader(fd, cancel)`` as a stream of the current caller; closes ``fd``."""
-        return await self.stream(current_sender(), [fd], lambda cancel: reader(fd, cancel))
-
-    async def unlock(self, name: str, passphrase: str, options: Options) -> None:
-        record = self.require(name)
-        idle, maximum = options.number("idle-timeout"), options.number("max-timeout")
-        key_idle, key_max = self.config.user.timeouts_for(name)
-        idle = key_idle if idle is None else idle
-        maximum = key_max if maximum is None else maximum
-        for value, what in ((idle, "idle-timeout"), (maximum, "max-timeout")):
-            if value is not None and value < 1:
-                raise InvalidArgs(f"The {what} option must be at least 1 second.")
-        async with self.limiter.attempt(name):
-            seed = await self.blocking(self.store.unseal, name, passphrase)
-        if name not in self.records:  # deleted meanwhile
-            wipe(seed)
-            raise NoSuchKey(f"There is no key named {name!r}.")
-        self.cache.unlock(name, record.key_type, seed, idle, maximum)
-        self.key_changed(name)
-
-    async def unlock_by_askpass(self, name: str, options: Options, pid: int) -> None:
-        """Ask the person at the desktop for ``name``'s passphrase (askpass.py) and unlock.
-
-        Up to ``ASKPASS_TRIES`` dialogs; each wrong passphrase counts in the rate limiter.
-        Cancel or timeout: BadPassphrase; no askpass program at all: Failed.
-        """
-        assert self._loop is not None
-        self.require(name)
-        self.limiter.check(name)  # a locked-out key does not bother the person
-        user = self.config.user
-        if askpass.find_askpass(user.askpass) is None:
-            raise Failed(
-                f"Key '{name}' is locked and there is no askpass program to ask for its "
-                "passphrase: set $KEYAGENT_ASKPASS or askpass in config.toml."
-            )
-        retry = False
-        for attempt in range(ASKPASS_TRIES):
-            ask = functools.partial(_ask_unlock, name, pid, user.askpass, retry)
-            self._inflight += 1  # a pending dialog keeps the agent alive
-            try:
-                passphrase = await self._loop.run_in_executor(self._dialogs, ask)
-            finally:
-                self._inflight -= 1
-                self._touch()
-            if passphrase is None:
-                raise BadPassphrase(
-                    f"No passphrase was entered for key '{name}': "
-                    "the prompt was cancelled or timed out."
-                )
-            try:
-                await self.unlock(name, passphrase, options)
-                return
-            except BadPassphrase:
-                if attempt == ASKPASS_TRIES - 1:
-                    raise
-            retry = True
-
-
-def _ask_unlock(name: str, pid: int, program: str | None, retry: bool) -> str | None:
-    # In the dialog thread: unlock_prompt reads /proc, the dialog waits for a person.
-    prompt = askpass.unlock_prompt(name, pid)
-    if retry:
-        prompt += " (wrong passphrase: try again)"
-    return askpass.ask_passphrase(prompt, config_askpass=program, key_name=name)
 
 
 def session_bus_address(configured: str | None) -> str | None:

@@ -1,5 +1,8 @@
 """A writer thread for one stream, so writing overlaps the cipher's work on the next chunks.
 
+The agent's own output for the age engine (`OverlappedOutput`, an `age.stream.ChunkOutput`):
+threads and the core-count policy live here, outside the engine, which starts no threads.
+
 The cipher thread decrypts (or encrypts) each chunk into a `slot` of a batch buffer and
 `commit`s it only once it authenticated; a full batch goes to the writer, which writes
 batches in order and returns the buffers. A few chunks per buffer means one hand-over (two
@@ -18,8 +21,12 @@ import queue
 import threading
 from typing import Any, Final
 
-from .source import write_all
+from keyagentd.age.source import write_all
 
+#: Chunks written directly before a stream starts its writer thread (1 MiB).
+OVERLAP_AFTER: Final = 16
+#: How often (in chunks) a stream checks whether a core is free for its writer.
+RETUNE_EVERY: Final = 16
 BUFFERS: Final = 4
 CHUNKS_PER_BUFFER: Final = 4
 
@@ -145,3 +152,60 @@ class OverlapWriter:
                     self._error = exc
             # Always recycle, even after an error: the cipher never waits forever in acquire.
             self._free.put(buf)
+
+
+class OverlappedOutput:
+    """The engine's `ChunkOutput` for the agent's streams: one buffer of its own written
+    straight to ``dst`` or, once `retune` starts it, a writer thread's slots. Pass the
+    class as ``output=`` to `age.encrypt` / `Decryptor.decrypt_to`.
+
+    As a context manager it counts the stream in `STREAMS` and on the way out closes the
+    writer: that writes everything committed, ends the thread and raises a write error
+    first (single-threaded, it would have come first).
+    """
+
+    __slots__ = ("_chunk", "_dst", "_own", "_writer")
+
+    def __init__(self, dst: Any, chunk: int) -> None:
+        self._dst = dst
+        self._chunk = chunk  # a full output chunk: the writer's slot size
+        # Made on first use, sized by what came in (a short final chunk needs less).
+        self._own: memoryview | None = None
+        self._writer: OverlapWriter | None = None
+
+    def __enter__(self) -> OverlappedOutput:
+        STREAMS.enter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            STREAMS.leave()
+
+    def before_chunk(self, counter: int) -> None:
+        """Before a chunk that is not the last: start or stop the writer when due."""
+        if _retune_now(counter):
+            self._writer = retune(self._writer, self._dst, self._chunk)
+
+    def slot(self, size: int) -> memoryview:
+        """The buffer for the next output chunk (``size``: what our own one needs)."""
+        if self._writer is not None:
+            return self._writer.slot()
+        if self._own is None:
+            self._own = memoryview(bytearray(size))
+        return self._own
+
+    def emit(self, out: memoryview, k: int) -> None:
+        """Send the first ``k`` bytes of ``out`` (from `slot`) on."""
+        if self._writer is not None:
+            self._writer.commit(k)
+        else:
+            write_all(self._dst, out[:k])
+
+
+def _retune_now(counter: int) -> bool:
+    """Whether to (re)decide on the writer thread before this chunk: past the first MiB,
+    then every MiB (other streams start and end)."""
+    return counter >= OVERLAP_AFTER and counter % RETUNE_EVERY == 0

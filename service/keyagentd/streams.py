@@ -5,6 +5,11 @@ pipe or socket is a `poll` with a short timeout that also checks the stream's ca
 when the caller leaves the bus its streams stop, even if the other end of a pipe stays open.
 Regular files never block: they are read and written directly, the flag checked per chunk.
 The fds a stream received are closed when it ends, whatever happens.
+
+`check_fd_peers`: a caller may hand the agent a socket instead of a pipe or file. If the
+process at its other end (SO_PEERCRED) runs as another user, the agent would be reading
+plaintext from, or writing it to, that user: refused with AccessDenied before the stream
+starts. Pipes, files and unconnected sockets carry no peer and pass.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ import select
 import stat
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
-from keyagent.protocol import Failed, RateLimited
+from keyagent.protocol import AccessDenied, BadPassphrase, Failed, RateLimited, TooLarge
+from keyagentd.fds import close_fds
+from keyagentd.hardening import peer_uid_of_socket
+from keyagentd.secrets import wipe
 
 log = logging.getLogger(__name__)
 
@@ -129,16 +137,13 @@ class FdSink:
         pass
 
 
-def close_fds(fds: list[int]) -> None:
-    for fd in set(fds):
-        try:
-            os.close(fd)
-        except OSError:
-            log.debug("fd %d was already closed", fd)
-
-
 class StreamRunner:
-    """Runs fd jobs in a bounded pool, at most ``max_per_caller`` at once per caller."""
+    """Runs fd jobs in a bounded pool, at most ``max_per_caller`` at once per caller.
+
+    A stream whose input has nothing to read yet waits on the event loop, not in the pool:
+    the threads are the scarce resource, and a caller holding streams on pipes nobody writes
+    must not starve everyone else's streams and unlocks (it only uses up its own quota).
+    """
 
     def __init__(self, max_per_caller: int = DEFAULT_MAX_STREAMS, max_workers: int = 16) -> None:
         # A stream thread gives up the GIL around every read, decrypt and write, and takes
@@ -150,13 +155,21 @@ class StreamRunner:
         self.max_per_caller = max_per_caller
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="stream")
         self._running: dict[str, list[threading.Event]] = {}
+        self._waiting: dict[threading.Event, asyncio.Future[None]] = {}
 
     @property
     def active(self) -> int:
         return sum(len(v) for v in self._running.values())
 
-    async def run(self, caller: str, fds: list[int], job: Callable[[threading.Event], T]) -> T:
-        """Run ``job(cancel)`` in a worker; ``fds`` are closed when it ends (or is refused)."""
+    async def run(
+        self,
+        caller: str,
+        fds: list[int],
+        job: Callable[[threading.Event], T],
+        readable: int | None = None,
+    ) -> T:
+        """Run ``job(cancel)`` in a worker once ``readable`` (the input) has data or EOF;
+        ``fds`` are closed when it ends (or is refused)."""
         events = self._running.setdefault(caller, [])
         if len(events) >= self.max_per_caller:
             if not events:
@@ -176,15 +189,54 @@ class StreamRunner:
                 close_fds(fds)
 
         try:
+            if readable is not None:
+                await self._until_readable(readable, cancel)
             future = self._pool.submit(work)
         except RuntimeError:  # shutting down
             close_fds(fds)
             self._release(caller, cancel)
             raise Cancelled("The agent is shutting down.") from None
+        except BaseException:
+            close_fds(fds)
+            self._release(caller, cancel)
+            raise
         try:
             return await asyncio.wrap_future(future)
         finally:
             self._release(caller, cancel)
+
+    async def _until_readable(self, fd: int, cancel: threading.Event) -> None:
+        """Wait on the loop until ``fd`` can be read (data, EOF or error), or cancellation."""
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                return  # a regular file never blocks
+        except OSError:
+            return  # let the job report it
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        try:
+            loop.add_reader(fd, ready)
+        except (OSError, ValueError):
+            return  # not pollable: the job's own waits take over
+        self._waiting[cancel] = waiter
+        try:
+            await waiter
+        finally:
+            loop.remove_reader(fd)
+            self._waiting.pop(cancel, None)
+        if cancel.is_set():
+            raise Cancelled("The operation was cancelled.")
+
+    def _wake(self, cancel: threading.Event) -> None:
+        cancel.set()
+        waiter = self._waiting.get(cancel)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _release(self, caller: str, cancel: threading.Event) -> None:
         events = self._running.get(caller)
@@ -196,12 +248,12 @@ class StreamRunner:
     def cancel(self, caller: str) -> None:
         """Stop every stream of ``caller`` (it left the bus)."""
         for event in self._running.get(caller, []):
-            event.set()
+            self._wake(event)
 
     def shutdown(self) -> None:
         for events in self._running.values():
             for event in events:
-                event.set()
+                self._wake(event)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -212,3 +264,84 @@ def stream_job(fn: Callable[..., T], *args: Any) -> Callable[[threading.Event], 
         return fn(*args, cancel)
 
     return job
+
+
+def check_fd_peers(
+    fds: Sequence[int],
+    caller_uid: int | None,
+    *,
+    peer_uid: Callable[[int], int | None] = peer_uid_of_socket,
+) -> None:
+    """Raise AccessDenied if one of ``fds`` is a socket to another uid (the caller closes
+    the fds, once). ``caller_uid``: the checked caller's (None matches no socket)."""
+    for fd in fds:
+        uid = peer_uid(fd)
+        if uid is not None and uid != caller_uid:
+            raise AccessDenied(
+                "A file descriptor passed to the agent is a socket connected to a process of "
+                "another user."
+            )
+
+
+#: UnlockFromFd reads at most this much (a passphrase, not a file).
+MAX_PASSPHRASE_BYTES: Final = 4096
+PASSPHRASE_READ_TIMEOUT: Final = 30.0
+
+
+async def read_passphrase_async(fd: int) -> str:
+    """The passphrase written to ``fd`` up to EOF, minus one trailing newline. Read on the
+    event loop: an unlock never waits for (or holds) a stream thread, whatever the streams
+    are doing. Times out after `PASSPHRASE_READ_TIMEOUT`."""
+    buf = bytearray(MAX_PASSPHRASE_BYTES + 1)
+    view = memoryview(buf)
+    try:
+        total = 0
+        try:
+            async with asyncio.timeout(PASSPHRASE_READ_TIMEOUT):
+                while total < len(buf):
+                    await _until_readable(fd)
+                    try:
+                        n = os.readv(fd, [view[total:]])
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        raise Failed(f"Reading the input failed: {exc.strerror}.") from None
+                    if n == 0:
+                        break
+                    total += n
+        except TimeoutError:
+            raise Failed("Timed out waiting for the caller's data.") from None
+        if total > MAX_PASSPHRASE_BYTES:
+            raise TooLarge(f"A passphrase is at most {MAX_PASSPHRASE_BYTES} bytes.")
+        end = total - 1 if total and buf[total - 1] == 0x0A else total
+        try:
+            return bytes(view[:end]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadPassphrase("The passphrase is not valid UTF-8.") from None
+    finally:
+        view.release()
+        wipe(buf)
+
+
+async def _until_readable(fd: int) -> None:
+    """Wait on the loop until ``fd`` can be read; at once for what cannot be polled."""
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+    except OSError:
+        return  # the read reports it
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    try:
+        loop.add_reader(fd, wake)
+    except (OSError, ValueError):
+        return
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)

@@ -1,30 +1,28 @@
-"""The `AccessLog` signal: one per key-using or key-changing operation, never a secret.
+"""The audit record of each operation: one log line and one `AccessLog` signal, never a secret.
 
-oplog.py calls `AccessLog.on_operation(name, key, outcome)` as each operation ends, on the
-event loop and inside the method's context, so `CURRENT_CALLER` still names the caller. The
-signal carries the operation, the key ("" when none), the caller's pid as the bus daemon
-reported it, the caller's executable (``/proc/PID/exe``) and the result (``ok`` or the
-error's short name).
+The dispatcher (bus/dispatch.py) calls `Audit.record` as each operation's reply has gone
+out, with the checked caller. The signal carries the operation, the key ("" when none), the
+caller's pid as the bus daemon reported it, the caller's executable (``/proc/PID/exe``) and
+the result (``ok`` or the error's short name). No D-Bus types here: ``emit`` sends it.
 
 The executable is read once per caller: a unique bus name is never reused and belongs to one
 process, so it is cached per name (a small LRU, also dropped when the name leaves the bus).
-The signal is sent after the method's reply (two `call_soon` hops, as oplog does), so a
-caller never waits for it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
-from keyagentd.bus.gate import CURRENT_CALLER
-from keyagentd.hardening import caller_executable
+from keyagentd.auth import Caller
+from keyagentd.hardening import caller_executable, sanitize
 from keyagentd.policy import AccessRecord, access_record
 
 log = logging.getLogger(__name__)
+#: One line per operation (what, pid, key, outcome): the operations log.
+ops_log = logging.getLogger("keyagentd.ops")
 
 #: How many callers' executables are remembered.
 CACHE_SIZE: Final = 256
@@ -62,35 +60,35 @@ class ExecutableCache:
         return len(self._entries)
 
 
-class AccessLog:
-    """Turns finished operations into records and hands them to ``emit`` (the signal)."""
+class Audit:
+    """One record per finished operation: a log line, and `AccessRecord` to ``emit`` (the
+    AccessLog signal). The dispatcher calls `record` right after the reply went out, with
+    the caller it checked: nothing here is ambient."""
 
-    def __init__(self, emit: Emit, cache: ExecutableCache | None = None) -> None:
+    def __init__(self, emit: Emit | None = None, cache: ExecutableCache | None = None) -> None:
         self._emit = emit
         self.executables = ExecutableCache() if cache is None else cache
 
-    def on_operation(self, operation: str, key: str, outcome: str) -> None:
-        """oplog's hook: build the record now (the caller is known), send it soon."""
-        caller = CURRENT_CALLER.get()
+    def record(self, operation: str, key: str, caller: Caller | None, outcome: str) -> AccessRecord:
+        """``outcome``: "ok", an error's short name, or "error" for an unexpected exception
+        (the caller saw Failed)."""
         pid = caller.pid if caller is not None and caller.pid is not None else 0
+        key = sanitize(key, 4096)  # names are checked before; whatever is logged is escaped
+        if ops_log.isEnabledFor(logging.INFO):
+            ops_log.info("%s pid=%s key=%s: %s", operation, pid or "-", key or "-", outcome)
         sender = caller.sender if caller is not None else ""
         exe = self.executables.get(sender, pid) if pid else ""
-        # oplog says "error" for an unexpected exception; the caller saw Failed.
+        if caller is not None and caller.via:
+            exe = f"{exe} via {caller.via}"  # age-plugin-keyagent acting for exe (auth.py)
         result = "Failed" if outcome == "error" else outcome
         record = access_record(operation, key, pid, result, executable=exe)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not on the event loop (unit tests): send it now
-            self._send(record)
-            return
-        loop.call_soon(loop.call_soon, self._send, record)
+        if self._emit is not None:
+            try:
+                self._emit(record)
+            except Exception:  # a log signal must never break an operation or the loop
+                log.exception("could not send the AccessLog signal")
+        return record
 
     def forget(self, sender: str) -> None:
         """``sender`` left the bus."""
         self.executables.forget(sender)
-
-    def _send(self, record: AccessRecord) -> None:
-        try:
-            self._emit(record)
-        except Exception:  # a log signal must never break an operation or the loop
-            log.exception("could not send the AccessLog signal")

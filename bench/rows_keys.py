@@ -1,0 +1,135 @@
+"""Rows in the number of keys: a 1 KiB Decrypt and the listing calls with 1 to 1,000 keys.
+
+These run on a second private bus whose agent uses the test suite's cheap Argon2id settings:
+what is measured is lookup and listing, not the passphrase KDF, and 1,000 unlocks at the
+default 64 MiB would take minutes. Keys are created once per run and reused by every row.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from bench.context import SMALL, Context
+from bench.harness import BENCH_PASSPHRASE
+from bench.report import Goal, Row, failed
+from bench.timing import interleaved
+
+MANY = 1000
+FILLER = "fill"
+
+
+def _checked(reply: Any) -> Any:
+    from jeepney import MessageType
+
+    if reply.header.message_type == MessageType.error:
+        raise RuntimeError(f"error reply: {reply.body}")
+    return reply
+
+
+class KeysBus:
+    """A bus whose agent holds the bench key (imported) plus ``FILLER`` keys."""
+
+    def __init__(self, ctx: Context) -> None:
+        conftest = ctx.h.conftest
+        self.conftest = conftest
+        self.bus = conftest.start_private_bus(ctx.dir / "keys-bus")
+        self.ctx = ctx
+        from keyagent.client import Client
+
+        self.client = Client(str(self.bus.address), timeout=600)
+        self.client.import_key("file", ctx.h.identity()[0], BENCH_PASSPHRASE)
+        self.fillers: list[str] = []
+
+    def fill(self, total: int) -> None:
+        while len(self.fillers) < total:
+            name = f"{FILLER}{len(self.fillers):04d}"
+            self.client.create_key(name, BENCH_PASSPHRASE)
+            self.fillers.append(name)
+
+    def unlock(self, names: list[str]) -> None:
+        for name in names:
+            self.client.unlock_with_pipe(name, BENCH_PASSPHRASE)
+
+    def close(self) -> None:
+        self.client.close()
+        self.conftest.stop_private_bus(self.bus)
+
+
+def _managed_objects(address: str) -> tuple[Any, Callable[[], object]]:
+    from jeepney import DBusAddress, new_method_call
+    from jeepney.io.blocking import open_dbus_connection
+
+    conn = open_dbus_connection(bus=address)
+    om = DBusAddress(
+        "/org/example/KeyAgent", "org.example.KeyAgent", "org.freedesktop.DBus.ObjectManager"
+    )
+    msg = new_method_call(om, "GetManagedObjects")
+    return conn, lambda: _checked(conn.send_and_get_reply(msg, timeout=60))
+
+
+def _decrypt_p50(kb: KeysBus, ct: bytes, n: int) -> float:
+    return interleaved({"d": lambda: kb.client.decrypt(ct)}, n, warmup=20)["d"].p50
+
+
+def _status_median(kb: KeysBus, reps: int) -> float:
+    argv = [sys.executable, "-m", "keyagent", "status"]
+    env = kb.bus.env
+
+    def run() -> None:
+        subprocess.run(argv, env=env, capture_output=True, check=True, timeout=60)
+
+    return interleaved({"s": run}, reps, warmup=1)["s"].median
+
+
+def key_count_rows(ctx: Context) -> list[Row]:
+    n = ctx.cfg.small_calls // 4
+    group = f"number of keys: {SMALL} B Decrypt p50 ({n} calls), listing calls"
+    try:
+        kb = KeysBus(ctx)
+    except Exception as e:
+        return [failed(group, "(keys bus)", "s", f"{type(e).__name__}: {e}")]
+    try:
+        return _key_rows(ctx, kb, group, n)
+    except Exception as e:
+        return [failed(group, "(whole group)", "s", f"{type(e).__name__}: {e}")]
+    finally:
+        kb.close()
+
+
+def _key_rows(ctx: Context, kb: KeysBus, group: str, n: int) -> list[Row]:
+    ct = ctx.small_ciphertext()
+    kb.unlock(["file"])
+    one = _decrypt_p50(kb, ct, n)
+    rows = [Row(group, "1 key stored, unlocked (baseline)", one, "s")]
+    kb.fill(MANY - 1)
+    stored = _decrypt_p50(kb, ct, n)
+    rows.append(
+        Row(group, f"{MANY} keys stored, 1 unlocked", stored, "s", one, "1 key", Goal("<=", 1.2))
+    )
+    for unlocked in (100, MANY):
+        kb.unlock(kb.fillers[: unlocked - 1])
+        p50 = _decrypt_p50(kb, ct, n)
+        rows.append(
+            Row(
+                group,
+                f"{unlocked} unlocked, file's key first",
+                p50,
+                "s",
+                one,
+                "1 key",
+                Goal("<=", 1.5),
+            )
+        )
+    conn, gmo = _managed_objects(str(kb.bus.address))
+    try:
+        gmo_p50 = interleaved({"g": gmo}, 50, warmup=3)["g"].p50
+    finally:
+        conn.close()
+    rows.append(
+        Row(group, f"GetManagedObjects, {MANY} keys", gmo_p50, "s", goal=Goal("<=", 0.010, "value"))
+    )
+    rows.append(Row(group, f"keyagent status, {MANY} keys", _status_median(kb, 5), "s"))
+    return rows

@@ -1,0 +1,301 @@
+"""The method table: every method of the agent's two interfaces, one `Method` entry each.
+
+A handler is an adapter: options in, a core call, the reply out. It gets the checked caller,
+the arguments (key methods: the key's name first, from the object path) and the call's
+`ReceivedFds`; it `take`s an fd only when handing it to whatever closes it (a stream).
+The argument names are the contract's (dbus/org.example.KeyAgent.xml; a test compares).
+
+Options (`a{sv}`): unknown option names and values of the wrong D-Bus type are refused with
+InvalidArgs: a typo must not silently fall back to a default (an Encrypt that forgot
+`armor`, an Unlock that kept the default timeout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+from dbus_fast import Variant
+
+from keyagent.protocol import KEY_INTERFACE as KI
+from keyagent.protocol import (
+    KEY_TYPE_X25519,
+    KEY_TYPES,
+    MANAGER_PATH,
+    InvalidArgs,
+    Unsupported,
+    is_valid_key_name,
+    key_path,
+)
+from keyagent.protocol import MANAGER_INTERFACE as MI
+from keyagentd import age, unwrap
+from keyagentd.auth import Caller
+from keyagentd.bus.dispatch import Method, Reply
+from keyagentd.crypt import Crypt
+from keyagentd.fds import ReceivedFds
+from keyagentd.keys import Keys
+from keyagentd.streams import check_fd_peers, read_passphrase_async
+from keyagentd.work import Work
+
+# --- options ---------------------------------------------------------------------------
+
+#: The D-Bus type of every option each method accepts.
+CREATE_KEY = {"type": "s", "label": "s"}
+IMPORT_KEY = {"label": "s"}
+DELETE_KEY = {"passphrase": "s"}
+ENCRYPT = {"armor": "b", "passphrase": "s"}
+DECRYPT = {"key": "s", "passphrase": "s"}
+UNLOCK = {"idle-timeout": "u", "max-timeout": "u"}
+
+
+class Options:
+    """Typed access to a checked option dictionary."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self._values.get(name, default)
+        assert value is None or isinstance(value, str)
+        return value
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        value = self._values.get(name, default)
+        assert isinstance(value, bool)
+        return value
+
+    def number(self, name: str) -> int | None:
+        value = self._values.get(name)
+        assert value is None or isinstance(value, int)
+        return value
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._values
+
+
+def shown(text: str, limit: int = 64) -> str:
+    """Caller input quoted in an error sentence: bounded (an option name may be megabytes)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+def parse_options(options: Mapping[str, Variant], schema: Mapping[str, str]) -> Options:
+    """Check ``options`` against ``schema`` (name -> D-Bus type); InvalidArgs if they differ."""
+    values: dict[str, Any] = {}
+    for name, variant in options.items():
+        expected = schema.get(name)
+        if expected is None:
+            known = ", ".join(sorted(schema)) or "none"
+            raise InvalidArgs(f"Unknown option {shown(name)} (known options: {known}).")
+        if variant.signature != expected:
+            raise InvalidArgs(
+                f"Option {name!r} must have D-Bus type '{expected}', not '{variant.signature}'."
+            )
+        values[name] = variant.value
+    return Options(values)
+
+
+# --- the handlers --------------------------------------------------------------------------
+
+OPTIONS: Final = ("options", "a{sv}")
+#: Decrypt and DecryptFd also take ``askpass`` (b): ask at the desktop for a locked key.
+DECRYPT_OPTIONS: Final = {**DECRYPT, "askpass": "b"}
+#: UnwrapFileKey takes ``key`` (s) and ``askpass`` (b), as Decrypt does.
+UNWRAP_OPTIONS: Final = {"key": "s", "askpass": "b"}
+#: Unlock also takes ``askpass`` (b): the agent asks at the desktop (passphrase "").
+UNLOCK_OPTIONS: Final = {**UNLOCK, "askpass": "b"}
+
+
+def pid_of(caller: Caller) -> int:
+    return caller.pid if caller.pid is not None else 0
+
+
+class Handlers:
+    """The handlers, bound to the core they call."""
+
+    def __init__(self, keys: Keys, crypt: Crypt, work: Work, used: Callable[[str], None]) -> None:
+        self.keys = keys
+        self.crypt = crypt
+        self.work = work
+        self.used = used  # a key opened a file: its UnlockedUntil may have moved
+
+    # --- manager: keys -------------------------------------------------------------------
+
+    async def create_key(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
+        name, passphrase, options = args
+        parsed = parse_options(options, CREATE_KEY)
+        self.keys.check_new(name)
+        key_type = parsed.text("type", KEY_TYPE_X25519) or KEY_TYPE_X25519
+        if key_type not in KEY_TYPES:
+            raise Unsupported(f"Unknown key type {shown(key_type)}: use {' or '.join(KEY_TYPES)}.")
+        label = parsed.text("label", "") or ""
+        record = await self.keys.create(name, age.generate_identity(key_type), passphrase, label)
+        return Reply((key_path(name), record.recipient), key=name)
+
+    async def import_key(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
+        name, identity, passphrase, options = args
+        label = parse_options(options, IMPORT_KEY).text("label", "") or ""
+        self.keys.check_new(name)
+        # In a worker thread: an RSA key's full check takes ~100-300 ms (age/sshload.py).
+        parsed = await self.keys.work.blocking(age.parse_identity, identity)
+        await self.keys.create(name, parsed, passphrase, label)
+        return Reply((key_path(name),), key=name)
+
+    async def delete_key(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
+        name, options = args
+        passphrase = parse_options(options, DELETE_KEY).text("passphrase")
+        await self.keys.delete(name, passphrase, pid_of(caller))
+        return Reply()
+
+    def lock_all(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
+        # Synchronous: it takes effect before the caller's next message is dispatched.
+        self.keys.lock_all()
+        return Reply()
+
+    # --- manager: data -------------------------------------------------------------------
+
+    async def encrypt(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
+        recipients, plaintext, options = args
+        parsed = parse_options(options, ENCRYPT)
+        armor, passphrase = parsed.flag("armor"), parsed.text("passphrase")
+        data = await self.crypt.encrypt(recipients, plaintext, armor=armor, passphrase=passphrase)
+        return Reply((data,))
+
+    async def decrypt(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
+        ciphertext, options = args
+        parsed = parse_options(options, DECRYPT_OPTIONS)
+        plaintext, name = await self.crypt.decrypt(
+            ciphertext,
+            pin=parsed.text("key"),
+            passphrase=parsed.text("passphrase"),
+            askpass=parsed.flag("askpass"),
+            pid=pid_of(caller),
+        )
+        self.used(name)
+        return Reply((plaintext, name), key=name)
+
+    async def unwrap_file_key(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
+        stanzas, options = args
+        parsed = parse_options(options, UNWRAP_OPTIONS)
+        # ``caller`` is the judged one: for age-plugin-keyagent, the program that started it.
+        file_key, name = await unwrap.file_key(
+            self.crypt,
+            stanzas,
+            pin=parsed.text("key"),
+            askpass=parsed.flag("askpass"),
+            pid=pid_of(caller),
+            via=caller.via,
+        )
+        self.used(name)
+        return Reply((file_key, name), key=name)
+
+    async def encrypt_fd(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
+        recipients, input_, output, options = args
+        parsed = parse_options(options, ENCRYPT)
+        bind = self.crypt.encrypt_job(
+            recipients, armor=parsed.flag("armor"), passphrase=parsed.text("passphrase")
+        )
+        check_fd_peers([fds.get(input_), fds.get(output)], caller.uid)
+        streams = [fds.take(input_), fds.take(output)]  # the stream closes them
+        return Reply((await self.work.stream(caller.sender, streams, bind(*streams)),))
+
+    async def decrypt_fd(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
+        input_, output, options = args
+        parsed = parse_options(options, DECRYPT_OPTIONS)
+        bind = self.crypt.decrypt_job(
+            pin=parsed.text("key"),
+            passphrase=parsed.text("passphrase"),
+            askpass=parsed.flag("askpass"),
+            pid=pid_of(caller),
+        )
+        check_fd_peers([fds.get(input_), fds.get(output)], caller.uid)
+        streams = [fds.take(input_), fds.take(output)]
+        name, written = await self.work.stream(caller.sender, streams, bind(*streams))
+        self.used(name)
+        return Reply((name, written), key=name)
+
+    # --- key objects ---------------------------------------------------------------------
+
+    async def unlock(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
+        name, passphrase, options = args
+        parsed = parse_options(options, UNLOCK_OPTIONS)
+        idle, maximum = parsed.number("idle-timeout"), parsed.number("max-timeout")
+        if parsed.flag("askpass"):
+            if passphrase:
+                raise InvalidArgs("Give a passphrase or the askpass option, not both.")
+            await self.keys.unlock_by_askpass(name, pid_of(caller), idle, maximum)
+        else:
+            await self.keys.unlock(name, passphrase, idle, maximum)
+        return Reply()
+
+    async def unlock_from_fd(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
+        name, index, options = args
+        parsed = parse_options(options, UNLOCK)
+        check_fd_peers([fds.get(index)], caller.uid)
+        # Read on the loop (not a stream thread): unlocks never queue behind streams.
+        passphrase = await self.work.track(read_passphrase_async(fds.get(index)))
+        idle, maximum = parsed.number("idle-timeout"), parsed.number("max-timeout")
+        await self.keys.unlock(name, passphrase, idle, maximum)
+        return Reply()
+
+    def lock(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
+        (name,) = args
+        self.keys.lock(name)
+        return Reply()
+
+    async def change_passphrase(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
+        name, old, new = args
+        await self.keys.change_passphrase(name, old, new)
+        return Reply()
+
+    async def export(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
+        name, passphrase = args
+        return Reply((await self.keys.export(name, passphrase, self.crypt.work_factor),))
+
+    # --- audit keys ----------------------------------------------------------------------
+
+    def known_recipients(self, args: Sequence[Any]) -> str:
+        """The key names among an Encrypt's recipients (as the audit names them)."""
+        return ",".join(r for r in args[0] if isinstance(r, str) and r in self.keys.records)
+
+
+def manager_target(path: str) -> list[Any] | None:
+    """The dispatcher's target for manager methods: the manager's path, no leading args."""
+    return [] if path == MANAGER_PATH else None
+
+
+def _first(args: Sequence[Any]) -> str:
+    """The key a call names first, for the audit: only a valid key name (a name with a
+    newline would forge log lines and AccessLog fields); an invalid one is reported as ""."""
+    name = args[0] if args else ""
+    return name if isinstance(name, str) and is_valid_key_name(name) else ""
+
+
+def method_table(
+    keys: Keys, crypt: Crypt, work: Work, used: Callable[[str], None] = lambda name: None
+) -> list[Method]:
+    """Every method, as the contract names it; ``used(name)``: a key opened a file."""
+    h = Handlers(keys, crypt, work, used)
+    return [
+        Method(MI, "CreateKey", (("name", "s"), ("passphrase", "s"), OPTIONS),
+               (("key", "o"), ("recipient", "s")), h.create_key, _first),
+        Method(MI, "ImportKey", (("name", "s"), ("identity", "s"), ("passphrase", "s"), OPTIONS),
+               (("key", "o"),), h.import_key, _first),
+        Method(MI, "DeleteKey", (("name", "s"), OPTIONS), (), h.delete_key, _first),
+        Method(MI, "LockAll", (), (), h.lock_all, orphan_safe=True),
+        Method(MI, "Encrypt", (("recipients", "as"), ("plaintext", "ay"), OPTIONS),
+               (("ciphertext", "ay"),), h.encrypt, h.known_recipients),
+        Method(MI, "Decrypt", (("ciphertext", "ay"), OPTIONS),
+               (("plaintext", "ay"), ("key", "s")), h.decrypt),
+        Method(MI, "UnwrapFileKey", (("stanzas", "a(sasay)"), OPTIONS),
+               (("file_key", "ay"), ("key", "s")), h.unwrap_file_key),
+        Method(MI, "EncryptFd", (("recipients", "as"), ("input", "h"), ("output", "h"), OPTIONS),
+               (("written", "t"),), h.encrypt_fd, h.known_recipients),
+        Method(MI, "DecryptFd", (("input", "h"), ("output", "h"), OPTIONS),
+               (("key", "s"), ("written", "t")), h.decrypt_fd),
+        Method(KI, "Unlock", (("passphrase", "s"), OPTIONS), (), h.unlock, _first),
+        Method(KI, "UnlockFromFd", (("fd", "h"), OPTIONS), (), h.unlock_from_fd, _first),
+        Method(KI, "Lock", (), (), h.lock, _first),
+        Method(KI, "ChangePassphrase", (("old", "s"), ("new", "s")), (),
+               h.change_passphrase, _first),
+        Method(KI, "Export", (("passphrase", "s"),), (("file", "ay"),), h.export, _first),
+    ]  # fmt: skip

@@ -1,0 +1,122 @@
+"""UnwrapFileKey's core: which agent key opens a file's recipient stanzas (no D-Bus here).
+
+An age plugin (age-plugin-keyagent) hands the agent the header's stanzas, not the file; the
+agent returns the 16-byte file key of the key that opens one, and the key's name. The key
+trial is Decrypt's own (`crypt.unwrap`), run on the bare stanzas instead of a parsed header,
+and so is the choice between the event loop and the pool, the askpass retry and the per-key
+policy. The header MAC is the client's to check (it has the header; the agent does not):
+what leaves the agent is one file's key, which a Decrypt of the same file would have used on
+behalf of the same caller anyway, never an identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from keyagent.protocol import Locked, Malformed, NoMatch
+from keyagentd import age, policy
+from keyagentd.age.format import FILE_KEY_SIZE, MAX_STANZAS, Stanza, is_valid_arg
+from keyagentd.cache import KeyCache
+from keyagentd.config import Config
+from keyagentd.crypt import INLINE_MAX_TRIALS, SCRYPT, Crypt, check_policy, runs_inline, trials
+from keyagentd.crypt import unwrap as try_keys
+from keyagentd.keystore import KeyRecord
+
+#: What arrives on the bus: (type, args, body) per stanza.
+RawStanza = tuple[str, Sequence[str], bytes]
+#: A stanza body of the recipient types the agent knows is 32 bytes; grease may be longer.
+MAX_BODY: Final = 4096
+PASSPHRASE_FILE: Final = "This file is encrypted with a passphrase, not to an agent key."
+
+
+class StanzaUnwrapper:
+    """`crypt.Unwrapper` over bare stanzas: keeps the file key the first identity finds."""
+
+    def __init__(self, stanzas: tuple[Stanza, ...]) -> None:
+        self.stanzas = stanzas
+        self.stanza_types: frozenset[str] = frozenset(s.type for s in stanzas)
+        self.file_key: bytes | None = None
+
+    def unwrap(self, identities: Sequence[age.Identity]) -> age.Identity:
+        for identity in identities:
+            file_key = identity.unwrap(self.stanzas)
+            if file_key is None:
+                continue
+            if len(file_key) != FILE_KEY_SIZE:
+                raise Malformed("A recipient stanza holds a file key of the wrong size.")
+            self.file_key = file_key
+            return identity
+        raise age.NoMatchError()
+
+
+def parse_stanzas(raw: Sequence[RawStanza]) -> tuple[Stanza, ...]:
+    """Check the stanzas as the header parser would (Malformed), and drop scrypt ones:
+    a passphrase is age's business, and age never mixes it with other recipients."""
+    if not raw:
+        raise Malformed("No recipient stanza was given.")
+    if len(raw) > MAX_STANZAS:
+        raise Malformed(f"More than {MAX_STANZAS} recipient stanzas were given.")
+    out: list[Stanza] = []
+    for kind, args, body in raw:
+        if not is_valid_arg(kind) or not all(is_valid_arg(a) for a in args):
+            raise Malformed("A recipient stanza has a malformed type or argument.")
+        if len(body) > MAX_BODY:
+            raise Malformed("A recipient stanza body is too long.")
+        if kind != SCRYPT:
+            out.append(Stanza(kind, tuple(args), bytes(body)))
+    if not out:
+        raise NoMatch(PASSPHRASE_FILE)
+    return tuple(out)
+
+
+def unwrap_file_key(
+    stanzas: tuple[Stanza, ...],
+    cache: KeyCache,
+    records: Mapping[str, KeyRecord],
+    pin: str | None,
+    user: Config,
+    pid: int,
+    via: str = "",
+) -> tuple[bytes, str]:
+    """The file key and the name of the key that opened it; per-key policy applies (it may
+    ask at the desktop, so this blocks: run it off the event loop when it can)."""
+    target = StanzaUnwrapper(stanzas)
+    name = try_keys(target, cache, records, pin=pin)
+    check_policy(name, pid, user, via)
+    assert target.file_key is not None  # try_keys returned a name: a key matched
+    return target.file_key, name
+
+
+async def file_key(
+    crypt: Crypt,
+    raw: Sequence[RawStanza],
+    *,
+    pin: str | None,
+    askpass: bool,
+    pid: int,
+    via: str = "",
+) -> tuple[bytes, str]:
+    """UnwrapFileKey, as `Crypt.decrypt` does Decrypt: with ``askpass`` a locked candidate is
+    unlocked at the desktop and the stanzas tried again. ``pid``/``via``: the judged caller."""
+    stanzas = parse_stanzas(raw)
+    try:
+        return await _file_key(crypt, stanzas, pin, pid, via)
+    except Locked as exc:
+        if not askpass or not exc.names:
+            raise
+        await crypt.keys.unlock_by_askpass(exc.names[0], pid)
+        return await _file_key(crypt, stanzas, pin, pid, via)
+
+
+async def _file_key(
+    crypt: Crypt, stanzas: tuple[Stanza, ...], pin: str | None, pid: int, via: str
+) -> tuple[bytes, str]:
+    keys = crypt.keys
+    records = dict(keys.records)
+    args = (stanzas, keys.cache, records, pin, crypt.user, pid, via)
+    # As Decrypt: cheap trials inline; many trials, or a possible dialog, in the pool.
+    inline = runs_inline(0, None, keys.cache) and not policy.may_prompt(crypt.user)
+    if inline and trials(StanzaUnwrapper(stanzas), keys.cache, records, pin) <= INLINE_MAX_TRIALS:
+        return unwrap_file_key(*args)
+    return await keys.work.blocking(unwrap_file_key, *args)
