@@ -1,5 +1,6 @@
 """The armor reader, rule by rule against age's Go `armor` package (armor/armor.go): what it
-accepts, we accept; what it refuses, we refuse with ArmorError (a Malformed)."""
+accepts, we accept; what it refuses, we refuse with ArmorError (a ParseError,
+the agent's Malformed on the wire)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 
 from keyagent.protocol import Malformed
 from keyagentd.age.armor import BEGIN, END, MAX_WHITESPACE, ArmorError, ArmorReader, ArmorWriter
+from keyagentd.age.errors import ParseError
+from keyagentd.errors import wire_error
 
 LINE = base64.b64encode(bytes(range(48)))  # one full 64-column line: 48 bytes
 SHORT = b"QUJDREVG"  # "ABCDEF"
@@ -115,5 +118,6 @@ def test_refused(name: str) -> None:
 
 
 def test_armor_errors_are_malformed_on_the_wire() -> None:
-    assert issubclass(ArmorError, Malformed)
-    assert ArmorError("x").wire_name() == Malformed("x").wire_name()
+    assert issubclass(ArmorError, ParseError)
+    wire = wire_error(ArmorError("x"))
+    assert isinstance(wire, Malformed) and wire.message == "x"
