@@ -94,7 +94,9 @@ def resolve_recipients(
     out: list[age.Recipient] = []
     for item in items:
         if age.is_recipient_text(item):
-            out.append(_named_recipient(item))
+            # age1 errors are terse ("invalid characters"): name the recipient; SSH key
+            # errors already say what is wrong with the key
+            out.append(_named_recipient(item) if item.startswith("age1") else parse_recipient(item))
         elif is_valid_key_name(item):
             record = records.get(item)
             if record is None:

@@ -24,7 +24,6 @@ from keyagentd import age
 #: Engine error -> wire error; the sentence carries over (none: the wire class's default).
 AGE_TO_WIRE: Final[Mapping[type[age.AgeError], type[KeyAgentError]]] = {
     age.ParseError: Malformed,
-    age.ArmorError: Malformed,
     age.HeaderMacError: Integrity,
     age.PayloadError: Integrity,
     age.NoMatchError: NoMatch,
