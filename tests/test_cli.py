@@ -323,6 +323,9 @@ def test_import_export_passwd_delete(private_bus: PrivateBus, files: Path) -> No
     assert pyrage.passphrase.decrypt(out.read_bytes(), "imp pw").decode().strip() == identity
     r = ka_pw(bus, ["imp pw"], "export", "imp", "-a")
     assert r.stdout.startswith(b"-----BEGIN AGE ENCRYPTED FILE-----")
+    assert b"BEGIN" not in r.stdout[10:]  # armored once, and it opens
+    assert pyrage.passphrase.decrypt(r.stdout, "imp pw").decode().strip() == identity
+    assert out.read_bytes().startswith(b"age-encryption.org/v1\n")  # -o without -a: binary
     r = ka_pw(bus, ["wrong"], "export", "imp", "-o", str(files / "e2"))
     assert r.returncode == 1 and not (files / "e2").exists()
 

@@ -32,6 +32,14 @@ def armor(data: bytes) -> bytes:
     return ("\n".join([_ARMOR_BEGIN, *lines, _ARMOR_END]) + "\n").encode()
 
 
+def dearmor(data: bytes) -> bytes:
+    """The binary age file inside armor made by `armor` (what the agent's Export returns)."""
+    lines = data.decode("ascii").strip().split("\n")
+    if len(lines) < 2 or lines[0] != _ARMOR_BEGIN or lines[-1] != _ARMOR_END:
+        raise CommandError("The agent's export is not an armored age file.")
+    return base64.b64decode("".join(lines[1:-1]), validate=True)
+
+
 def cmd_init(ctx: Context) -> int:
     a = ctx.args
     name = key_name(a.name)
@@ -101,9 +109,9 @@ def cmd_export(ctx: Context) -> int:
     client = ctx.client()
     client.key(name)  # NoSuchKey before the prompt
     passphrase = ctx.passphrases.get(f"Passphrase for key '{name}': ")
-    data = client.export(name, passphrase)
-    if a.armor:
-        data = armor(data)
+    data = client.export(name, passphrase)  # always armored
+    if not a.armor:
+        data = dearmor(data)
     with open_output(a.output, private=True) as sink:
         sink.write(data)
         sink.commit()

@@ -126,7 +126,18 @@ def cmd_encrypt(ctx: Context) -> int:
         call = functools.partial(
             client.encrypt_fd, recipients, in_fd, sink.fd, armor=a.armor, passphrase=passphrase
         )
-        _with_progress(ctx, in_fd, sink, call)
+        tried: set[str] = set()
+        while True:
+            try:
+                _with_progress(ctx, in_fd, sink, call)
+                break
+            except Locked as e:
+                # A key whose recipient the agent has not verified since it started: refused
+                # before any input was read, so unlocking it and trying again is safe.
+                if not (ctx.passphrases.from_fd or ctx.passphrases.interactive()):
+                    hint = f"run 'keyagent unlock {e.names[0]}'" if e.names else ""
+                    raise CommandError(e.message, hint) from None
+                _unlock_candidates(ctx, e, tried)
         sink.commit()
     return 0
 

@@ -24,7 +24,7 @@ import functools
 import io
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, BinaryIO, Final, Protocol, cast
+from typing import Any, BinaryIO, Final, Protocol, TypedDict, cast
 
 from keyagent.protocol import (
     AccessDenied,
@@ -43,6 +43,8 @@ from keyagentd.config import Config as UserConfig
 from keyagentd.keys import Keys
 from keyagentd.keystore import KeyRecord
 from keyagentd.overlap import OverlappedOutput
+from keyagentd.recipients import VerifiedRecipients
+from keyagentd.secrets import PlainBuffer, wipe
 from keyagentd.streams import Cancelled, FdSink, FdSource
 
 SCRYPT: Final = "scrypt"
@@ -81,8 +83,10 @@ def resolve_recipients(
     records: Mapping[str, KeyRecord],
     passphrase: str | None,
     work_factor: int | None,
+    verified: VerifiedRecipients | None = None,
 ) -> list[age.Recipient]:
-    """Recipients from ``age1...``/SSH strings and key names, or the scrypt passphrase."""
+    """Recipients from ``age1...``/SSH strings and key names, or the scrypt passphrase. With
+    ``verified``, a key name whose recipient the agent has not verified is `Locked`."""
     if passphrase is not None:
         if items:
             raise InvalidArgs("Give either recipients or the passphrase option, not both.")
@@ -91,6 +95,7 @@ def resolve_recipients(
         return [age.ScryptRecipient(passphrase, work_factor)]
     if not items:
         raise InvalidArgs("Give at least one recipient (age1... or a key name).")
+    age.check_recipient_count(len(items))  # before parsing them all
     out: list[age.Recipient] = []
     for item in items:
         if age.is_recipient_text(item):
@@ -101,6 +106,8 @@ def resolve_recipients(
             record = records.get(item)
             if record is None:
                 raise NoSuchKey(f"There is no key named {item!r}.")
+            if verified is not None:
+                verified.require(item)
             out.append(parse_recipient(record.recipient))
         else:
             raise InvalidName(
@@ -134,6 +141,12 @@ class Unwrapper(Protocol):
 
     def unwrap(self, identities: Sequence[age.Identity]) -> age.Identity: ...
 
+    def opens(self, identity: age.Identity) -> bool: ...
+
+
+def _no_key_restricted(name: str) -> bool:
+    return False
+
 
 def unwrap(
     dec: Unwrapper,
@@ -142,8 +155,15 @@ def unwrap(
     *,
     pin: str | None = None,
     passphrase: str | None = None,
+    restricted: Callable[[str], bool] = _no_key_restricted,
+    permit: Callable[[str], None] | None = None,
 ) -> str:
-    """Unwrap ``dec``'s file key; returns the key name that opened it ("" for a passphrase)."""
+    """Unwrap ``dec``'s file key; returns the key name that opened it ("" for a passphrase).
+
+    Per-key policy: keys for which ``restricted`` is true are tried after the others, and
+    one that opens the file is used only if ``permit(name)`` (which may ask a person, so it
+    runs with no identity in hand) does not raise AccessDenied; else the next key is tried.
+    """
     types = dec.stanza_types
     if SCRYPT in types:
         if passphrase is None:
@@ -166,13 +186,25 @@ def unwrap(
         names = sorted(
             n for n, r in records.items() if age.may_open(r.key_type, r.recipient, dec.stanzas)
         )
+    names.sort(key=restricted)  # stable: unrestricted keys first, each group by name
     locked = [n for n in names if not cache.is_unlocked(n)]
+    denied: AccessDenied | None = None
     for name in names:
         if name in locked:
             continue
-        # One key at a time: each identity exists (and is wiped) within its own `use`, and
-        # the search stops at the first key that opens the file.
+        # One key at a time: each identity exists (and is wiped) within its own `use`.
         try:
+            if permit is not None and restricted(name):
+                with cache.use(name) as identity:
+                    opens = dec.opens(identity)
+                if not opens:
+                    continue
+                try:
+                    permit(name)
+                except AccessDenied as exc:
+                    exc.key = name  # the audit names the key that was refused
+                    denied = denied or exc
+                    continue
             with cache.use(name) as identity:
                 dec.unwrap([identity])
         except Locked:  # expired since we looked
@@ -183,6 +215,8 @@ def unwrap(
         return name
     if locked:
         raise Locked.for_keys(sorted(locked))
+    if denied is not None:
+        raise denied
     if pin is not None:
         raise NoMatch(f"Key {pin!r} does not match this file.")
     raise NoMatch()
@@ -216,7 +250,8 @@ class Crypt:
         return self.keys.user
 
     def recipients(self, items: Sequence[str], passphrase: str | None) -> list[age.Recipient]:
-        return resolve_recipients(items, self.keys.records, passphrase, self.work_factor)
+        keys = self.keys
+        return resolve_recipients(items, keys.records, passphrase, self.work_factor, keys.verified)
 
     async def encrypt(
         self, recipients: Sequence[str], plaintext: bytes, *, armor: bool, passphrase: str | None
@@ -235,9 +270,11 @@ class Crypt:
         passphrase: str | None,
         askpass: bool,
         pid: int,
-    ) -> tuple[bytes, str]:
+    ) -> tuple[memoryview, str]:
         """The plaintext and the key that opened it; with ``askpass`` a locked candidate is
-        unlocked at the desktop and the file tried again (the data is all here)."""
+        unlocked at the desktop and the file tried again (the data is all here). The
+        plaintext is a view of a buffer of the agent's own: the caller wipes it once the
+        reply is sent (`Reply.wipe`)."""
         _check_size(ciphertext, ciphertext_limit(self.max_payload))
         try:
             name, plaintext = await self._decrypt(ciphertext, pin, passphrase, pid)
@@ -250,7 +287,7 @@ class Crypt:
 
     async def _decrypt(
         self, ciphertext: bytes, pin: str | None, passphrase: str | None, pid: int
-    ) -> tuple[str, bytes]:
+    ) -> tuple[str, memoryview]:
         keys = self.keys
         records = dict(keys.records)
         inline = runs_inline(len(ciphertext), passphrase, keys.cache)
@@ -262,7 +299,7 @@ class Crypt:
             dec = age.Decryptor(io.BytesIO(ciphertext))
             # Hundreds of bogus stanzas x several keys must not hold the loop either.
             inline = trials(dec, keys.cache, records, pin) <= INLINE_MAX_TRIALS
-        args = (dec, keys.cache, records, pin, passphrase, self.user, pid)
+        args = (dec, keys.cache, records, pin, passphrase, self.user, pid, len(ciphertext))
         if inline:
             return _finish_decrypt(*args)
         return await keys.work.blocking(_finish_decrypt, *args)
@@ -293,8 +330,9 @@ class Crypt:
         def bind(input_: int, output: int) -> StreamJob:
             def job(cancel: threading.Event) -> tuple[str, int]:
                 dec = age.Decryptor(_io(FdSource(input_, cancel)))
+                rules = key_rules(pid, user)
                 try:
-                    name = unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
+                    name = unwrap(dec, cache, records, pin=pin, passphrase=passphrase, **rules)
                 except Locked as exc:
                     if not askpass or not exc.names:
                         raise
@@ -302,8 +340,7 @@ class Crypt:
                     # then unwrap again with the same decryptor.
                     unlock = keys.unlock_by_askpass(exc.names[0], pid)
                     _wait(asyncio.run_coroutine_threadsafe(unlock, loop), cancel)
-                    name = unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
-                check_policy(name, pid, user)
+                    name = unwrap(dec, cache, records, pin=pin, passphrase=passphrase, **rules)
                 sink = _io(FdSink(output, cancel))
                 return name, dec.decrypt_to(sink, output=OverlappedOutput)
 
@@ -335,15 +372,23 @@ def _io(obj: object) -> BinaryIO:
     return cast(BinaryIO, obj)
 
 
-def check_policy(name: str, pid: int, user: UserConfig, via: str = "") -> None:
-    """Per-key policy, once the key is known and before any plaintext (may ask; blocks).
-    ``via``: a program acting for the caller (age-plugin-keyagent), named in a question."""
-    if name and policy.is_restricted(name, user):
-        try:
-            policy.check(name, pid, user, operation="decrypt", via=via)
-        except AccessDenied as exc:
-            exc.key = name  # the audit names the key that was refused
-            raise
+class KeyRules(TypedDict):
+    restricted: Callable[[str], bool]
+    permit: Callable[[str], None]
+
+
+def key_rules(pid: int, user: UserConfig, via: str = "") -> KeyRules:
+    """Per-key policy for `unwrap`: checked for a key that opens the file, before any
+    plaintext (may ask; blocks); a refused key makes unwrap try the next one. ``via``: a
+    program acting for the caller (age-plugin-keyagent), named in a question."""
+
+    def restricted(name: str) -> bool:
+        return policy.is_restricted(name, user)
+
+    def permit(name: str) -> None:
+        policy.check(name, pid, user, operation="decrypt", via=via)
+
+    return {"restricted": restricted, "permit": permit}
 
 
 def trials(
@@ -368,9 +413,15 @@ def _finish_decrypt(
     passphrase: str | None,
     user: UserConfig,
     pid: int,
-) -> tuple[str, bytes]:
-    name = unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
-    check_policy(name, pid, user)
-    out = io.BytesIO()
-    dec.decrypt_to(out)
-    return name, out.getvalue()
+    size: int,
+) -> tuple[str, memoryview]:
+    """The key's name and the plaintext, in a buffer of the agent's own that the caller
+    wipes once the reply is sent (a failed decryption wipes it here)."""
+    name = unwrap(dec, cache, records, pin=pin, passphrase=passphrase, **key_rules(pid, user))
+    out = PlainBuffer(size)  # the plaintext is never longer than the file
+    try:
+        dec.decrypt_to(_io(out))
+    except BaseException:
+        wipe(out.buf)
+        raise
+    return name, out.view()

@@ -17,6 +17,7 @@ from keyagent.protocol import (
     KeyAgentError,
     Malformed,
     NoMatch,
+    TooLarge,
     Unsupported,
 )
 from keyagentd import age
@@ -29,6 +30,7 @@ AGE_TO_WIRE: Final[Mapping[type[age.AgeError], type[KeyAgentError]]] = {
     age.NoMatchError: NoMatch,
     age.UnsupportedError: Unsupported,
     age.PassphraseError: BadPassphrase,
+    age.TooLargeError: TooLarge,
 }
 
 

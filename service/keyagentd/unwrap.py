@@ -19,7 +19,7 @@ from keyagentd import age, policy
 from keyagentd.age.format import FILE_KEY_SIZE, MAX_STANZAS, Stanza, is_valid_arg
 from keyagentd.cache import KeyCache
 from keyagentd.config import Config
-from keyagentd.crypt import INLINE_MAX_TRIALS, SCRYPT, Crypt, check_policy, runs_inline, trials
+from keyagentd.crypt import INLINE_MAX_TRIALS, SCRYPT, Crypt, key_rules, runs_inline, trials
 from keyagentd.crypt import unwrap as try_keys
 from keyagentd.keystore import KeyRecord
 
@@ -40,14 +40,21 @@ class StanzaUnwrapper:
 
     def unwrap(self, identities: Sequence[age.Identity]) -> age.Identity:
         for identity in identities:
-            file_key = identity.unwrap(self.stanzas)
-            if file_key is None:
-                continue
-            if len(file_key) != FILE_KEY_SIZE:
-                raise Malformed("A recipient stanza holds a file key of the wrong size.")
-            self.file_key = file_key
-            return identity
+            file_key = self._file_key(identity)
+            if file_key is not None:
+                self.file_key = file_key
+                return identity
         raise age.NoMatchError()
+
+    def opens(self, identity: age.Identity) -> bool:
+        """Whether ``identity`` unwraps a file key (the header MAC is the client's to check)."""
+        return self._file_key(identity) is not None
+
+    def _file_key(self, identity: age.Identity) -> bytes | None:
+        file_key = identity.unwrap(self.stanzas)
+        if file_key is not None and len(file_key) != FILE_KEY_SIZE:
+            raise Malformed("A recipient stanza holds a file key of the wrong size.")
+        return file_key
 
 
 def parse_stanzas(raw: Sequence[RawStanza]) -> tuple[Stanza, ...]:
@@ -82,8 +89,7 @@ def unwrap_file_key(
     """The file key and the name of the key that opened it; per-key policy applies (it may
     ask at the desktop, so this blocks: run it off the event loop when it can)."""
     target = StanzaUnwrapper(stanzas)
-    name = try_keys(target, cache, records, pin=pin)
-    check_policy(name, pid, user, via)
+    name = try_keys(target, cache, records, pin=pin, **key_rules(pid, user, via))
     assert target.file_key is not None  # try_keys returned a name: a key matched
     return target.file_key, name
 

@@ -16,7 +16,8 @@ Choices where the spec leaves room (each matches age/rage unless noted):
 - A scrypt work factor above the identity's cap (default 22) is UnsupportedError,
   refused before any key derivation; one above 64 or not canonical decimal
   is ParseError. ``ScryptRecipient(work_factor=None)`` targets ~1 s, 18..20.
-- A header larger than 1 MiB or with more than 1024 stanzas is a ParseError.
+- A header larger than 1 MiB or with more than 1024 stanzas is a ParseError;
+  encrypting to more than that (or ~670+ hybrid recipients) is a TooLargeError.
 - Armor is detected when the first non-blank byte is ``-``; LF or CRLF lines
   and up to 1 KiB of whitespace around the block are accepted.
 - A file with an scrypt stanza must have exactly one stanza (ParseError
@@ -33,7 +34,7 @@ import io
 import os
 from collections.abc import Callable, Sequence
 
-from .engine import Decryptor, decrypt, encrypt
+from .engine import Decryptor, check_recipient_count, decrypt, encrypt
 from .errors import (
     AgeError,
     ArmorError,
@@ -42,6 +43,7 @@ from .errors import (
     ParseError,
     PassphraseError,
     PayloadError,
+    TooLargeError,
     UnsupportedError,
 )
 from .format import Stanza
@@ -91,9 +93,11 @@ __all__ = [
     "SshRsaIdentity",
     "SshRsaRecipient",
     "Stanza",
+    "TooLargeError",
     "UnsupportedError",
     "X25519Identity",
     "X25519Recipient",
+    "check_recipient_count",
     "decrypt",
     "decrypt_bytes",
     "encrypt",

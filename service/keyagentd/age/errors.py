@@ -51,6 +51,12 @@ class PassphraseError(AgeError):
     default = "The key's passphrase is wrong."
 
 
+class TooLargeError(AgeError):
+    """A file this engine would write but not read back (too many stanzas, header too big)."""
+
+    default = "The age header would be larger than files read here may hold."
+
+
 class UnsupportedError(AgeError):
     """A valid file or request the engine does not handle (work factor, recipient mix)."""
 
@@ -65,5 +71,6 @@ __all__ = [
     "ParseError",
     "PassphraseError",
     "PayloadError",
+    "TooLargeError",
     "UnsupportedError",
 ]
