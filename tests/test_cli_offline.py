@@ -112,6 +112,9 @@ def test_usage_errors_exit_2(
         (["encrypt", "-p", "-r", "age1xyz"], "-p/--passphrase cannot be combined"),
         (["lock", "k", "--all"], "not both"),
         (["recipient", "a" * 65], "Invalid key name"),
+        (["unlock", "k", "--askpass", "--no-askpass"], "--askpass or --no-askpass, not both"),
+        (["decrypt", "--askpass", "--no-askpass"], "--askpass or --no-askpass, not both"),
+        (["delete", "k", "--askpass", "--no-askpass"], "--askpass or --no-askpass, not both"),
     ],
 )
 def test_checked_before_the_bus_exit_2(

@@ -131,6 +131,7 @@ def cmd_passwd(ctx: Context) -> int:
 def cmd_delete(ctx: Context) -> int:
     a = ctx.args
     name = key_name(a.name)
+    ask_agent = askpass_wanted(ctx)
     client = ctx.client()
     info = client.key(name)
     if not a.yes:
@@ -141,7 +142,7 @@ def cmd_delete(ctx: Context) -> int:
         if not ask_yes_no(f"Delete key '{name}' for good? This cannot be undone. [y/N] "):
             raise CommandError(f"Key '{name}' was not deleted.")
     passphrase = None
-    if info.locked and not ctx.passphrases.from_fd and askpass_wanted(ctx):
+    if info.locked and not ctx.passphrases.from_fd and ask_agent:
         client.unlock_by_askpass(name, idle_timeout=60)  # proves the passphrase; then deleted
     elif ctx.passphrases.from_fd or info.locked:
         passphrase = ctx.passphrases.get(f"Passphrase for key '{name}' (to delete it): ")
@@ -155,8 +156,8 @@ def cmd_unlock(ctx: Context) -> int:
     names = list(dict.fromkeys(key_name(n) for n in a.names))
     if a.askpass and ctx.passphrases.from_fd:
         raise UsageError("Give --askpass or --passphrase-fd, not both.")
+    ask_agent = askpass_wanted(ctx)  # a usage error before the agent is asked anything
     client = ctx.client()
-    ask_agent = askpass_wanted(ctx)
     for name in names:
         client.key(name)  # NoSuchKey (and the owner check) before any prompt
     for done, name in enumerate(names):
