@@ -214,12 +214,16 @@ class Client(AgentConnection):
         *,
         key: str | None = None,
         passphrase: str | None = None,
+        askpass: bool = False,
         timeout: float | None = None,
         progress: Callable[[], None] | None = None,
     ) -> tuple[str, int]:
-        """Stream-decrypt; returns (key name or "", bytes written)."""
+        """Stream-decrypt; returns (key name or "", bytes written). With ``askpass`` the
+        agent asks at the desktop for a locked key that could open the input."""
         with self._secrets(passphrase=passphrase) as fds:
             opts = {**_decrypt_options(key, None), **fds}
+            if askpass:
+                opts["askpass"] = ("b", True)
             reply = self._manager(
                 "DecryptFd",
                 "hha{sv}",

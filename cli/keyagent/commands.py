@@ -11,12 +11,13 @@ from keyagent.context import (
     CommandError,
     Context,
     UsageError,
+    askpass_wanted,
     key_name,
     open_output,
     refuse_binary_terminal,
 )
 from keyagent.prompt import ask_yes_no
-from keyagent.protocol import BadPassphrase
+from keyagent.protocol import BadPassphrase, Failed
 from keyagent.status import list_text, status_document, status_json, status_text
 
 TTY_TRIES = 3
@@ -130,6 +131,7 @@ def cmd_passwd(ctx: Context) -> int:
 def cmd_delete(ctx: Context) -> int:
     a = ctx.args
     name = key_name(a.name)
+    ask_agent = askpass_wanted(ctx)
     client = ctx.client()
     info = client.key(name)
     if not a.yes:
@@ -140,7 +142,9 @@ def cmd_delete(ctx: Context) -> int:
         if not ask_yes_no(f"Delete key '{name}' for good? This cannot be undone. [y/N] "):
             raise CommandError(f"Key '{name}' was not deleted.")
     passphrase = None
-    if ctx.passphrases.from_fd or info.locked:
+    if info.locked and not ctx.passphrases.from_fd and ask_agent:
+        client.unlock_by_askpass(name, idle_timeout=60)  # proves the passphrase; then deleted
+    elif ctx.passphrases.from_fd or info.locked:
         passphrase = ctx.passphrases.get(f"Passphrase for key '{name}' (to delete it): ")
     client.delete_key(name, passphrase)
     return 0
@@ -152,12 +156,13 @@ def cmd_unlock(ctx: Context) -> int:
     names = list(dict.fromkeys(key_name(n) for n in a.names))
     if a.askpass and ctx.passphrases.from_fd:
         raise UsageError("Give --askpass or --passphrase-fd, not both.")
+    ask_agent = askpass_wanted(ctx)  # a usage error before the agent is asked anything
     client = ctx.client()
     for name in names:
         client.key(name)  # NoSuchKey (and the owner check) before any prompt
     for done, name in enumerate(names):
         try:
-            _unlock_one(ctx, name)
+            _unlock_one(ctx, name, ask_agent)
         except BadPassphrase as e:
             if len(names) == 1:
                 raise
@@ -168,10 +173,15 @@ def cmd_unlock(ctx: Context) -> int:
     return 0
 
 
-def _unlock_one(ctx: Context, name: str) -> None:
+def _unlock_one(ctx: Context, name: str, ask_agent: bool) -> None:
     a, client = ctx.args, ctx.client()
-    if a.askpass:
-        client.unlock_by_askpass(name, idle_timeout=a.idle_timeout, max_timeout=a.max_timeout)
+    if ask_agent:
+        try:
+            client.unlock_by_askpass(name, idle_timeout=a.idle_timeout, max_timeout=a.max_timeout)
+        except Failed as e:  # no askpass program: without a terminal, nobody to ask
+            if a.askpass:
+                raise
+            raise UsageError(e.message, "or run on a terminal, or use --passphrase-fd N") from None
         return
     tries = 1 if ctx.passphrases.from_fd else TTY_TRIES
     for attempt in range(tries):

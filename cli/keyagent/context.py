@@ -57,6 +57,18 @@ class Context:
             self._client = None
 
 
+def askpass_wanted(ctx: Context) -> bool:
+    """Whether the agent should ask at the desktop (its askpass program) for a locked key:
+    always with --askpass, never with --no-askpass, otherwise when this command has nobody
+    to ask itself (no terminal, no --passphrase-fd), as from a desktop script."""
+    force, refuse = getattr(ctx.args, "askpass", False), getattr(ctx.args, "no_askpass", False)
+    if force and refuse:
+        raise UsageError("Give --askpass or --no-askpass, not both.")
+    if force or refuse:
+        return bool(force)
+    return not ctx.passphrases.from_fd and not ctx.passphrases.interactive()
+
+
 def key_name(name: str) -> str:
     """A key name from the command line, checked before anything is sent."""
     if not is_valid_key_name(name):
@@ -154,6 +166,7 @@ __all__ = [
     "Sink",
     "StdoutSink",
     "UsageError",
+    "askpass_wanted",
     "key_name",
     "open_input",
     "open_output",

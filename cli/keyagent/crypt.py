@@ -1,8 +1,9 @@
 """`keyagent encrypt` and `keyagent decrypt`: files travel to the agent as file descriptors.
 
 Decrypting a file whose key is locked prompts for that key's passphrase, unlocks it through a
-pipe and tries again from the start of the input; a passphrase-encrypted file prompts for the
-file's passphrase. Both read the input a second time: a file is rewound, a pipe is replayed
+pipe and tries again from the start of the input; without a terminal (or with --askpass) the
+agent asks at the desktop instead, within the same call. A passphrase-encrypted file prompts
+for the file's passphrase. Both read the input a second time: a file is rewound, a pipe is replayed
 (keyagent.replay), a terminal cannot be.
 """
 
@@ -19,6 +20,7 @@ from keyagent.context import (
     Context,
     Sink,
     UsageError,
+    askpass_wanted,
     key_name,
     open_input,
     open_output,
@@ -189,6 +191,7 @@ def _unlock_candidates(ctx: Context, err: Locked, tried: set[str]) -> None:
 def cmd_decrypt(ctx: Context) -> int:
     a = ctx.args
     pin = key_name(a.key) if a.key else None
+    ask_agent = askpass_wanted(ctx)
     client = ctx.client()
     with open_input(a.input) as in_fd, open_output(a.output, private=True) as sink:
         can_ask = ctx.passphrases.from_fd or ctx.passphrases.interactive()
@@ -206,7 +209,12 @@ def cmd_decrypt(ctx: Context) -> int:
             try:
                 try:
                     call = functools.partial(
-                        client.decrypt_fd, source, sink.fd, key=pin, passphrase=passphrase
+                        client.decrypt_fd,
+                        source,
+                        sink.fd,
+                        key=pin,
+                        passphrase=passphrase,
+                        askpass=ask_agent,
                     )
                     _with_progress(ctx, in_fd, sink, call)
                 finally:

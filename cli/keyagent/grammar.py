@@ -210,6 +210,13 @@ _ARMOR: Final = Opt("-a", "--armor", help="write PEM-armored text")
 _INPUT: Final = Arg("input", "IN", "?", help="input file (default: stdin)")
 _NAME: Final = Arg("name", "NAME")
 _LABEL: Final = Opt("--label", kind=VALUE, metavar="L", help="a free-text description")
+#: Every command that can meet a locked key has these (keyagent.context.askpass_wanted).
+_ASKPASS: Final = Opt(
+    "--askpass",
+    help="let the agent ask for a locked key's passphrase with its askpass program"
+    " (the default without a terminal or --passphrase-fd)",
+)
+_NO_ASKPASS: Final = Opt("--no-askpass", help="never ask through the agent's askpass program")
 
 COMMANDS: Final[dict[str, Command]] = {
     c.name: c
@@ -255,11 +262,8 @@ COMMANDS: Final[dict[str, Command]] = {
                 metavar="D",
                 help="lock after D at the latest, as ssh-add -t (e.g. 1h30m; agent default 2h)",
             ),
-            Opt(
-                "--askpass",
-                help="let the agent ask for the passphrase with its askpass program"
-                " (no terminal needed)",
-            ),
+            _ASKPASS,
+            _NO_ASKPASS,
         ),
         Command(
             "lock",
@@ -320,6 +324,8 @@ COMMANDS: Final[dict[str, Command]] = {
             _decrypt,
             PASSPHRASE_FD,
             Opt("-k", "--key", kind=VALUE, metavar="NAME", help="use only this key"),
+            _ASKPASS,
+            _NO_ASKPASS,
             _OUTPUT,
             _QUIET,
             _INPUT,
@@ -363,6 +369,8 @@ COMMANDS: Final[dict[str, Command]] = {
             PASSPHRASE_FD,
             _NAME,
             Opt("-y", "--yes", help="do not ask for confirmation"),
+            _ASKPASS,
+            _NO_ASKPASS,
         ),
         Command(
             "install",

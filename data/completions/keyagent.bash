@@ -45,14 +45,14 @@ _keyagent() {
     case $cmd in
         init) opts+=" --type --label --passphrase-fd" ;;
         status) opts+=" --json" ;;
-        unlock) opts+=" --idle-timeout -t --max-timeout --passphrase-fd --askpass" ;;
+        unlock) opts+=" --idle-timeout -t --max-timeout --passphrase-fd --askpass --no-askpass" ;;
         lock) opts+=" --all" ;;
         encrypt) opts+=" -r --recipient -R --recipients-file -k --key -p --passphrase -a --armor -o --output -q --quiet --passphrase-fd" ;;
-        decrypt) opts+=" -k --key -o --output -q --quiet --passphrase-fd" ;;
+        decrypt) opts+=" -k --key -o --output -q --quiet --passphrase-fd --askpass --no-askpass" ;;
         import) opts+=" --label --passphrase-fd --ssh-passphrase-fd" ;;
         export) opts+=" -a --armor -o --output --passphrase-fd" ;;
         passwd) opts+=" --passphrase-fd" ;;
-        delete) opts+=" -y --yes --passphrase-fd" ;;
+        delete) opts+=" -y --yes --passphrase-fd --askpass --no-askpass" ;;
         install) opts+=" --bindir" ;;
     esac
     if [[ $cur == -* ]]; then

@@ -48,6 +48,8 @@ from keyagentd.secrets import PlainBuffer, wipe
 from keyagentd.streams import Cancelled, FdSink, FdSource
 
 SCRYPT: Final = "scrypt"
+#: How much of a bad recipient an error shows (an age1pq1 one has 1,959 characters).
+RECIPIENT_SHOWN: Final = 40
 PASSPHRASE_NEEDED: Final = "This file is encrypted with a passphrase: give the passphrase option."
 WRONG_FILE_PASSPHRASE: Final = "The passphrase does not open this file."
 #: Payloads up to this size are encrypted/decrypted on the event loop (see the module text).
@@ -97,7 +99,9 @@ def resolve_recipients(
     out: list[age.Recipient] = []
     for item in items:
         if age.is_recipient_text(item):
-            out.append(parse_recipient(item))
+            # age1 errors are terse ("invalid characters"): name the recipient; SSH key
+            # errors already say what is wrong with the key
+            out.append(_named_recipient(item) if item.startswith("age1") else parse_recipient(item))
         elif is_valid_key_name(item):
             record = records.get(item)
             if record is None:
@@ -111,6 +115,18 @@ def resolve_recipients(
                 "nor a key name."
             )
     return out
+
+
+def _named_recipient(text: str) -> age.Recipient:
+    """`parse_recipient`, with the recipient (shortened) named in its error, as age does:
+    with several -r, "invalid characters" alone does not say which one is wrong."""
+    try:
+        return parse_recipient(text)
+    except (age.ParseError, age.UnsupportedError) as e:
+        shown = text if len(text) <= RECIPIENT_SHOWN else text[: RECIPIENT_SHOWN - 1] + "…"
+        reason = str(e)
+        reason = reason[:1].lower() + reason[1:]
+        raise type(e)(f"Recipient {shown!r} is not usable: {reason}") from None
 
 
 class Unwrapper(Protocol):

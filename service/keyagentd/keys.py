@@ -186,8 +186,8 @@ class Keys:
         self.limiter.check(name)  # a locked-out key does not bother the person
         if askpass.find_askpass(self.user.askpass) is None:
             raise Failed(
-                "There is no askpass program to ask for the passphrase: set $KEYAGENT_ASKPASS "
-                "or askpass in config.toml."
+                f"Key '{name}' is locked and there is no askpass program to ask for its "
+                "passphrase: set $KEYAGENT_ASKPASS or askpass in config.toml."
             )
         retry = False
         for attempt in range(ASKPASS_TRIES):

@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from .engine import Decryptor, check_recipient_count, decrypt, encrypt
 from .errors import (
     AgeError,
+    ArmorError,
     HeaderMacError,
     NoMatchError,
     ParseError,
@@ -73,6 +74,7 @@ __all__ = [
     "AgeError",
     "AnyIdentity",
     "AnyRecipient",
+    "ArmorError",
     "Decryptor",
     "HeaderMacError",
     "HybridIdentity",

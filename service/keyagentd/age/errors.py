@@ -23,6 +23,10 @@ class ParseError(AgeError):
     """Not an age file: bad header, stanza, armor, recipient or identity encoding."""
 
 
+class ArmorError(ParseError):
+    """The ASCII armor itself is malformed (not the age file inside it)."""
+
+
 class HeaderMacError(AgeError):
     """The header's MAC does not match under the unwrapped file key."""
 
@@ -61,6 +65,7 @@ class UnsupportedError(AgeError):
 
 __all__ = [
     "AgeError",
+    "ArmorError",
     "HeaderMacError",
     "NoMatchError",
     "ParseError",

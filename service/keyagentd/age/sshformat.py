@@ -18,7 +18,7 @@ ED25519: Final = "ssh-ed25519"
 RSA: Final = "ssh-rsa"
 SUPPORTED: Final = (ED25519, RSA)
 #: age refuses smaller RSA keys. One unwrap takes ~40 ms at 8192 bits (~0.3 s at 16384), and
-#: small Decrypts run on the event loop (bus/crypto.py): such keys are refused.
+#: small Decrypts run on the event loop (crypt.py): such keys are refused.
 MIN_RSA_BITS: Final = 2048
 MAX_RSA_BITS: Final = 8192
 
