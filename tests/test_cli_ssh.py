@@ -185,9 +185,10 @@ def test_ssh_passphrase_typed_at_the_terminal(private_bus: PrivateBus, files: Pa
     run = TtyRun.start(private_bus, "import", "ed", str(key))
     prompt = f"Passphrase of the SSH key '{key}': "
     run.answer(prompt, "wrong")
-    run.answer(f"Wrong passphrase, try again. {prompt}", SSH_PW)
     run.answer("New passphrase for key 'ed': ", PW)
     run.answer("Confirm passphrase for key 'ed': ", PW)
+    # Only the agent can tell the SSH passphrase is wrong: asked again, the agent's kept.
+    run.answer(f"Wrong passphrase, try again. {prompt}", SSH_PW)
     code, out, err = run.finish()
     assert code == 0, err
     assert out.decode().strip() == public(key)

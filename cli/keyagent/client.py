@@ -113,11 +113,28 @@ class Client(AgentConnection):
         reply = self._manager("CreateKey", "ssa{sv}", (name, passphrase, opts))
         return str(reply[1])
 
-    def import_key(self, name: str, identity: str, passphrase: str, *, label: str = "") -> str:
-        """Seal an existing ``AGE-SECRET-KEY-…`` identity or unencrypted OpenSSH/PEM private key
-        (ssh-ed25519, ssh-rsa); returns the key's object path."""
+    def import_key(
+        self,
+        name: str,
+        identity: str,
+        passphrase: str,
+        *,
+        label: str = "",
+        ssh_passphrase: str | None = None,
+    ) -> str:
+        """Seal an existing ``AGE-SECRET-KEY-…`` identity or OpenSSH/PEM private key file's
+        text (ssh-ed25519, ssh-rsa); returns the key's object path. ``ssh_passphrase`` opens a
+        protected SSH key in the agent: it travels through a pipe, never in the message."""
         opts: dict[str, tuple[str, Any]] = {"label": ("s", label)} if label else {}
-        reply = self._manager("ImportKey", "sssa{sv}", (name, identity, passphrase, opts))
+        if ssh_passphrase is None:
+            reply = self._manager("ImportKey", "sssa{sv}", (name, identity, passphrase, opts))
+            return str(reply[0])
+        r = _secret_pipe(ssh_passphrase)
+        try:
+            opts["ssh-passphrase-fd"] = ("h", r)
+            reply = self._manager("ImportKey", "sssa{sv}", (name, identity, passphrase, opts))
+        finally:
+            os.close(r)
         return str(reply[0])
 
     def delete_key(self, name: str, passphrase: str | None = None) -> None:
@@ -316,3 +333,19 @@ def _unlock_options(
     if max_timeout is not None:
         opts["max-timeout"] = ("u", int(max_timeout))
     return opts
+
+
+def _secret_pipe(secret: str) -> int:
+    """A pipe's read end holding ``secret`` (the caller closes it), for an ``…-fd`` option."""
+    data = secret.encode()
+    if len(data) >= 4096:
+        raise protocol.BadPassphrase("The passphrase is too long (4 KiB at most).")
+    r, w = os.pipe()
+    try:
+        os.write(w, data)  # fits in the pipe buffer: never blocks
+    except BaseException:
+        os.close(r)
+        raise
+    finally:
+        os.close(w)
+    return r

@@ -41,7 +41,9 @@ from keyagentd.work import Work
 
 #: The D-Bus type of every option each method accepts.
 CREATE_KEY = {"type": "s", "label": "s"}
-IMPORT_KEY = {"label": "s"}
+#: ImportKey: a protected OpenSSH/PEM key's passphrase in the message (``ssh-passphrase``,
+#: for scripts: a bus monitor sees it) or read from a pipe (``ssh-passphrase-fd``).
+IMPORT_KEY = {"label": "s", "ssh-passphrase": "s", "ssh-passphrase-fd": "h"}
 DELETE_KEY = {"passphrase": "s"}
 ENCRYPT = {"armor": "b", "passphrase": "s"}
 DECRYPT = {"key": "s", "passphrase": "s"}
@@ -133,11 +135,15 @@ class Handlers:
 
     async def import_key(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         name, identity, passphrase, options = args
-        label = parse_options(options, IMPORT_KEY).text("label", "") or ""
+        parsed = parse_options(options, IMPORT_KEY)
+        label = parsed.text("label", "") or ""
         self.keys.check_new(name)
-        # In a worker thread: an RSA key's full check takes ~100-300 ms (age/sshload.py).
-        parsed = await self.keys.work.blocking(age.parse_identity, identity)
-        await self.keys.create(name, parsed, passphrase, label)
+        ssh_passphrase = await self.secret_option(caller, parsed, fds, "ssh-passphrase")
+        secret = None if ssh_passphrase is None else ssh_passphrase.encode("utf-8")
+        # In a worker thread: an RSA key's full check takes ~100-300 ms, a protected OpenSSH
+        # key's bcrypt KDF about as long (age/sshload.py).
+        key = await self.keys.work.blocking(age.parse_identity, identity, ssh_passphrase=secret)
+        await self.keys.create(name, key, passphrase, label)
         return Reply((key_path(name),), key=name)
 
     async def delete_key(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
@@ -212,6 +218,20 @@ class Handlers:
         name, written = await self.work.stream(caller.sender, streams, bind(*streams))
         self.used(name)
         return Reply((name, written), key=name)
+
+    async def secret_option(
+        self, caller: Caller, parsed: Options, fds: ReceivedFds, name: str
+    ) -> str | None:
+        """A secret given as option ``name`` (s, in the message) or read from the pipe that
+        option ``name``-fd (h) names, as UnlockFromFd reads its fd; None if neither."""
+        text = parsed.text(name)
+        if f"{name}-fd" not in parsed:
+            return text
+        if text is not None:
+            raise InvalidArgs(f"Give the option {name} or {name}-fd, not both.")
+        index = parsed.number(f"{name}-fd")
+        check_fd_peers([fds.get(index)], caller.uid)
+        return await self.work.track(read_passphrase_async(fds.get(index)))
 
     # --- key objects ---------------------------------------------------------------------
 
