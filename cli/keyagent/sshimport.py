@@ -11,7 +11,6 @@ the key's text (`keyagent.sshtext`) refuses a type age cannot use before any pro
 from __future__ import annotations
 
 from keyagent import sshtext
-from keyagent.client import Client
 from keyagent.context import CommandError, Context
 from keyagent.prompt import NoPassphraseSource, Passphrases
 from keyagent.protocol import BadPassphrase
@@ -47,11 +46,12 @@ def _ssh_passphrase(passphrases: Passphrases, source: str, attempt: int) -> str:
         ) from None
 
 
-def import_ssh_key(ctx: Context, client: Client, name: str, text: str, source: str) -> None:
+def import_ssh_key(ctx: Context, name: str, text: str, source: str) -> None:
     """Seal the SSH private key ``text`` as ``name`` (KeyAgentError, CommandError)."""
     key_type = sshtext.private_key_type(text)
     if key_type is not None and key_type not in sshtext.SUPPORTED:
         raise CommandError(sshtext.unsupported_sentence(key_type))  # before any prompt
+    client = ctx.client()
     client.owner()  # fail early, before asking for any passphrase
     label = ctx.args.label or ""
     passphrases = _source(ctx)
