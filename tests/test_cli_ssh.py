@@ -356,3 +356,20 @@ def test_import_and_recipients_file_load_no_agent_code(
     heavy = [m for m in imported if m.split(".")[0] in ("keyagentd", "cryptography", "bcrypt")]
     assert heavy == []
     assert age_d(clear_copy(key, SSH_PW), (files / "out.age").read_bytes()) == b""
+
+
+@pytest.mark.skipif(not have("dbus-monitor"), reason="installed by scripts/sysdeps.sh")
+def test_import_sends_no_ssh_secret_on_the_bus(private_bus: PrivateBus, files: Path) -> None:
+    """`keyagent import` of a protected key: a bus capture holds neither the OpenSSH
+    passphrase nor the key unencrypted (the agent alone decrypts it)."""
+    from test_plugin_monitor import Capture
+
+    key = keygen(files, "ed", "-t", "ed25519", passphrase=SSH_PW)
+    # base64 of "openssh-key-v1\0" then the cipher "none": an unencrypted OpenSSH key's start.
+    clear_start = b"b3BlbnNzaC1rZXktdjEAAAAABG5vbmU"
+    assert clear_start in clear_copy(key, SSH_PW).read_bytes()
+    capture = Capture(private_bus, files / "capture")
+    assert import_ssh(private_bus, "ed", key, SSH_PW) == public(key)
+    seen = capture.stop()
+    assert b"ImportKey" in seen and b"-----BEGIN OPENSSH PRIVATE KEY-----" in seen
+    assert SSH_PW.encode() not in seen and clear_start not in seen
