@@ -158,6 +158,27 @@ def test_wipe(keys: dict[str, Path]) -> None:
         assert ours.recipient().encode().startswith("ssh-")
 
 
+def test_the_command_reads_key_text_as_the_agent_does(keys: dict[str, Path]) -> None:
+    """keyagent.sshtext (stdlib, in the command) against the engine: same protection and type
+    for every key file, same sentence for every type age cannot use."""
+    from keyagent import sshtext
+
+    for kind, path in keys.items():
+        text = path.read_text()
+        if kind != "ecdsa":
+            info = sshformat.private_key_info(text)
+            assert sshtext.is_protected(text) == info.encrypted, kind
+            assert sshtext.private_key_type(text) in (info.key_type, None), kind
+    assert sshtext.private_key_type(keys["ecdsa"].read_text()) == "ecdsa-sha2-nistp256"
+    assert sshtext.private_key_type(sk_private_key()) == "sk-ssh-ed25519@openssh.com"
+    for kind in ("ecdsa-sha2-nistp256", "ecdsa", "sk-ssh-ed25519@openssh.com", "ssh-dss"):
+        assert sshtext.unsupported_sentence(kind) == str(sshformat.unsupported_type(kind))
+    line = Path(f"{keys['ed25519']}.pub").read_text()
+    assert sshtext.line_key_type(f'command="a b" {line}') == ("ssh-ed25519", True)
+    assert sshtext.line_key_type("ssh-ed25519 !!! x") == ("ssh-ed25519", False)
+    assert sshtext.line_key_type("not a key") is None
+
+
 def test_protected_keys_need_the_passphrase(keys: dict[str, Path]) -> None:
     for kind in ("ed25519-pw", "rsa-pw"):
         text = keys[kind].read_text()
@@ -166,8 +187,11 @@ def test_protected_keys_need_the_passphrase(keys: dict[str, Path]) -> None:
             age.parse_identity(text)
         with pytest.raises(PassphraseError, match=r"^The SSH key's passphrase is wrong\.$"):
             sshload.load_private_key(text, lambda: b"wrong")
+        with pytest.raises(PassphraseError, match=r"^The SSH key's passphrase is wrong\.$"):
+            age.parse_identity(text, ssh_passphrase=b"wrong")
         key = sshload.load_private_key(text, lambda: SSH_PW.encode())
         ours = age.parse_identity(sshload.to_openssh(key))
+        assert age.parse_identity(text, ssh_passphrase=SSH_PW.encode()).seed == ours.seed
         pub = Path(f"{keys[kind]}.pub").read_text()
         assert ours.recipient().encode() == " ".join(pub.split()[:2])
 

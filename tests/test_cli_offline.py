@@ -5,6 +5,7 @@ progress, passphrase sources and prompting, and the failures that need no workin
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import errno
 import os
@@ -194,6 +195,57 @@ def test_decrypt_hot_path_skips_slow_modules(tmp_path: Path) -> None:
     assert not [m for m in [*slow, "json"] if m in status - baseline]
 
 
+def _openssh_key(cipher: bytes, key_type: bytes) -> str:
+    """An OpenSSH private key file's text, its header whole (what the command reads)."""
+
+    def s(b: bytes) -> bytes:
+        return len(b).to_bytes(4, "big") + b
+
+    kdf, options = (b"none", b"") if cipher == b"none" else (b"bcrypt", s(bytes(16)) + s(b""))
+    blob = b"openssh-key-v1\0" + s(cipher) + s(kdf) + s(options) + (1).to_bytes(4, "big")
+    blob += s(s(key_type) + s(bytes(32))) + s(bytes(64))
+    body = base64.b64encode(blob).decode()
+    return f"-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+def test_ssh_import_and_recipients_file_load_no_agent_code(tmp_path: Path) -> None:
+    """`keyagent import` of a protected OpenSSH key and `encrypt -R` of SSH lines read the key
+    text with the stdlib: neither loads keyagentd nor cryptography (the bus is missing here;
+    tests/test_cli_ssh.py follows both through a real agent)."""
+    key = tmp_path / "id_ed25519"
+    key.write_text(_openssh_key(b"aes256-ctr", b"ssh-ed25519"))
+    ec = tmp_path / "id_ecdsa"
+    ec.write_text(_openssh_key(b"none", b"ecdsa-sha2-nistp256"))
+    keys = tmp_path / "authorized_keys"
+    blob = base64.b64encode(b"\0\0\0\x0bssh-ed25519" + bytes(36)).decode()
+    keys.write_text(f'command="x y" ssh-ed25519 {blob} me@host\necdsa-sha2-nistp256 AAAA c\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DBUS_")}
+    env["PYTHONPATH"] = str(ROOT / "cli")
+
+    def run(*args: str) -> tuple[str, set[str]]:
+        r = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "keyagent", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        lines = r.stderr.splitlines()
+        return r.stderr, {
+            ln.split("|")[-1].strip() for ln in lines if ln.startswith("import time:")
+        }
+
+    err, loaded = run("import", "k", str(key), "--ssh-passphrase-fd", "0")
+    assert "keyagent.sshtext" in loaded and "session bus" in err  # got as far as the bus
+    err, more = run("import", "k", str(ec))
+    assert "ECDSA SSH keys cannot be used with age" in err
+    loaded |= more
+    err, more = run("encrypt", "-R", str(keys), "-o", str(tmp_path / "out"))
+    assert "line 2: ECDSA SSH keys cannot be used with age" in err and "session bus" in err
+    loaded |= more
+    assert [m for m in loaded if m.split(".")[0] in ("keyagentd", "cryptography", "bcrypt")] == []
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -319,7 +371,8 @@ def test_owner_check_is_one_round_trip_and_handles_a_changing_owner() -> None:
 def test_client_import_stays_light() -> None:
     code = (
         "import sys, keyagent; keyagent.Client; import keyagent.cli, keyagent.crypt,"
-        " keyagent.commands; bad = [m for m in sys.modules if m.split('.')[0] in"
+        " keyagent.commands, keyagent.sshimport, keyagent.sshtext;"
+        " bad = [m for m in sys.modules if m.split('.')[0] in"
         " ('asyncio', 'cryptography', 'dbus_fast', 'keyagentd')]; print(bad)"
     )
     r = subprocess.run(

@@ -185,9 +185,10 @@ def test_ssh_passphrase_typed_at_the_terminal(private_bus: PrivateBus, files: Pa
     run = TtyRun.start(private_bus, "import", "ed", str(key))
     prompt = f"Passphrase of the SSH key '{key}': "
     run.answer(prompt, "wrong")
-    run.answer(f"Wrong passphrase, try again. {prompt}", SSH_PW)
     run.answer("New passphrase for key 'ed': ", PW)
     run.answer("Confirm passphrase for key 'ed': ", PW)
+    # Only the agent can tell the SSH passphrase is wrong: asked again, the agent's kept.
+    run.answer(f"Wrong passphrase, try again. {prompt}", SSH_PW)
     code, out, err = run.finish()
     assert code == 0, err
     assert out.decode().strip() == public(key)
@@ -284,3 +285,91 @@ def test_the_tag_names_the_one_locked_key(private_bus: PrivateBus, files: Path) 
             c.decrypt(enc)
         c.unlock("b", PW)
         assert c.decrypt(enc) == (b"for b", "b")
+
+
+def test_import_key_opens_protected_keys(private_bus: PrivateBus, files: Path) -> None:
+    """ImportKey takes a protected key file's text and its passphrase: through a pipe
+    (ssh-passphrase-fd, what keyagent.Client sends) or in the message (ssh-passphrase, from
+    busctl). Missing or wrong: BadPassphrase, and no key written."""
+    from keyagent import Client
+    from keyagent.protocol import BadPassphrase, InvalidArgs
+
+    ed = keygen(files, "ed", "-t", "ed25519", passphrase=SSH_PW)
+    pem = keygen(files, "pem", "-t", "rsa", "-b", "2048", "-m", "PEM", passphrase=SSH_PW)
+    assert "Proc-Type: 4,ENCRYPTED" in pem.read_text()
+    with Client(private_bus.address, timeout=30) as c:
+        with pytest.raises(BadPassphrase, match=r"^The SSH key is protected by a passphrase"):
+            c.import_key("ed", ed.read_text(), PW)
+        with pytest.raises(BadPassphrase, match=r"^The SSH key's passphrase is wrong\.$"):
+            c.import_key("ed", ed.read_text(), PW, ssh_passphrase="wrong")
+        assert c.keys() == []
+        for name, key in (("ed", ed), ("pem", pem)):
+            c.import_key(name, key.read_text(), PW, ssh_passphrase=SSH_PW)
+            assert c.key(name).recipient == public(key)
+        r, w = os.pipe()
+        os.close(w)
+        try:
+            opts = {"ssh-passphrase": ("s", SSH_PW), "ssh-passphrase-fd": ("h", r)}
+            with pytest.raises(InvalidArgs, match="not both"):
+                c._manager("ImportKey", "sssa{sv}", ("both", ed.read_text(), PW, opts))
+        finally:
+            os.close(r)
+    call = ["busctl", "--user", "call", "--", "org.example.KeyAgent", "/org/example/KeyAgent"]
+    call += ["org.example.KeyAgent", "ImportKey", "sssa{sv}", "busctl", ed.read_text(), PW]
+    r = private_bus.run([*call, "1", "ssh-passphrase", "s", "wrong"], check=False)
+    assert r.returncode != 0 and "The SSH key's passphrase is wrong." in r.stderr
+    private_bus.run([*call, "1", "ssh-passphrase", "s", SSH_PW])
+    assert ka(private_bus, "recipient", "busctl").stdout.decode().strip() == public(ed)
+    enc = subprocess.run(
+        ["age", "-R", f"{pem}.pub"], input=b"pem", capture_output=True, check=True
+    ).stdout
+    assert ka_pw(private_bus, [PW], "unlock", "pem").returncode == 0
+    assert ka(private_bus, "decrypt", input=enc).stdout == b"pem"
+    assert private_bus.agent_pid() is not None
+
+
+def test_import_and_recipients_file_load_no_agent_code(
+    private_bus: PrivateBus, files: Path
+) -> None:
+    """`keyagent import` of a protected key and `encrypt -R` of SSH lines, all the way through
+    the agent: the command loads neither keyagentd nor cryptography (-X importtime)."""
+    bus = private_bus
+    env = {**bus.env, "PYTHONPROFILEIMPORTTIME": "1"}
+    key = keygen(files, "ed", "-t", "ed25519", passphrase=SSH_PW)
+    ec = keygen(files, "ec", "-t", "ecdsa")
+    authorized = files / "authorized_keys"
+    authorized.write_text(f"no-pty {Path(f'{key}.pub').read_text()}{Path(f'{ec}.pub').read_text()}")
+
+    def loaded(r: subprocess.CompletedProcess[bytes]) -> set[str]:
+        assert r.returncode == 0, r.stderr.decode()
+        lines = r.stderr.decode().splitlines()
+        return {ln.split("|")[-1].strip() for ln in lines if ln.startswith("import time:")}
+
+    with passphrase_fd(SSH_PW, PW) as fd:
+        args = ["--ssh-passphrase-fd", str(fd), "--passphrase-fd", str(fd)]
+        r = ka(bus, "import", "ed", str(key), *args, pass_fds=(fd,), env=env)
+    imported = loaded(r)
+    assert {"keyagent.sshimport", "keyagent.sshtext", "jeepney"} <= imported
+    r = ka(bus, "encrypt", "-R", str(authorized), "-o", str(files / "out.age"), env=env)
+    imported |= loaded(r)
+    assert b"line 2: ECDSA SSH keys cannot be used" in r.stderr
+    heavy = [m for m in imported if m.split(".")[0] in ("keyagentd", "cryptography", "bcrypt")]
+    assert heavy == []
+    assert age_d(clear_copy(key, SSH_PW), (files / "out.age").read_bytes()) == b""
+
+
+@pytest.mark.skipif(not have("dbus-monitor"), reason="installed by scripts/sysdeps.sh")
+def test_import_sends_no_ssh_secret_on_the_bus(private_bus: PrivateBus, files: Path) -> None:
+    """`keyagent import` of a protected key: a bus capture holds neither the OpenSSH
+    passphrase nor the key unencrypted (the agent alone decrypts it)."""
+    from test_plugin_monitor import Capture
+
+    key = keygen(files, "ed", "-t", "ed25519", passphrase=SSH_PW)
+    # base64 of "openssh-key-v1\0" then the cipher "none": an unencrypted OpenSSH key's start.
+    clear_start = b"b3BlbnNzaC1rZXktdjEAAAAABG5vbmU"
+    assert clear_start in clear_copy(key, SSH_PW).read_bytes()
+    capture = Capture(private_bus, files / "capture")
+    assert import_ssh(private_bus, "ed", key, SSH_PW) == public(key)
+    seen = capture.stop()
+    assert b"ImportKey" in seen and b"-----BEGIN OPENSSH PRIVATE KEY-----" in seen
+    assert SSH_PW.encode() not in seen and clear_start not in seen

@@ -115,11 +115,24 @@ class Client(AgentConnection):
             reply = self._manager("CreateKey", "ssa{sv}", (name, "", {**opts, **fds}))
         return str(reply[1])
 
-    def import_key(self, name: str, identity: str, passphrase: str, *, label: str = "") -> str:
-        """Seal an existing ``AGE-SECRET-KEY-…`` identity or unencrypted OpenSSH/PEM private key
-        (ssh-ed25519, ssh-rsa), both secrets sent through pipes; returns the key's object path."""
+    def import_key(
+        self,
+        name: str,
+        identity: str,
+        passphrase: str,
+        *,
+        label: str = "",
+        ssh_passphrase: str | None = None,
+    ) -> str:
+        """Seal an existing ``AGE-SECRET-KEY-…`` identity or OpenSSH/PEM private key file's
+        text (ssh-ed25519, ssh-rsa); returns the key's object path. Every secret travels
+        through a pipe, never in the message; ``ssh_passphrase`` opens a protected SSH key
+        in the agent."""
         opts: dict[str, tuple[str, Any]] = {"label": ("s", label)} if label else {}
-        with self._secrets(identity=identity, passphrase=passphrase) as fds:
+        secrets = {"identity": identity, "passphrase": passphrase}
+        if ssh_passphrase is not None:
+            secrets["ssh-passphrase"] = ssh_passphrase
+        with self._secrets(**secrets) as fds:
             reply = self._manager("ImportKey", "sssa{sv}", (name, "", "", {**opts, **fds}))
         return str(reply[0])
 

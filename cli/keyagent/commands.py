@@ -83,22 +83,23 @@ def cmd_import(ctx: Context) -> int:
         raise CommandError(f"Cannot read {source}: {e.strerror}.") from None
     except UnicodeDecodeError:
         raise CommandError(f"{source} is not an age identity file or SSH key.") from None
-    client = ctx.client()
-    from keyagent import sshimport  # the age engine's SSH checks (cryptography): here only
+    from keyagent import sshtext  # a text check: the agent opens SSH keys itself
 
-    if sshimport.is_private_key(text):
-        client.owner()  # fail early, before asking for any passphrase
-        identity = sshimport.ssh_identity(ctx, text, source)
-    elif sshimport.is_public_key(text):
+    if sshtext.looks_like_private_key(text):
+        from keyagent.sshimport import import_ssh_key
+
+        import_ssh_key(ctx, name, text, source)
+    elif sshtext.is_public_key(text):
         raise CommandError(f"{source} is an SSH public key: import the private key file.")
     else:
         identity = parse_identity_file(text, source)
+        client = ctx.client()
         client.owner()
-    passphrase = ctx.passphrases.new(
-        f"New passphrase for key '{name}': ", f"Confirm passphrase for key '{name}': "
-    )
-    client.import_key(name, identity, passphrase, label=a.label or "")
-    print(client.key(name).recipient)
+        passphrase = ctx.passphrases.new(
+            f"New passphrase for key '{name}': ", f"Confirm passphrase for key '{name}': "
+        )
+        client.import_key(name, identity, passphrase, label=a.label or "")
+    print(ctx.client().key(name).recipient)
     return 0
 
 

@@ -41,9 +41,10 @@ TTY_TRIES = 3
 def read_recipients_file(path: str) -> list[str]:
     """Recipients from a file like age's -R: one per line, '#' comments and blank lines skipped.
 
-    SSH public key lines (an ``authorized_keys`` or ``.pub`` file) are sent as ``type base64``:
-    options and comments are dropped, and keys age cannot use (ecdsa, sk-*) are skipped with
-    a warning, as age does. A bad line is reported by number, not quoted (it might be secret).
+    SSH public key lines (an ``authorized_keys`` or ``.pub`` file) go to the agent as they are
+    (it skips options and comments, as age does); keys age cannot use (ecdsa, sk-*) are
+    skipped here with a warning, as age does. A bad line is reported by number, not quoted
+    (it might be secret).
     """
     try:
         with open(path, encoding="utf-8") as f:
@@ -57,23 +58,26 @@ def read_recipients_file(path: str) -> list[str]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        if " " not in line and "\t" not in line:
-            out.append(line)  # age1... (or a key name)
-            continue
-        from keyagent import sshimport  # the age engine's SSH parser: only for such a line
-        from keyagentd.age import errors as age_errors
-
-        try:
-            out.append(sshimport.public_line(line))
-        except age_errors.UnsupportedError as e:
-            print(f"keyagent: warning: '{path}' line {number}: {e} Skipped.", file=sys.stderr)
-        except age_errors.ParseError:
-            raise CommandError(
-                f"Recipients file '{path}': malformed recipient at line {number}."
-            ) from None
+        if (" " not in line and "\t" not in line) or _usable_ssh_line(path, number, line):
+            out.append(line)  # age1... (or a key name), or an SSH line the agent parses
     if not out:
         raise CommandError(f"Recipients file '{path}' lists no recipients.")
     return out
+
+
+def _usable_ssh_line(path: str, number: int, line: str) -> bool:
+    """Whether an SSH line of a -R file goes to the agent: a type age cannot use is skipped
+    with a warning, a line naming no key is refused (a text check: the agent parses it)."""
+    from keyagent import sshtext  # only for such a line
+
+    found = sshtext.line_key_type(line)
+    if found is not None and found[0] not in sshtext.SUPPORTED:
+        sentence = sshtext.unsupported_sentence(found[0])
+        print(f"keyagent: warning: '{path}' line {number}: {sentence} Skipped.", file=sys.stderr)
+        return False
+    if found is None or not found[1]:
+        raise CommandError(f"Recipients file '{path}': malformed recipient at line {number}.")
+    return True
 
 
 def _with_progress(ctx: Context, in_fd: int, sink: Sink, call: Callable[..., T]) -> T:

@@ -1,48 +1,21 @@
-"""`keyagent import` of an OpenSSH or PEM private key: the OpenSSH passphrase is asked here
-(terminal or ``--ssh-passphrase-fd``), and the agent gets the key in the clear, to seal it
-under its own passphrase, the way an ``AGE-SECRET-KEY-`` line travels.
+"""`keyagent import` of an OpenSSH or PEM private key: the agent opens the key file's text
+itself; the command only asks for the passphrases.
 
-The key text is read by the age engine's own modules (`keyagentd.age.sshformat`,
-`keyagentd.age.sshload`), which the agent runs too: one set of checks and sentences. Their
-errors are the engine's; `keyagentd.errors.wire_error` gives the agent's error for each, so
-the command reports them as it reports the agent's. Imported only by ``import`` and by an
-SSH line of a ``-R`` file: the engine loads cryptography.
+A protected key's passphrase is asked here (terminal or ``--ssh-passphrase-fd``) and goes to
+the agent through a pipe (ImportKey's ``ssh-passphrase-fd``), never in the message; the key
+is decrypted inside the agent only. The command cannot check that passphrase itself, so on a
+terminal a wrong one is asked again and ImportKey called again. What the command knows from
+the key's text (`keyagent.sshtext`) refuses a type age cannot use before any prompt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-
+from keyagent import sshtext
 from keyagent.context import CommandError, Context
 from keyagent.prompt import NoPassphraseSource, Passphrases
-from keyagentd.age import errors as age_errors
-from keyagentd.age import sshformat, sshload
-from keyagentd.errors import wire_error
+from keyagent.protocol import BadPassphrase
 
 TTY_TRIES = 3
-
-
-@contextmanager
-def engine_errors() -> Iterator[None]:
-    """The engine's errors as the agent's (what the command's error handling knows)."""
-    try:
-        yield
-    except age_errors.AgeError as exc:
-        raise wire_error(exc) from None
-
-
-def is_private_key(text: str) -> bool:
-    return sshformat.looks_like_private_key(text)
-
-
-def is_public_key(text: str) -> bool:
-    return sshformat.is_ssh_recipient(text)
-
-
-def public_line(line: str) -> str:
-    """One ``authorized_keys``/``.pub`` line as ``type base64`` (engine errors)."""
-    return sshformat.encode_public(sshformat.parse_public_line(line)[1])
 
 
 def _source(ctx: Context) -> Passphrases:
@@ -54,38 +27,47 @@ def _source(ctx: Context) -> Passphrases:
     return Passphrases(fd)
 
 
-def _given(secret: bytes) -> Callable[[], bytes]:
-    return lambda: secret
+def _new_passphrase(ctx: Context, name: str) -> str:
+    return ctx.passphrases.new(
+        f"New passphrase for key '{name}': ", f"Confirm passphrase for key '{name}': "
+    )
 
 
-def ssh_identity(ctx: Context, text: str, source: str) -> str:
-    """The key of ``text`` as an unencrypted OpenSSH key (KeyAgentError if it cannot be)."""
-    with engine_errors():
-        return _ssh_identity(ctx, text, source)
+def _ssh_passphrase(passphrases: Passphrases, source: str, attempt: int) -> str:
+    prompt = f"Passphrase of the SSH key {source}: "
+    if attempt:
+        prompt = f"Wrong passphrase, try again. {prompt}"
+    try:
+        return passphrases.get(prompt)
+    except NoPassphraseSource:
+        raise CommandError(
+            f"The SSH key {source} is protected by a passphrase.",
+            "run on a terminal, or give it with --ssh-passphrase-fd N",
+        ) from None
 
 
-def _ssh_identity(ctx: Context, text: str, source: str) -> str:
-    info = sshformat.private_key_info(text)  # refuse an unusable key before asking
+def import_ssh_key(ctx: Context, name: str, text: str, source: str) -> None:
+    """Seal the SSH private key ``text`` as ``name`` (KeyAgentError, CommandError)."""
+    key_type = sshtext.private_key_type(text)
+    if key_type is not None and key_type not in sshtext.SUPPORTED:
+        raise CommandError(sshtext.unsupported_sentence(key_type))  # before any prompt
+    client = ctx.client()
+    client.owner()  # fail early, before asking for any passphrase
+    label = ctx.args.label or ""
     passphrases = _source(ctx)
-    if not info.encrypted:
+    if not sshtext.is_protected(text):
         if passphrases is ctx.passphrases:
             passphrases.get("")  # one fd: its first line is the SSH one, needed or not
-        return sshload.to_openssh(sshload.load_private_key(text, None))
+        client.import_key(name, text, _new_passphrase(ctx, name), label=label)
+        return
     tries = 1 if passphrases.from_fd else TTY_TRIES
+    passphrase = ""
     for attempt in range(tries):
-        prompt = f"Passphrase of the SSH key {source}: "
-        if attempt:
-            prompt = f"Wrong passphrase, try again. Passphrase of the SSH key {source}: "
+        secret = _ssh_passphrase(passphrases, source, attempt)
+        passphrase = passphrase or _new_passphrase(ctx, name)
         try:
-            secret = passphrases.get(prompt).encode("utf-8")
-        except NoPassphraseSource:
-            raise CommandError(
-                f"The SSH key {source} is protected by a passphrase.",
-                "run on a terminal, or give it with --ssh-passphrase-fd N",
-            ) from None
-        try:
-            return sshload.to_openssh(sshload.load_private_key(text, _given(secret)))
-        except age_errors.PassphraseError:
+            client.import_key(name, text, passphrase, label=label, ssh_passphrase=secret)
+            return
+        except BadPassphrase:  # the agent's passphrase is not empty: the SSH one is wrong
             if attempt == tries - 1:
                 raise
-    raise AssertionError("unreachable")

@@ -85,11 +85,12 @@ def parse_recipient(s: str) -> AnyRecipient:
     raise ParseError("The recipient is not a valid age public key (age1...).")
 
 
-def parse_identity(s: str) -> AnyIdentity:
-    """An ``AGE-SECRET-KEY-1...`` or ``AGE-SECRET-KEY-PQ-1...`` identity, or an unencrypted
-    OpenSSH or PEM private key (ssh-ed25519, ssh-rsa)."""
+def parse_identity(s: str, ssh_passphrase: bytes | None = None) -> AnyIdentity:
+    """An ``AGE-SECRET-KEY-1...`` or ``AGE-SECRET-KEY-PQ-1...`` identity, or an OpenSSH or
+    PEM private key (ssh-ed25519, ssh-rsa); ``ssh_passphrase`` opens a protected one (it is
+    not used for any other key)."""
     if sshformat.looks_like_private_key(s):
-        return parse_ssh_identity(s)
+        return parse_ssh_identity(s, ssh_passphrase)
     s = s.strip()
     hrp, data = bech32.decode(s)
     if not s.isupper():

@@ -1,8 +1,8 @@
 """OpenSSH key text without cryptography: ``authorized_keys`` lines and private-key headers.
 
-Shared by the agent and the command (`keyagent.sshimport`), so both refuse the same keys
-with the same sentence; errors are the engine's. Only ``ssh-ed25519`` and ``ssh-rsa`` keys
-are age recipients.
+The agent's checks (the command reads what it needs with the stdlib, `keyagent.sshtext`,
+whose sentence for an unusable type is `unsupported_type`'s: a test compares). Errors are the
+engine's. Only ``ssh-ed25519`` and ``ssh-rsa`` keys are age recipients.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """SSH keys as age keys: public keys (``ssh-ed25519 AAAA...``) as recipients, OpenSSH and
-PEM private keys as identities. The key text is read by `sshformat` and
-`sshload`, which the command uses too: one set of checks and error sentences."""
+PEM private keys as identities. The key text is read by `sshformat` and `sshload`."""
 
 from __future__ import annotations
 
@@ -24,9 +23,12 @@ def parse_ssh_recipient(line: str) -> SshRecipient:
     return SshRsaRecipient(blob)
 
 
-def parse_ssh_identity(text: str) -> SshIdentity:
-    """An unencrypted OpenSSH or PEM private key (``keyagent import`` decrypts first)."""
-    return identity_from_key(sshload.load_private_key(text, None))
+def parse_ssh_identity(text: str, passphrase: bytes | None = None) -> SshIdentity:
+    """An OpenSSH or PEM private key; ``passphrase`` opens a protected one (PassphraseError
+    without it, or if wrong). Only the agent decrypts a key: ``keyagent import`` sends it as
+    it is, with the passphrase through a pipe."""
+    ask = None if passphrase is None else (lambda: passphrase)
+    return identity_from_key(sshload.load_private_key(text, ask))
 
 
 def identity_from_key(key: sshload.SshPrivateKey) -> SshIdentity:

@@ -1,8 +1,8 @@
 """Loading an OpenSSH or PEM private key with cryptography (bcrypt for protected OpenSSH keys).
 
-Used by ``keyagent import`` (which asks for the passphrase) and by the agent (for the
-unencrypted key the command sends), so both refuse the same keys in the same words, as the
-engine's errors (a wrong or missing passphrase is `PassphraseError`).
+Only the agent runs it: ImportKey gets the key file's text and, for a protected key, its
+passphrase (``keyagent import`` asks for it and sends it through a pipe). Errors are the
+engine's (a wrong or missing passphrase is `PassphraseError`).
 """
 
 from __future__ import annotations

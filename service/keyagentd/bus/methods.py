@@ -49,7 +49,15 @@ from keyagentd.work import Work
 
 #: The D-Bus type of every option each method accepts; `<secret>-fd` (h): see above.
 CREATE_KEY = {"type": "s", "label": "s", "passphrase-fd": "h"}
-IMPORT_KEY = {"label": "s", "identity-fd": "h", "passphrase-fd": "h"}
+#: ImportKey: a protected OpenSSH/PEM key's passphrase in the message (``ssh-passphrase``,
+#: for scripts: a bus monitor sees it) or read from a pipe (``ssh-passphrase-fd``).
+IMPORT_KEY = {
+    "label": "s",
+    "identity-fd": "h",
+    "passphrase-fd": "h",
+    "ssh-passphrase": "s",
+    "ssh-passphrase-fd": "h",
+}
 DELETE_KEY = {"passphrase": "s", "passphrase-fd": "h"}
 ENCRYPT = {"armor": "b", "passphrase": "s", "passphrase-fd": "h"}
 DECRYPT = {"key": "s", "passphrase": "s", "passphrase-fd": "h"}
@@ -179,8 +187,11 @@ class Handlers:
         self.keys.check_new(name)
         identity = await secret_arg(parsed, "identity", identity, fds, caller)
         passphrase = await secret_arg(parsed, "passphrase", passphrase, fds, caller)
-        # In a worker thread: an RSA key's full check takes ~100-300 ms (age/sshload.py).
-        key = await self.keys.work.blocking(age.parse_identity, identity)
+        ssh_passphrase = await secret_option(parsed, "ssh-passphrase", fds, caller)
+        secret = None if ssh_passphrase is None else ssh_passphrase.encode("utf-8")
+        # In a worker thread: an RSA key's full check takes ~100-300 ms, a protected OpenSSH
+        # key's bcrypt KDF about as long (age/sshload.py).
+        key = await self.keys.work.blocking(age.parse_identity, identity, ssh_passphrase=secret)
         await self.keys.create(name, key, passphrase, label)
         return Reply((key_path(name),), key=name)
 
