@@ -224,7 +224,7 @@ def test_unlock_from_fd_reads_a_pipe(client: Client) -> None:
     os.close(r)
     assert client.prop(protocol.key_path("viafd"), KI, "Locked") is False
     r, w = os.pipe()
-    os.write(w, b"x" * 5000)
+    os.write(w, b"x" * (protocol.MAX_SECRET_BYTES + 1))  # fits in the pipe buffer
     os.close(w)
     with pytest.raises(CallError) as e:
         client.k("viafd", "UnlockFromFd", "ha{sv}", r, {})
