@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from keyagent.protocol import Locked
 from keyagentd import age
 from keyagentd.audit import Audit, ExecutableCache
 from keyagentd.auth import Caller
@@ -112,6 +113,61 @@ def test_a_decrypt_with_many_stanzas_leaves_the_event_loop(tmp_path: Path) -> No
         plain, name = await crypt.decrypt(heavy, pin=None, passphrase=None, askpass=False, pid=0)
         assert (plain, name) == (b"needle", "k2")
         assert work.ran == ["_finish_decrypt"]  # the unwrapping ran in the pool
+        keys.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        work.shutdown()
+
+
+def test_a_decrypt_tries_the_first_keys_inline_and_the_rest_in_a_worker(tmp_path: Path) -> None:
+    """With more unlocked keys than `INLINE_MAX_TRIALS`, a file whose key sorts first still
+    opens on the loop; one whose key sorts last is finished in the pool, and no key is tried
+    (its identity built) twice; a locked candidate is named once every unlocked one failed."""
+    work = CountingWork()
+    built: list[str] = []
+
+    def factory(key_type: str, seed: bytearray) -> age.X25519Identity:
+        identity = age.X25519Identity(seed)
+        built.append(identity.recipient().encode())
+        return identity
+
+    async def run() -> None:
+        kdf = KdfParams(memory_kib=1024, time_cost=1, parallelism=1)
+        cache = KeyCache(identity_factory=factory)  # type: ignore[arg-type]
+        keys = Keys(KeyStore(tmp_path / "home", kdf=kdf), cache, UserConfig(), work, Events())
+        keys.load()
+        ids = {f"k{i:02d}": age.generate_identity() for i in range(INLINE_MAX_TRIALS + 4)}
+        for name, identity in ids.items():
+            await keys.create(name, identity, PASS, "")
+            await keys.unlock(name, PASS)
+        await keys.create("z-locked", age.generate_identity(), PASS, "")
+        crypt = Crypt(keys, max_payload=1 << 20, scrypt_work_factor=None)
+
+        async def opens(name: str) -> tuple[bytes, str]:
+            ct = age.encrypt_bytes([ids[name].recipient()], b"data")
+            work.ran.clear()
+            built.clear()
+            return await crypt.decrypt(ct, pin=None, passphrase=None, askpass=False, pid=0)
+
+        assert await opens("k00") == (b"data", "k00")
+        assert work.ran == [] and len(built) == 1  # first key: inline, one identity
+        last = max(ids)
+        assert await opens(last) == (b"data", last)
+        assert work.ran == ["_finish_decrypt"]  # the rest went to the pool...
+        assert len(built) == len(set(built)) == len(ids)  # ...each key tried once
+        stranger = age.encrypt_bytes([age.generate_identity().recipient()], b"x")
+        with pytest.raises(Locked) as locked:
+            await crypt.decrypt(stranger, pin=None, passphrase=None, askpass=False, pid=0)
+        assert locked.value.names == ("z-locked",)
+        keys.lock("k03")
+        with pytest.raises(Locked) as locked:
+            await crypt.decrypt(stranger, pin=None, passphrase=None, askpass=False, pid=0)
+        assert locked.value.names == ("k03", "z-locked")
+        with pytest.raises(Locked) as locked:
+            await crypt.decrypt(stranger, pin="k03", passphrase=None, askpass=False, pid=0)
+        assert locked.value.names == ("k03",)
         keys.close()
 
     try:

@@ -25,6 +25,7 @@ identity keeps it if its key is locked meanwhile.
 
 from __future__ import annotations
 
+import bisect
 import os
 import threading
 import time
@@ -142,6 +143,10 @@ class KeyCache:
         self._aead = ChaCha20Poly1305(process_key)
         wipe(process_key)  # the AEAD object keeps its own copy
         self._entries: dict[str, _Entry] = {}
+        self._sorted: list[str] = []  # the names of _entries, kept sorted (not per call)
+        # No deadline is earlier than this (uses only push deadlines later): `_reap` scans
+        # the entries only once it passed, so a lookup costs the same with 1 or 1,000 keys.
+        self._earliest = float("inf")
         self._expired: list[str] = []  # wiped on expiry, not yet reported by expire_due()
         self._mutex = threading.Lock()
 
@@ -180,12 +185,12 @@ class KeyCache:
                 max_timeout=most,
                 activity=_Activity(now + min(idle, most), wall + min(idle, most)),
             )
-            old = self._entries.pop(name, None)
-            if old is not None:
-                wipe(old.sealed)
+            self._drop(name)
             if name in self._expired:
                 self._expired.remove(name)  # locked and unlocked again before anyone asked
             self._entries[name] = entry
+            bisect.insort(self._sorted, name)
+            self._earliest = min(self._earliest, entry.deadline)
 
     def is_unlocked(self, name: str) -> bool:
         """Whether ``name`` is usable now (does not count as a use)."""
@@ -194,9 +199,15 @@ class KeyCache:
             return name in self._entries
 
     def unlocked_names(self) -> list[str]:
+        """The unlocked names, sorted (a copy: kept sorted on change, not per call)."""
         with self._mutex:
             self._reap()
-            return sorted(self._entries)
+            return self._sorted.copy()
+
+    def unlocked_count(self) -> int:
+        with self._mutex:
+            self._reap()
+            return len(self._entries)
 
     def status(self, name: str) -> UnlockedKey | None:
         """The public facts about an unlocked key, or None if it is locked."""
@@ -254,7 +265,7 @@ class KeyCache:
         """Wipe every key; the names that were unlocked."""
         with self._mutex:
             self._reap()
-            names = sorted(self._entries)
+            names = self._sorted.copy()
             for name in names:
                 self._drop(name)
             return names
@@ -286,14 +297,18 @@ class KeyCache:
         entry = self._entries.pop(name, None)
         if entry is None:
             return False
+        del self._sorted[bisect.bisect_left(self._sorted, name)]
         wipe(entry.sealed)
         return True
 
     def _reap(self) -> None:
         now = self._clock()
+        if now < self._earliest:
+            return  # no deadline passed yet: O(1), the common case
         for name in [n for n, e in self._entries.items() if now >= e.activity.deadline]:
             self._drop(name)
             self._expired.append(name)
+        self._earliest = min((e.deadline for e in self._entries.values()), default=float("inf"))
 
 
 class _Use:

@@ -11,8 +11,13 @@ Where small calls run (`runs_inline`): Encrypt/Decrypt of a payload of at most `
 bytes run directly on the event loop. Handing them to a thread costs more than the work
 (measured: a 312 us p50 hop for 145 us of work on 1 KiB), while 64 KiB of ChaCha20-Poly1305
 plus the key agreement takes well under 1 ms, so other callers wait at most that long. Bigger
-payloads (up to the 16 MiB cap: ~10 ms+ of crypto), passphrase (scrypt) work, and a Decrypt
-that might try many unlocked keys go to the worker pool.
+payloads (up to the 16 MiB cap: ~10 ms+ of crypto) and passphrase (scrypt) work go to the
+worker pool. A small Decrypt tries its first keys on the loop (stanzas x keys at most
+`INLINE_MAX_TRIALS`) and hands any further ones to a worker, which skips those tried.
+
+Finding keys costs the same with 1 or 1,000 stored: only unlocked keys are walked, in the
+order the cache keeps them sorted, and lookups do not scan (cache.py); the records are
+copied only for a worker (so they cannot change under it).
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ def runs_inline(size: int, passphrase: str | None, cache: KeyCache | None = None
     """Whether an Encrypt/Decrypt of ``size`` bytes is cheap enough for the event loop."""
     if passphrase is not None or size > INLINE_MAX:
         return False  # scrypt takes ~1 s by design; big payloads take milliseconds
-    return cache is None or len(cache.unlocked_names()) <= INLINE_MAX_KEYS
+    return cache is None or cache.unlocked_count() <= INLINE_MAX_KEYS
 
 
 @functools.lru_cache(maxsize=256)
@@ -106,6 +111,10 @@ def resolve_recipients(
     return out
 
 
+class _Deferred(Exception):
+    """`unwrap` tried its ``limit`` of keys and more remain (the rest goes to a worker)."""
+
+
 def unwrap(
     dec: age.Decryptor,
     cache: KeyCache,
@@ -113,8 +122,13 @@ def unwrap(
     *,
     pin: str | None = None,
     passphrase: str | None = None,
+    tried: set[str] | None = None,
+    limit: int | None = None,
 ) -> str:
-    """Unwrap ``dec``'s file key; returns the key name that opened it ("" for a passphrase)."""
+    """Unwrap ``dec``'s file key; returns the key name that opened it ("" for a passphrase).
+
+    Keys are tried in name order, skipping those in ``tried`` (and adding each one tried);
+    with ``limit``, `_Deferred` is raised before trying more than that many."""
     types = dec.stanza_types
     if SCRYPT in types:
         if passphrase is None:
@@ -132,26 +146,32 @@ def unwrap(
             raise NoSuchKey(f"There is no key named {pin!r}.")
         if STANZA_TYPE.get(record.key_type) not in types:
             raise NoMatch(f"Key {pin!r} does not match this file.")
-        names = [pin]
-    else:
-        names = sorted(n for n, r in records.items() if STANZA_TYPE.get(r.key_type) in types)
-    locked = [n for n in names if not cache.is_unlocked(n)]
-    for name in names:
-        if name in locked:
+    tried = set() if tried is None else tried
+    # Only unlocked keys are walked (kept sorted by the cache): the cost does not grow with
+    # the number of stored keys, and stops at the first key that opens the file.
+    for name in [pin] if pin is not None else cache.unlocked_names():
+        record = records.get(name)
+        if name in tried or record is None or STANZA_TYPE.get(record.key_type) not in types:
             continue
-        # One key at a time: each identity exists (and is wiped) within its own `use`, and
-        # the search stops at the first key that opens the file.
+        if limit is not None and len(tried) >= limit:
+            raise _Deferred()
+        tried.add(name)
+        # One key at a time: each identity exists (and is wiped) within its own `use`.
         try:
             with cache.use(name) as identity:
                 dec.unwrap([identity])
-        except Locked:  # expired since we looked
-            locked.append(name)
+        except Locked:  # locked, or expired since we looked: named in the answer below
+            tried.discard(name)
             continue
         except age.NoMatchError:
             continue
         return name
+    names = [pin] if pin is not None else records
+    locked = sorted(
+        n for n in names if n not in tried and STANZA_TYPE.get(records[n].key_type) in types
+    )
     if locked:
-        raise Locked.for_keys(sorted(locked))
+        raise Locked.for_keys(locked)
     if pin is not None:
         raise NoMatch(f"Key {pin!r} does not match this file.")
     raise NoMatch()
@@ -221,20 +241,24 @@ class Crypt:
         self, ciphertext: bytes, pin: str | None, passphrase: str | None, pid: int
     ) -> tuple[str, bytes]:
         keys = self.keys
-        records = dict(keys.records)
-        inline = runs_inline(len(ciphertext), passphrase, keys.cache)
+        tried: set[str] = set()
         # A confirmation dialog may wait for minutes: never on the event loop.
-        if not inline or policy.may_prompt(self.user):
-            inline = False
-            dec = await keys.work.blocking(age.Decryptor, io.BytesIO(ciphertext))
-        else:
+        if runs_inline(len(ciphertext), passphrase) and not policy.may_prompt(self.user):
             dec = age.Decryptor(io.BytesIO(ciphertext))
-            # Hundreds of bogus stanzas x several keys must not hold the loop either.
-            inline = _trials(dec, keys.cache, records, pin) <= INLINE_MAX_TRIALS
-        args = (dec, keys.cache, records, pin, passphrase, self.user, pid)
-        if inline:
-            return _finish_decrypt(*args)
-        return await keys.work.blocking(_finish_decrypt, *args)
+            # Hundreds of bogus stanzas x several keys must not hold the loop either: the
+            # first few keys are tried here, any further ones in a worker.
+            limit = INLINE_MAX_TRIALS // max(1, len(dec.stanzas))
+            if limit:
+                try:
+                    args = (dec, keys.cache, keys.records, pin, passphrase, self.user, pid)
+                    return _finish_decrypt(*args, tried, limit)
+                except _Deferred:
+                    pass
+        else:
+            dec = await keys.work.blocking(age.Decryptor, io.BytesIO(ciphertext))
+        # A worker must not see the records change under it: its own copy.
+        args = (dec, keys.cache, dict(keys.records), pin, passphrase, self.user, pid)
+        return await keys.work.blocking(_finish_decrypt, *args, tried)
 
     def encrypt_job(
         self, recipients: Sequence[str], *, armor: bool, passphrase: str | None
@@ -314,22 +338,6 @@ def _check_policy(name: str, pid: int, user: UserConfig) -> None:
             raise
 
 
-def _trials(
-    dec: age.Decryptor, cache: KeyCache, records: Mapping[str, KeyRecord], pin: str | None
-) -> int:
-    """How many (stanza, key) unwraps a Decrypt may try: stanzas x unlocked keys that match."""
-    types = dec.stanza_types
-    if pin is not None:
-        return len(dec.stanzas)
-    keys = [n for n in cache.unlocked_names() if STANZA_TYPE.get(_type(records, n)) in types]
-    return len(dec.stanzas) * len(keys)
-
-
-def _type(records: Mapping[str, KeyRecord], name: str) -> str:
-    record = records.get(name)
-    return record.key_type if record is not None else ""
-
-
 def _finish_decrypt(
     dec: age.Decryptor,
     cache: KeyCache,
@@ -338,8 +346,10 @@ def _finish_decrypt(
     passphrase: str | None,
     user: UserConfig,
     pid: int,
+    tried: set[str] | None = None,
+    limit: int | None = None,
 ) -> tuple[str, bytes]:
-    name = unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
+    name = unwrap(dec, cache, records, pin=pin, passphrase=passphrase, tried=tried, limit=limit)
     _check_policy(name, pid, user)
     out = io.BytesIO()
     dec.decrypt_to(out)
