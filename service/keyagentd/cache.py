@@ -89,6 +89,7 @@ class _Entry:
     idle_timeout: int
     max_timeout: int
     activity: _Activity
+    public: bytes | None  # the key's public part, derived once at unlock (no secret)
 
     @property
     def deadline(self) -> float:
@@ -107,17 +108,19 @@ def _check_timeout(value: int, what: str) -> int:
     return value
 
 
-def _default_identity_factory(key_type: str, seed: bytearray) -> Identity:
-    global _identity_from_seed
-    if _identity_from_seed is None:
-        # Imported on first use: the cache does not need age to load.
-        from keyagentd.age import identity_from_seed
+def _default_identity_factory(
+    key_type: str, seed: bytearray, public: bytes | None = None
+) -> Identity:
+    # Imported on first use: the cache does not need age to load.
+    from keyagentd.age import identity_from_seed
 
-        _identity_from_seed = identity_from_seed
-    return _identity_from_seed(key_type, seed)
+    return identity_from_seed(key_type, seed, public)
 
 
-_identity_from_seed: IdentityFactory | None = None
+def _public_of(key_type: str, seed: bytearray) -> bytes | None:
+    from keyagentd.age import public_of_seed
+
+    return public_of_seed(key_type, seed)
 
 
 class KeyCache:
@@ -137,6 +140,9 @@ class KeyCache:
         self._wall = wall
         self._rng = rng
         self._factory = identity_factory or _default_identity_factory
+        # The age identities take the public key kept from unlock: a use is then one X25519
+        # multiplication, not two (age/x25519.py). A test's own factory gets (type, seed).
+        self._keeps_public = identity_factory is None
         self.default_idle_timeout = _check_timeout(default_idle_timeout, "idle")
         self.default_max_timeout = _check_timeout(default_max_timeout, "maximum")
         process_key = bytearray(rng(32))
@@ -168,6 +174,7 @@ class KeyCache:
             most = _check_timeout(
                 self.default_max_timeout if max_timeout is None else max_timeout, "maximum"
             )
+            public = _public_of(key_type, seed) if self._keeps_public else None
             nonce = self._rng(_NONCE_LEN)
             sealed = bytearray(SEED_LEN + 16)
             self._aead.encrypt_into(nonce, seed, _ad(name, key_type), sealed)
@@ -184,6 +191,7 @@ class KeyCache:
                 idle_timeout=idle,
                 max_timeout=most,
                 activity=_Activity(now + min(idle, most), wall + min(idle, most)),
+                public=public,
             )
             self._drop(name)
             if name in self._expired:
@@ -244,8 +252,8 @@ class KeyCache:
         """
         return _Use(self, name)
 
-    def _open(self, name: str, seed: bytearray) -> str:
-        """Unseal ``name``'s seed into ``seed`` and count a use; returns the key type."""
+    def _open(self, name: str, seed: bytearray) -> tuple[str, bytes | None]:
+        """Unseal ``name``'s seed into ``seed`` and count a use: (key type, public part)."""
         with self._mutex:
             self._reap()
             entry = self._entries.get(name)
@@ -253,7 +261,7 @@ class KeyCache:
                 raise Locked.for_keys((name,))
             entry.touch(self._clock(), self._wall())
             self._aead.decrypt_into(entry.nonce, entry.sealed, _ad(name, entry.key_type), seed)
-            return entry.key_type
+            return entry.key_type, entry.public
 
     def lock(self, name: str) -> bool:
         """Wipe ``name``; True if it was unlocked."""
@@ -327,9 +335,12 @@ class _Use:
             raise RuntimeError("KeyCache.use() is good for one with-block")
         seed = self._seed = bytearray(SEED_LEN)
         try:
-            key_type = self._cache._open(self._name, seed)
+            key_type, public = self._cache._open(self._name, seed)
             # Building the identity (ML-KEM expansion) runs outside the lock.
-            self._identity = self._cache._factory(key_type, seed)
+            if public is None:
+                self._identity = self._cache._factory(key_type, seed)
+            else:
+                self._identity = _default_identity_factory(key_type, seed, public)
         except BaseException:
             self._close()
             raise

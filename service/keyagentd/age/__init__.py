@@ -52,6 +52,7 @@ from .keys import (
     parse_identities,
     parse_identity,
     parse_recipient,
+    public_of_seed,
 )
 from .scrypt import ScryptIdentity, ScryptRecipient
 from .x25519 import X25519Identity, X25519Recipient
@@ -84,6 +85,7 @@ __all__ = [
     "parse_identities",
     "parse_identity",
     "parse_recipient",
+    "public_of_seed",
 ]
 
 

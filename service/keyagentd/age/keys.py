@@ -75,15 +75,27 @@ def parse_identities(text: str) -> list[X25519Identity | HybridIdentity]:
 
 
 def identity_from_seed(
-    key_type: str, seed: bytes | bytearray | memoryview
+    key_type: str, seed: bytes | bytearray | memoryview, public: bytes | None = None
 ) -> X25519Identity | HybridIdentity:
     """The identity of a 32-byte seed. It copies the seed into its own ``bytearray``
-    (the caller still wipes ``seed``); call its ``wipe()`` when the operation is done."""
+    (the caller still wipes ``seed``); call its ``wipe()`` when the operation is done.
+    ``public``: an X25519 seed's public key if the caller kept it (`public_of_seed`)."""
     if key_type == "x25519":
-        return X25519Identity(seed)
+        return X25519Identity(seed, public)
     if key_type == "mlkem768x25519":
         return HybridIdentity(seed)
     raise UnsupportedError(f"Unknown key type {key_type!r}: use x25519 or mlkem768x25519.")
+
+
+def public_of_seed(key_type: str, seed: bytearray) -> bytes | None:
+    """What `identity_from_seed` may be handed back as ``public`` (None: nothing to keep)."""
+    if key_type != "x25519":
+        return None
+    identity = X25519Identity(seed)
+    try:
+        return identity.public_bytes
+    finally:
+        identity.wipe()
 
 
 def generate_identity(
