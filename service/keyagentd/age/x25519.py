@@ -113,8 +113,9 @@ class X25519Recipient:
 class X25519Identity(SeededIdentity):
     """An X25519 identity: a 32-byte seed (the scalar). ``repr`` shows only the public key.
 
-    The seed lives only in the ``bytearray`` of `SeededIdentity` and OpenSSL's key
-    object (cleansed when freed). ``wipe()`` zeroes the one and drops the other;
+    The seed lives only in the ``bytearray`` of `SeededIdentity` (libsodium reads it in
+    place, per multiplication) or, without libsodium, also in OpenSSL's key object
+    (cleansed when freed). ``wipe()`` zeroes the one and drops the other;
     it also runs when the identity is collected. After it, ``seed``,
     ``encode()`` and ``unwrap()`` raise ValueError; ``recipient()`` still works.
     """
