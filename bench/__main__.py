@@ -29,6 +29,7 @@ from bench.rows_agent import memory_rows, scaling_rows, unlock_rows  # noqa: E40
 from bench.rows_bus import cold_rows, concurrency_rows, small_rows, start_rows  # noqa: E402
 from bench.rows_keys import key_count_rows  # noqa: E402
 from bench.rows_peers import limit_rows, peer_call_rows, peer_process_rows  # noqa: E402
+from bench.rows_plugin import plugin_rows  # noqa: E402
 from bench.rows_stream import stream_rows  # noqa: E402
 
 #: Row groups in run order; memory restarts the agent, so it goes last.
@@ -37,6 +38,7 @@ GROUPS: dict[str, Callable[[Context], list[Row]]] = {
     "encrypt": lambda ctx: stream_rows(ctx, "encrypt"),
     "small": small_rows,
     "start": start_rows,
+    "plugin": plugin_rows,
     "scaling": scaling_rows,
     "concurrency": concurrency_rows,
     "unlock": unlock_rows,

@@ -4,7 +4,10 @@
 set -euo pipefail
 declare -A pkg_for=(
   [dbus-daemon]=dbus-daemon [dbus-run-session]=dbus-daemon [dbus-send]=dbus-bin
-  [gdbus]=libglib2.0-bin [busctl]=systemd [age]=age
+  [gdbus]=libglib2.0-bin [busctl]=systemd [age]=age [ssh-keygen]=openssh-client
+  [dbus-monitor]=dbus-bin [dbus-update-activation-environment]=dbus-bin
+  # typage (npm age-encryption) in the plugin tests; the test installs it with npm.
+  [node]=nodejs [npm]=npm
   # packaging tests: man page lint, the three shells' completions, meson's pkg-config lookups
   [mandoc]=mandoc [zsh]=zsh [fish]=fish [pkg-config]=pkg-config [unshare]=util-linux
   [systemd-analyze]=systemd

@@ -79,3 +79,39 @@ def test_runner_checks_plaintext_on_success() -> None:
     vector = testkit.parse_vector("v", (VECTORS / "x25519").read_bytes())
     wrong = vector.__class__(**{**vector.__dict__, "payload": "00" * 32})
     assert testkit.run_vector(wrong) == "wrong plaintext"
+
+
+def _relabel(name: str, expect: str, body: bytes | None = None) -> testkit.Vector:
+    vector = testkit.parse_vector(name, (VECTORS / name).read_bytes())
+    fields = {**vector.__dict__, "expect": expect}
+    if body is not None:
+        fields["body"] = body
+    return testkit.Vector(**fields)
+
+
+def test_runner_accepts_any_error_of_the_expected_stage() -> None:
+    # An unknown version answers Unsupported, not Malformed: still a header failure.
+    v1 = _relabel("x25519", "header failure")
+    v2 = _relabel(
+        "x25519",
+        "header failure",
+        v1.body.replace(b"age-encryption.org/v1", b"age-encryption.org/v2", 1),
+    )
+    assert testkit.run_vector(v2) is None
+    assert "expected header failure, got" in (testkit.run_vector(v1) or "")  # it succeeds
+
+
+@pytest.mark.parametrize(
+    ("name", "wrong"),
+    [
+        ("armor_empty", "armor failure"),  # good armor around a bad header
+        ("armor_long_line", "header failure"),
+        ("stream_bad_tag_second_chunk_full", "header failure"),
+        ("x25519_bad_tag", "payload failure"),
+        ("armor_no_match", "header failure"),
+    ],
+)
+def test_runner_refuses_the_wrong_stage(name: str, wrong: str) -> None:
+    vector = _relabel(name, wrong)
+    problem = testkit.run_vector(vector)
+    assert problem is not None and problem.startswith(f"expected {wrong}, got "), problem

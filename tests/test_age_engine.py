@@ -562,6 +562,8 @@ def test_engine_errors_are_its_own_and_mapped_once() -> None:
         age.PayloadError: protocol.Integrity,
         age.NoMatchError: protocol.NoMatch,
         age.UnsupportedError: protocol.Unsupported,
+        age.PassphraseError: protocol.BadPassphrase,
+        age.TooLargeError: protocol.TooLarge,
     }
     assert dict(AGE_TO_WIRE) == wires
     for engine_cls, wire_cls in wires.items():

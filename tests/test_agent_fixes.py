@@ -345,7 +345,7 @@ def test_a_signal_onto_a_dying_bus_raises_nothing(private_bus: PrivateBus) -> No
     assert asyncio.run(_signal_onto_a_dying_bus(FixedMessageBus, private_bus.address)) == ""
 
 
-# --- fix 7: GetManagedObjects linear, its entries marshalled once -------------------------
+# --- fix 8: GetManagedObjects linear, its entries marshalled once -------------------------
 
 
 def test_managed_objects_reply_is_byte_for_byte_the_stock_marshalling() -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,61 @@ def env_with(path: Path, **extra: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if k not in {"DISPLAY", "WAYLAND_DISPLAY"}}
     base = {k: v for k, v in base.items() if "ASKPASS" not in k}
     return {**base, "PATH": str(path), **extra}
+
+
+# A password agent as far as the protocol goes: an inotify watch on the question directory.
+WATCHER = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(os.O_CLOEXEC)
+assert fd >= 0 and libc.inotify_add_watch(fd, sys.argv[1].encode(), 0x88) >= 0
+print("watching", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def ask_dir(tmp_path: Path) -> Iterator[tuple[Path, Callable[[], None]]]:
+    """A question directory, and a function that starts a password agent watching it."""
+    directory = tmp_path / "ask-password"
+    directory.mkdir()
+    procs: list[subprocess.Popen[str]] = []
+
+    def start_agent() -> None:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WATCHER, str(directory)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline() == "watching\n"
+
+    yield directory, start_agent
+    for proc in procs:
+        proc.communicate("")
+
+
+def test_systemd_ask_password_only_with_a_password_agent(
+    tmp_path: Path, ask_dir: tuple[Path, Callable[[], None]]
+) -> None:
+    directory, start_agent = ask_dir
+    bindir = tmp_path / "bin"
+    make_fake(bindir, "systemd-ask-password")
+    env = env_with(bindir)
+    # Nobody answers: no program at all, at once (not two minutes of a silent dialog).
+    assert not askpass.password_agent_running(str(directory))
+    assert find_askpass(None, env, ask_dir=str(directory)) is None
+    assert ask_passphrase("P", env=env, ask_dir=str(directory)) is None
+    assert not (bindir / "systemd-ask-password.args").exists()
+    assert not askpass.password_agent_running(str(tmp_path / "missing"))
+    other = tmp_path / "other"
+    other.mkdir()
+    start_agent()
+    assert askpass.password_agent_running(str(directory))
+    assert not askpass.password_agent_running(str(other))  # a watch elsewhere does not count
+    found = find_askpass(None, env, ask_dir=str(directory))
+    assert found == Askpass("systemd", str(bindir / "systemd-ask-password"), "systemd-ask-password")
 
 
 def live_members_of_group(pgid: int) -> list[int]:
@@ -125,7 +181,9 @@ def test_confirm_uses_ssh_askpass_convention(tmp_path: Path) -> None:
     assert args_of(fake)[-1] == "PROMPT_ENV=unset"
 
 
-def test_documented_order(tmp_path: Path) -> None:
+def test_documented_order(tmp_path: Path, ask_dir: tuple[Path, Callable[[], None]]) -> None:
+    directory, start_agent = ask_dir
+    start_agent()
     first = make_fake(tmp_path / "a", "first")
     second = make_fake(tmp_path / "b", "second")
     third = make_fake(tmp_path / "c", "third")
@@ -142,20 +200,24 @@ def test_documented_order(tmp_path: Path) -> None:
     (bindir / "zenity").unlink()
     assert find_askpass(None, env) == Askpass("kdialog", str(bindir / "kdialog"), "kdialog")
     del env["DISPLAY"]  # no display: graphical dialogs are not candidates
-    found = find_askpass(None, env)
+    found = find_askpass(None, env, ask_dir=str(directory))
     assert found == Askpass("systemd", str(bindir / "systemd-ask-password"), "systemd-ask-password")
     # systemd-ask-password cannot ask yes/no: a confirmation has nobody to ask, and fails closed.
     assert find_askpass(None, env, for_confirm=True) is None
     assert confirm("q", env=env) is False
     # A configured program that does not exist is skipped, not fatal.
-    assert find_askpass("/nonexistent/askpass", env) == found
+    assert find_askpass("/nonexistent/askpass", env, ask_dir=str(directory)) == found
     assert find_askpass("askpass-by-name", env_with(tmp_path / "a")) is None
     assert find_askpass("first", env_with(tmp_path / "a")) == Askpass(
         "askpass", str(first), "config askpass"
     )
 
 
-def test_graphical_and_systemd_argv(tmp_path: Path) -> None:
+def test_graphical_and_systemd_argv(
+    tmp_path: Path, ask_dir: tuple[Path, Callable[[], None]]
+) -> None:
+    directory, start_agent = ask_dir
+    start_agent()
     bindir = tmp_path / "bin"
     for tool in ("zenity", "kdialog", "systemd-ask-password"):
         make_fake(bindir, tool)
@@ -181,7 +243,7 @@ def test_graphical_and_systemd_argv(tmp_path: Path) -> None:
     assert confirm("Q", env=env) is True
     assert args_of(bindir / "kdialog")[:4] == ["--title", "keyagent", "--yesno", "Q"]
     del env["WAYLAND_DISPLAY"]
-    assert ask_passphrase("P", env=env, timeout=5, key_name="work") == "pw"
+    assert ask_passphrase("P", env=env, timeout=5, key_name="work", ask_dir=str(directory)) == "pw"
     assert args_of(bindir / "systemd-ask-password")[:4] == [
         "--timeout=5",
         "--icon=dialog-password",

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from agent_support import FAST_ARGS, CallError, Client, opt
+from cli_support import TtyRun, ka
 from conftest import BusFactory, PrivateBus
 from keyagent import protocol
-from keyagentd import age
+from keyagentd import age, askpass
 from keyagentd.cache import KeyCache
 from keyagentd.config import Config as UserConfig
 from keyagentd.kdf import KdfParams
@@ -123,6 +124,44 @@ def test_decrypt_asks_for_the_locked_key(bus_factory: BusFactory, tmp_path: Path
     assert not locked(bus)
 
 
+def test_commands_without_a_terminal_ask_through_askpass(
+    bus_factory: BusFactory, tmp_path: Path
+) -> None:
+    """From a desktop script (no terminal, no --passphrase-fd) a command that meets a locked
+    key has the agent ask; --no-askpass refuses; --askpass forces it even on a terminal."""
+    bus, fake = start(bus_factory, tmp_path, [PASS, PASS, PASS, PASS])
+    src = tmp_path / "plain"
+    src.write_bytes(b"for the script")
+    enc = tmp_path / "enc.age"
+    assert ka(bus, "encrypt", "-k", "work", "-o", str(enc), str(src)).returncode == 0
+    r = ka(bus, "decrypt", "--no-askpass", str(enc))
+    assert r.returncode == 1 and b"is locked" in r.stderr and fake.asked() == []
+    r = ka(bus, "decrypt", str(enc))
+    assert r.returncode == 0 and r.stdout == b"for the script", r.stderr
+    assert len(fake.asked()) == 1 and "'work'" in fake.asked()[0]
+    with enc.open("rb") as f:  # a pipe: the agent asks within the same call, no replay
+        ka(bus, "lock", "work")
+        r = ka(bus, "decrypt", stdin=f.fileno())
+    assert r.returncode == 0 and r.stdout == b"for the script", r.stderr
+    assert len(fake.asked()) == 2
+    ka(bus, "lock", "work")
+    assert ka(bus, "unlock", "work").returncode == 0 and not locked(bus)
+    assert len(fake.asked()) == 3
+    assert ka(bus, "unlock", "--no-askpass", "work").returncode == 2
+    ka(bus, "lock", "work")
+    run = TtyRun.start(bus, "decrypt", "--askpass", str(enc))  # a terminal, but forced
+    code, out, err = run.finish()
+    assert code == 0 and out == b"for the script", err
+    assert b"Passphrase" not in run.seen and len(fake.asked()) == 4
+    ka(bus, "lock", "work")
+    r = ka(bus, "delete", "--no-askpass", "--yes", "work")
+    assert r.returncode == 2 and len(fake.asked()) == 4  # a passphrase, and nobody to ask
+    fake.answers.write_text(f"{PASS}\n" * 4 + f"{PASS}\n")
+    r = ka(bus, "delete", "--yes", "work")
+    assert r.returncode == 0, r.stderr
+    assert len(fake.asked()) == 5 and ka(bus, "list").stdout == b""
+
+
 # --- in process: the rate limiter and a missing askpass program ---------------------------
 
 
@@ -175,6 +214,33 @@ def test_wrong_askpass_passphrases_count_in_the_rate_limiter(
     assert len(fake.asked()) == 4
 
 
+@pytest.mark.skipif(askpass.password_agent_running(), reason="a password agent runs here")
+def test_systemd_ask_password_without_a_password_agent_fails_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("KEYAGENT_ASKPASS", "SSH_ASKPASS", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(var, raising=False)
+    # A systemd-ask-password that nobody answers: it would hang (as the real one waits 120 s).
+    fake = tmp_path / "bin" / "systemd-ask-password"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\ntouch '{tmp_path}/ran'\nexec sleep 600\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake.parent))
+    agent = _agent(tmp_path)
+
+    async def run() -> None:
+        with pytest.raises(protocol.Failed) as e:
+            await agent.unlock_by_askpass("k", os.getpid())
+        assert "$KEYAGENT_ASKPASS" in e.value.message and "\n" not in e.value.message
+
+    try:
+        asyncio.run(run())
+    finally:
+        agent.close()
+        agent.work.shutdown()
+    assert not (tmp_path / "ran").exists()
+
+
 def test_no_askpass_program_is_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("KEYAGENT_ASKPASS", "SSH_ASKPASS", "DISPLAY", "WAYLAND_DISPLAY"):
         monkeypatch.delenv(var, raising=False)
@@ -182,7 +248,7 @@ def test_no_askpass_program_is_failed(tmp_path: Path, monkeypatch: pytest.Monkey
     agent = _agent(tmp_path)
 
     async def run() -> None:
-        with pytest.raises(protocol.Failed, match="no askpass program"):
+        with pytest.raises(protocol.Failed, match="there is no askpass program"):
             await agent.unlock_by_askpass("k", os.getpid())
 
     try:

@@ -89,7 +89,7 @@ def test_meson_installs_packages_and_commands(meson_destdir: Path) -> None:
     assert (site / "keyagent" / "protocol.py").is_file()
     assert (site / "keyagent" / "templates" / "org.example.KeyAgent.service.in").is_file()
     assert not list(site.rglob("__pycache__/*.cpython-*.pyc.*"))
-    for cmd in ("keyagent", "keyagentd"):
+    for cmd in ("keyagent", "keyagentd", "age-plugin-keyagent"):
         wrapper = meson_destdir / "bin" / cmd
         assert os.access(wrapper, os.X_OK)
         assert wrapper.read_text().startswith("#!/")
@@ -136,6 +136,8 @@ def test_wheel_has_both_packages_and_no_system_files(tmp_path: Path) -> None:
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "keyagent = keyagent.cli:main" in scripts
     assert "keyagentd = keyagentd.__main__:main" in scripts
+    assert "age-plugin-keyagent = keyagent.plugin.main:main" in scripts
+    assert "keyagent/plugin/identity_v1.py" in names
 
     # Installed into a fresh venv, both commands exist and both packages import.
     env_dir = tmp_path / "venv"
@@ -156,7 +158,7 @@ def test_wheel_has_both_packages_and_no_system_files(tmp_path: Path) -> None:
         capture_output=True,
         timeout=120,
     )
-    for cmd in ("keyagent", "keyagentd"):
+    for cmd in ("keyagent", "keyagentd", "age-plugin-keyagent"):
         assert os.access(env_dir / "bin" / cmd, os.X_OK)
     assert (env_dir / "share" / "man" / "man8" / "keyagentd.8").is_file()
     # The dependencies, from the test venv, after the wheel's own packages.

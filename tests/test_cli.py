@@ -52,7 +52,8 @@ def test_init_list_status_recipient(private_bus: PrivateBus) -> None:
     assert work["idle_timeout"] == 300 and work["max_timeout"] == 3600
     assert 0 < work["seconds_left"] <= 3600 and work["unlocked_until"] > 0
     text = ka(bus, "status").stdout.decode()
-    assert "key work: unlocked (" in text and "key pq: locked" in text and r2 in text
+    assert "key work: unlocked (" in text and "key pq: locked" in text and r1 in text
+    assert r2 not in text and f"age1pq1…{r2[-12:]} (whole: keyagent recipient pq)" in text
     assert "unlocked (" in ka(bus, "list").stdout.decode()
 
     assert ka(bus, "lock", "work").returncode == 0
@@ -72,12 +73,18 @@ def test_unlock_errors(private_bus: PrivateBus) -> None:
     r = ka_pw(bus, ["wrong"], "unlock", "k")
     assert r.returncode == 1
     assert error_line(r) == "keyagent: error: The passphrase is wrong."
-    r = ka(bus, "unlock", "k")
+    r = ka(bus, "unlock", "k")  # no terminal: the agent's askpass, but it has none
+    assert r.returncode == 2
+    assert error_line(r) == (
+        "keyagent: error: Key 'k' is locked and there is no askpass program to ask for its "
+        "passphrase: set $KEYAGENT_ASKPASS or askpass in config.toml."
+    )
+    assert b"--passphrase-fd" in r.stderr
+    r = ka(bus, "unlock", "--no-askpass", "k")
     assert r.returncode == 2
     assert error_line(r) == (
         "keyagent: error: A passphrase is needed, but there is no terminal to ask on."
     )
-    assert b"--passphrase-fd" in r.stderr
     r = ka_pw(bus, [], "unlock", "k")
     assert r.returncode == 1 and b"No more passphrases" in r.stderr
     r = ka_pw(bus, [PASSPHRASE], "unlock", "missing")
@@ -127,10 +134,19 @@ def test_encrypt_decrypt_files_and_armor(private_bus: PrivateBus, files: Path) -
     arm.write_bytes(r.stdout)
 
     r = ka(bus, "decrypt", "-o", str(out), str(enc))  # the key is locked, no terminal
+    assert r.returncode == 1  # the agent would ask at the desktop, but has no askpass program
+    assert error_line(r) == (
+        "keyagent: error: Key 'k' is locked and there is no askpass program to ask for its "
+        "passphrase: set $KEYAGENT_ASKPASS or askpass in config.toml."
+    )
+    assert not out.exists()
+    r = ka(bus, "decrypt", "--no-askpass", "-o", str(out), str(enc))
     assert r.returncode == 1
     assert error_line(r) == "keyagent: error: Key 'k' is locked: unlock it and retry."
     assert b"keyagent: hint: run 'keyagent unlock k'" in r.stderr
     assert not out.exists()
+    r = ka(bus, "decrypt", "--askpass", "--no-askpass", str(enc))
+    assert r.returncode == 2 and b"not both" in r.stderr
 
     assert ka_pw(bus, [PASSPHRASE], "unlock", "k").returncode == 0
     assert ka(bus, "decrypt", "-o", str(out), str(enc)).returncode == 0
@@ -270,8 +286,12 @@ def test_encrypt_usage_and_recipient_files(private_bus: PrivateBus, files: Path)
     r = ka(bus, "encrypt", "-R", str(rfile), input=b"for both")
     assert r.returncode == 0
     assert pyrage.decrypt(r.stdout, [a]) == b"for both" == pyrage.decrypt(r.stdout, [b])
-    r = ka(bus, "encrypt", "-r", "age1notarecipient", input=b"x")
-    assert r.returncode == 1 and error_line(r)
+    r = ka(bus, "encrypt", "-r", str(a.to_public()), "-r", "age1garbage", input=b"x")
+    assert r.returncode == 1 and not r.stdout
+    assert error_line(r).startswith("keyagent: error: Recipient 'age1garbage' is not usable: ")
+    long_bad = "age1pq1" + "b" * 1952  # as long as a hybrid recipient, not one
+    r = ka(bus, "encrypt", "-r", long_bad, input=b"x")
+    assert r.returncode == 1 and f"Recipient '{long_bad[:39]}…' " in error_line(r)
     r = ka(bus, "encrypt", "-r", str(a.to_public()), str(files / "missing"))
     assert r.returncode == 1
     assert (
@@ -303,6 +323,9 @@ def test_import_export_passwd_delete(private_bus: PrivateBus, files: Path) -> No
     assert pyrage.passphrase.decrypt(out.read_bytes(), "imp pw").decode().strip() == identity
     r = ka_pw(bus, ["imp pw"], "export", "imp", "-a")
     assert r.stdout.startswith(b"-----BEGIN AGE ENCRYPTED FILE-----")
+    assert b"BEGIN" not in r.stdout[10:]  # armored once, and it opens
+    assert pyrage.passphrase.decrypt(r.stdout, "imp pw").decode().strip() == identity
+    assert out.read_bytes().startswith(b"age-encryption.org/v1\n")  # -o without -a: binary
     r = ka_pw(bus, ["wrong"], "export", "imp", "-o", str(files / "e2"))
     assert r.returncode == 1 and not (files / "e2").exists()
 

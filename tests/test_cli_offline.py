@@ -5,6 +5,7 @@ progress, passphrase sources and prompting, and the failures that need no workin
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import errno
 import os
@@ -38,11 +39,17 @@ from keyagent.prompt import (
     read_tty,
 )
 from keyagent.protocol import AccessDenied
-from keyagent.status import list_text, status_document, status_json, status_text
+from keyagent.status import (
+    list_text,
+    short_recipient,
+    status_document,
+    status_json,
+    status_text,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = [
-    "init", "list", "status", "unlock", "lock", "recipient", "encrypt", "decrypt",
+    "init", "list", "status", "unlock", "lock", "recipient", "identity", "encrypt", "decrypt",
     "import", "export", "passwd", "delete", "install", "uninstall",
 ]  # fmt: skip
 
@@ -106,6 +113,9 @@ def test_usage_errors_exit_2(
         (["encrypt", "-p", "-r", "age1xyz"], "-p/--passphrase cannot be combined"),
         (["lock", "k", "--all"], "not both"),
         (["recipient", "a" * 65], "Invalid key name"),
+        (["unlock", "k", "--askpass", "--no-askpass"], "--askpass or --no-askpass, not both"),
+        (["decrypt", "--askpass", "--no-askpass"], "--askpass or --no-askpass, not both"),
+        (["delete", "k", "--askpass", "--no-askpass"], "--askpass or --no-askpass, not both"),
     ],
 )
 def test_checked_before_the_bus_exit_2(
@@ -185,6 +195,57 @@ def test_decrypt_hot_path_skips_slow_modules(tmp_path: Path) -> None:
     assert not [m for m in [*slow, "json"] if m in status - baseline]
 
 
+def _openssh_key(cipher: bytes, key_type: bytes) -> str:
+    """An OpenSSH private key file's text, its header whole (what the command reads)."""
+
+    def s(b: bytes) -> bytes:
+        return len(b).to_bytes(4, "big") + b
+
+    kdf, options = (b"none", b"") if cipher == b"none" else (b"bcrypt", s(bytes(16)) + s(b""))
+    blob = b"openssh-key-v1\0" + s(cipher) + s(kdf) + s(options) + (1).to_bytes(4, "big")
+    blob += s(s(key_type) + s(bytes(32))) + s(bytes(64))
+    body = base64.b64encode(blob).decode()
+    return f"-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+def test_ssh_import_and_recipients_file_load_no_agent_code(tmp_path: Path) -> None:
+    """`keyagent import` of a protected OpenSSH key and `encrypt -R` of SSH lines read the key
+    text with the stdlib: neither loads keyagentd nor cryptography (the bus is missing here;
+    tests/test_cli_ssh.py follows both through a real agent)."""
+    key = tmp_path / "id_ed25519"
+    key.write_text(_openssh_key(b"aes256-ctr", b"ssh-ed25519"))
+    ec = tmp_path / "id_ecdsa"
+    ec.write_text(_openssh_key(b"none", b"ecdsa-sha2-nistp256"))
+    keys = tmp_path / "authorized_keys"
+    blob = base64.b64encode(b"\0\0\0\x0bssh-ed25519" + bytes(36)).decode()
+    keys.write_text(f'command="x y" ssh-ed25519 {blob} me@host\necdsa-sha2-nistp256 AAAA c\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DBUS_")}
+    env["PYTHONPATH"] = str(ROOT / "cli")
+
+    def run(*args: str) -> tuple[str, set[str]]:
+        r = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "keyagent", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        lines = r.stderr.splitlines()
+        return r.stderr, {
+            ln.split("|")[-1].strip() for ln in lines if ln.startswith("import time:")
+        }
+
+    err, loaded = run("import", "k", str(key), "--ssh-passphrase-fd", "0")
+    assert "keyagent.sshtext" in loaded and "session bus" in err  # got as far as the bus
+    err, more = run("import", "k", str(ec))
+    assert "ECDSA SSH keys cannot be used with age" in err
+    loaded |= more
+    err, more = run("encrypt", "-R", str(keys), "-o", str(tmp_path / "out"))
+    assert "line 2: ECDSA SSH keys cannot be used with age" in err and "session bus" in err
+    loaded |= more
+    assert [m for m in loaded if m.split(".")[0] in ("keyagentd", "cryptography", "bcrypt")] == []
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -205,6 +266,7 @@ def test_one_command_parser_parses_like_the_whole(argv: list[str]) -> None:
 
 _FAST_TOKENS = [
     *("-o", "--output", "-q", "--quiet", "--debug", "--passphrase-fd", "-k", "--key"),
+    *("--askpass", "--no-askpass"),
     *("-r", "--recipient", "-R", "--recipients-file", "-p", "--passphrase", "-a", "--armor"),
     *("--json", "--all", "--idle-timeout", "-t", "--max-timeout", "--askpass", "-y", "--yes"),
     *("--type", "x25519", "mlkem768x25519", "--label", "--bindir", "10m", "1h30m", "0", "1w"),
@@ -309,7 +371,8 @@ def test_owner_check_is_one_round_trip_and_handles_a_changing_owner() -> None:
 def test_client_import_stays_light() -> None:
     code = (
         "import sys, keyagent; keyagent.Client; import keyagent.cli, keyagent.crypt,"
-        " keyagent.commands; bad = [m for m in sys.modules if m.split('.')[0] in"
+        " keyagent.commands, keyagent.sshimport, keyagent.sshtext;"
+        " bad = [m for m in sys.modules if m.split('.')[0] in"
         " ('asyncio', 'cryptography', 'dbus_fast', 'keyagentd')]; print(bad)"
     )
     r = subprocess.run(
@@ -367,6 +430,20 @@ def test_status_json_document() -> None:
     assert status_json(doc).endswith("}\n")
     text = status_text(doc, keys, now)
     assert "keyagentd 0.1.0 (pid 4242)" in text and "key b: unlocked (2m 5s left)" in text
+
+
+def test_status_text_shortens_long_recipients() -> None:
+    now = 1_800_000_000.0
+    long = "age1pq1" + "q" * 1940 + "tail12345678"
+    hybrid = KeyInfo("pq", "", "mlkem768x25519", long, 1700000000, True, 0, 600, 7200)
+    doc = status_document("0.1.0", 1, [hybrid, _key("a", True)], now)
+    text = status_text(doc, [hybrid, _key("a", True)], now)
+    assert long not in text
+    assert "  recipient: age1pq1…tail12345678 (whole: keyagent recipient pq)\n" in text
+    assert "  recipient: age1a\n" in text  # short ones stay whole
+    assert doc["keys"][0]["recipient"] == long and long in status_json(doc)
+    x25519 = "age1" + "x" * 58
+    assert short_recipient(x25519) == x25519  # a real X25519 recipient is never shortened
 
 
 def test_list_text_aligned() -> None:
@@ -581,7 +658,8 @@ def test_read_tty_no_echo_and_confirmation() -> None:
         with contextlib.suppress(BlockingIOError):
             rest = os.read(master, 4096)
         assert b"s3cret" not in b"".join(seen) + rest  # echo was off
-        t = threading.Thread(target=_pty_answer, args=(master, [b"a\n", b"b\n"], []))
+        answers = [b"a\n", b"b\n", b"\n", b"c\n", b"d\n"]  # mismatch, empty, mismatch
+        t = threading.Thread(target=_pty_answer, args=(master, answers, []))
         os.set_blocking(master, True)
         t.start()
         with pytest.raises(PassphraseMismatch, match="do not match"):
@@ -615,6 +693,52 @@ def test_agent_that_fails_to_start_exit_3(private_bus: PrivateBus) -> None:
     assert r.returncode == 3, r.stderr
     assert error_line(r).startswith("keyagent: error: The key agent failed to start")
     assert b"keyagent: hint: " in r.stderr and b"Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("setup", "cause"),
+    [
+        ("typo", "'idel_timeout'"),
+        ("open keystore", "has mode 0755, open to other users: run 'chmod 700 "),
+        ("max below idle", "max_timeout"),
+    ],
+)
+def test_start_errors_name_their_cause(private_bus: PrivateBus, setup: str, cause: str) -> None:
+    """The command prints the agent's own sentence, not just "exited with status 1"."""
+    config = Path(private_bus.env["XDG_CONFIG_HOME"]) / "keyagent" / "config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    if setup == "typo":
+        config.write_text("idel_timeout = 60\n")
+    elif setup == "max below idle":
+        config.write_text("idle_timeout = 600\nmax_timeout = 60\n")
+    else:
+        home = Path(private_bus.env["KEYAGENT_HOME"])
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        home.chmod(0o755)
+    r = ka(private_bus, "list")
+    assert r.returncode == 3, r.stderr
+    line = error_line(r)
+    assert line.startswith("keyagent: error: The key agent failed to start: "), line
+    assert cause in line and "exited with status" not in line, line
+    assert b"keyagent install" not in r.stderr and b"Traceback" not in r.stderr
+    assert b"keyagent: hint: fix that and run the command again" in r.stderr
+    # Fixed: the agent starts, and the note it had left goes away.
+    config.unlink(missing_ok=True)
+    if setup == "open keystore":
+        Path(private_bus.env["KEYAGENT_HOME"]).chmod(0o700)
+    assert ka(private_bus, "list").returncode == 0
+    assert not (Path(private_bus.env["XDG_RUNTIME_DIR"]) / "keyagent" / "start-error").exists()
+
+
+def test_a_stale_start_note_is_not_reported(private_bus: PrivateBus) -> None:
+    note = Path(private_bus.env["XDG_RUNTIME_DIR"]) / "keyagent" / "start-error"
+    note.parent.mkdir(mode=0o700, exist_ok=True)
+    note.write_text("an old failure\n")
+    os.utime(note, (0, 0))
+    (private_bus.bindir / "keyagentd").write_text("#!/bin/sh\nexit 1\n")
+    r = ka(private_bus, "list")
+    assert r.returncode == 3 and b"an old failure" not in r.stderr
+    assert b"keyagent install" in r.stderr  # nothing better to say than before
 
 
 def test_agent_not_installed_exit_3(private_bus: PrivateBus) -> None:

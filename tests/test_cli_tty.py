@@ -31,16 +31,25 @@ def test_init_prompts_twice_without_echo(private_bus: PrivateBus) -> None:
 
 
 def test_init_mismatch_and_empty(private_bus: PrivateBus) -> None:
+    # Like ssh-keygen: a mismatch (or an empty entry) asks again, three times in all.
     run = TtyRun.start(private_bus, "init", "k")
     run.answer("New passphrase for key 'k': ", "one")
     run.answer("Confirm passphrase for key 'k': ", "two")
+    run.answer("The passphrases do not match, try again. New passphrase for key 'k': ", "")
+    run.answer("The passphrase must not be empty, try again. New passphrase for key 'k': ", "3")
+    run.answer("Confirm passphrase for key 'k': ", "4")
     code, _, err = run.finish()
     assert code == 1 and b"keyagent: error: The passphrases do not match." in err
-    run = TtyRun.start(private_bus, "init", "k")
-    run.answer("New passphrase for key 'k': ", "")
-    code, _, err = run.finish()
-    assert code == 1 and b"must not be empty" in err
+    assert b"New passphrase" not in run.seen  # no fourth prompt
     assert ka(private_bus, "list").stdout == b""
+    run = TtyRun.start(private_bus, "init", "k")
+    run.answer("New passphrase for key 'k': ", "one")
+    run.answer("Confirm passphrase for key 'k': ", "two")
+    run.answer("The passphrases do not match, try again. New passphrase for key 'k': ", "good")
+    run.answer("Confirm passphrase for key 'k': ", "good")
+    code, out, err = run.finish()
+    assert code == 0 and out.startswith(b"age1"), err
+    assert ka_pw(private_bus, ["good"], "unlock", "k").returncode == 0
 
 
 def test_unlock_retries_on_the_terminal(private_bus: PrivateBus) -> None:

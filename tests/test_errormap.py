@@ -13,6 +13,7 @@ import pytest
 from cli_support import error_line, ka
 from conftest import PrivateBus
 from keyagent.errormap import (
+    AgentStartFailed,
     AgentUnavailable,
     BusError,
     BusRefused,
@@ -55,6 +56,13 @@ def test_bus_and_agent_errors_map_in_one_place() -> None:
     assert started.message.startswith("The key agent is not installed on this bus")
     failed = error_for(BusError(E + "Spawn.ChildExited", DBUS, ("x",)), starting=True)
     assert failed.message.startswith("The key agent failed to start")
+    # The agent's own sentence (keyagent.startnote), when it left one: its cause, its hint.
+    noted = error_for(
+        BusError(E + "Spawn.ChildExited", DBUS, ("x",)), starting=True, start_note="bad config"
+    )
+    assert type(noted) is AgentStartFailed and exit_status(noted) == 3
+    assert noted.message == "The key agent failed to start: bad config"
+    assert hint_for(noted) != hint_for(failed) and "install" not in hint_for(noted)
     assert error_for(BusError(E + "UnknownObject", ":1.4"), key="w").message == (
         "There is no key named 'w'."
     )

@@ -259,6 +259,15 @@ def test_notify_lock_on_fake_agent(desk: PrivateBus, notifier: Callable[..., Any
         agent.changed("home", True)
         wait_for(lambda: len(notifications(desk)) > count, "the 'home' notification")
         assert notifications(desk)[count:] == [expected.replace("work", "home")]
+        # Escaped path elements show the key's name; a bad escape is not a key of ours.
+        count += 1
+        for element in ("bad_2", "bad_41x", "my_2dkey", "a_5fb_2dc"):
+            agent.changed("", True, path=f"/org/example/KeyAgent/keys/{element}")
+        wait_for(lambda: len(notifications(desk)) >= count + 2, "the escaped names")
+        assert notifications(desk)[count:] == [
+            expected.replace("work", "my-key"),
+            expected.replace("work", "a_b-c"),
+        ]
     finally:
         agent.close()
 

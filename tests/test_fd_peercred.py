@@ -118,3 +118,42 @@ def test_check_fd_peers_compares_with_the_caller_uid() -> None:
             check_fd_peers(fds, 1000, peer_uid=uids.__getitem__)
     with pytest.raises(protocol.AccessDenied):  # an unknown caller uid matches nothing
         check_fd_peers([4], None, peer_uid=uids.__getitem__)
+
+
+def test_a_network_socket_is_refused(bus: PrivateBus) -> None:
+    """A TCP loopback connection may belong to anyone: refused as input, output and
+    passphrase fd, before anything is read or written."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    with server, Client(bus.address) as c:
+        c.prop(protocol.MANAGER_PATH, protocol.MANAGER_INTERFACE, "Version")
+        pid = agent_pid(bus)
+        base = fd_count(pid)
+        tcp = socket.create_connection(server.getsockname())
+        peer, _ = server.accept()
+        out_r, out_w = os.pipe()
+        with tcp, peer:
+            fd = tcp.fileno()
+            peer.sendall(b"plaintext from the network")
+            peer.shutdown(socket.SHUT_WR)
+            try:
+                calls = [
+                    lambda: c.m("EncryptFd", "ashha{sv}", ["s"], fd, out_w, {}),
+                    lambda: c.m("EncryptFd", "ashha{sv}", ["s"], out_r, fd, {}),
+                    lambda: c.m("DecryptFd", "hha{sv}", fd, out_w, {}),
+                    lambda: c.k("s", "UnlockFromFd", "ha{sv}", fd, {}),
+                    lambda: c.encrypt([], b"x", **{"passphrase-fd": ("h", fd)}),
+                ]
+                for call in calls:
+                    with pytest.raises(CallError) as e:
+                        call()
+                    assert e.value.name == protocol.ACCESS_DENIED
+                    assert "network socket" in e.value.text
+            finally:
+                os.close(out_r)
+                os.close(out_w)
+            peer.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                peer.recv(1)  # nothing was written to the network
+        assert settle_fds(pid, base) <= base

@@ -28,8 +28,13 @@ def test_install_then_gdbus_activates_the_installed_agent(bus_factory: BusFactor
     service = data / "dbus-1" / "services" / "org.example.KeyAgent.service"
     unit = config / "systemd" / "user" / "keyagent.service"
     assert str(service) in out.stdout and str(unit) in out.stdout
-    assert f"Exec={INSTALLED_BIN / 'keyagentd'}\n" in service.read_text()
-    assert f"ExecStart={INSTALLED_BIN / 'keyagentd'}\n" in unit.read_text()
+    # Started isolated from the Python environment (issue 13): a pip console script is run
+    # as `<its python> -I -m keyagentd`; meson's wrapper has `-I` in its first line already.
+    script = INSTALLED_BIN / "keyagentd"
+    first = script.read_text().splitlines()[0]
+    command = str(script) if " -I" in first else f"{first[2:].strip()} -I -m keyagentd"
+    assert f"Exec={command}\n" in service.read_text()
+    assert f"ExecStart={command}\n" in unit.read_text()
 
     # No reload by hand: the services dir did not exist when the bus started, so it only
     # knows the name because `keyagent install` asked it to reload (as dbus-broker needs).

@@ -53,7 +53,9 @@ def test_readme_venv_lines_install_a_working_keyagent(
     service = (
         Path(bus.env["XDG_DATA_HOME"]) / "dbus-1" / "services" / "org.example.KeyAgent.service"
     )
-    assert f"Exec={keyagentd}\n" in service.read_text()
+    # The venv's console script, started isolated (`python -I`, issue 13).
+    python = keyagentd.read_text().splitlines()[0][2:].strip()
+    assert f"Exec={python} -I -m keyagentd\n" in service.read_text()
     assert (
         home / ".local" / "lib" / "keyagent" / "share" / "man" / "man1" / "keyagent.1"
     ).is_file()

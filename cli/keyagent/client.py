@@ -106,25 +106,47 @@ class Client(AgentConnection):
     def create_key(
         self, name: str, passphrase: str, *, type: str = protocol.KEY_TYPE_X25519, label: str = ""
     ) -> str:
-        """Create a key sealed under ``passphrase``; returns its recipient."""
+        """Create a key sealed under ``passphrase`` (sent through a pipe); returns its
+        recipient."""
         opts: dict[str, tuple[str, Any]] = {"type": ("s", type)}
         if label:
             opts["label"] = ("s", label)
-        reply = self._manager("CreateKey", "ssa{sv}", (name, passphrase, opts))
+        with self._secrets(passphrase=passphrase) as fds:
+            reply = self._manager("CreateKey", "ssa{sv}", (name, "", {**opts, **fds}))
         return str(reply[1])
 
-    def import_key(self, name: str, identity: str, passphrase: str, *, label: str = "") -> str:
-        """Seal an existing ``AGE-SECRET-KEY-…`` identity; returns the key's object path."""
+    def import_key(
+        self,
+        name: str,
+        identity: str,
+        passphrase: str,
+        *,
+        label: str = "",
+        ssh_passphrase: str | None = None,
+    ) -> str:
+        """Seal an existing ``AGE-SECRET-KEY-…`` identity or OpenSSH/PEM private key file's
+        text (ssh-ed25519, ssh-rsa); returns the key's object path. Every secret travels
+        through a pipe, never in the message; ``ssh_passphrase`` opens a protected SSH key
+        in the agent."""
         opts: dict[str, tuple[str, Any]] = {"label": ("s", label)} if label else {}
-        reply = self._manager("ImportKey", "sssa{sv}", (name, identity, passphrase, opts))
+        secrets = {"identity": identity, "passphrase": passphrase}
+        if ssh_passphrase is not None:
+            secrets["ssh-passphrase"] = ssh_passphrase
+        with self._secrets(**secrets) as fds:
+            reply = self._manager("ImportKey", "sssa{sv}", (name, "", "", {**opts, **fds}))
         return str(reply[0])
 
     def delete_key(self, name: str, passphrase: str | None = None) -> None:
-        """Delete a key: it must be unlocked, or ``passphrase`` must be its own."""
-        opts: dict[str, tuple[str, Any]] = {}
-        if passphrase is not None:
-            opts["passphrase"] = ("s", passphrase)
-        self._manager("DeleteKey", "sa{sv}", (name, opts))
+        """Delete a key: it must be unlocked, or ``passphrase`` (sent through a pipe) must be
+        its own."""
+        with self._secrets(passphrase=passphrase) as fds:
+            self._manager("DeleteKey", "sa{sv}", (name, fds))
+
+    def _secrets(self, **secrets: str | None) -> SecretPipes:
+        """Pipes carrying ``secrets`` as `<name>-fd` options; the agent is checked first."""
+        if any(v is not None for v in secrets.values()):
+            self.owner()  # check the agent before a secret leaves this process
+        return SecretPipes(secrets)
 
     def lock_all(self) -> None:
         self._manager("LockAll")
@@ -138,16 +160,38 @@ class Client(AgentConnection):
         passphrase: str | None = None,
     ) -> bytes:
         """Encrypt in one message (payloads up to the agent's cap, 16 MiB by default)."""
-        opts = _encrypt_options(armor, passphrase)
-        reply = self._manager("Encrypt", "asaya{sv}", (list(recipients), plaintext, opts))
+        with self._secrets(passphrase=passphrase) as fds:
+            opts = {**_encrypt_options(armor, None), **fds}
+            reply = self._manager("Encrypt", "asaya{sv}", (list(recipients), plaintext, opts))
         return bytes(reply[0])
 
     def decrypt(
         self, ciphertext: bytes, *, key: str | None = None, passphrase: str | None = None
     ) -> tuple[bytes, str]:
         """Decrypt in one message; returns (plaintext, key name or "" for passphrase files)."""
-        opts = _decrypt_options(key, passphrase)
-        reply = self._manager("Decrypt", "aya{sv}", (ciphertext, opts))
+        with self._secrets(passphrase=passphrase) as fds:
+            opts = {**_decrypt_options(key, None), **fds}
+            reply = self._manager("Decrypt", "aya{sv}", (ciphertext, opts))
+        return bytes(reply[0]), str(reply[1])
+
+    def unwrap_file_key(
+        self,
+        stanzas: Sequence[tuple[str, Sequence[str], bytes]],
+        *,
+        key: str | None = None,
+        askpass: bool = False,
+        timeout: float | None = -1.0,
+    ) -> tuple[bytes, str]:
+        """The file key behind a header's recipient stanzas (type, args, body), and the name of
+        the agent key that opened it. For age plugins: the caller checks the header MAC."""
+        opts: dict[str, tuple[str, Any]] = {}
+        if key is not None:
+            opts["key"] = ("s", key)
+        if askpass:
+            opts["askpass"] = ("b", True)
+            timeout = ASKPASS_TIMEOUT if timeout == -1.0 else timeout
+        body = ([(t, list(a), bytes(b)) for t, a, b in stanzas], opts)
+        reply = self._manager("UnwrapFileKey", "a(sasay)a{sv}", body, timeout=timeout)
         return bytes(reply[0]), str(reply[1])
 
     def encrypt_fd(
@@ -166,14 +210,14 @@ class Client(AgentConnection):
         No timeout by default: the call lasts as long as the data. ``progress`` is called
         every few hundred milliseconds while the agent works.
         """
-        opts = _encrypt_options(armor, passphrase)
-        reply = self._manager(
-            "EncryptFd",
-            "ashha{sv}",
-            (list(recipients), input_fd, output_fd, opts),
-            timeout=timeout,
-            progress=progress,
-        )
+        with self._secrets(passphrase=passphrase) as fds:
+            reply = self._manager(
+                "EncryptFd",
+                "ashha{sv}",
+                (list(recipients), input_fd, output_fd, {**_encrypt_options(armor, None), **fds}),
+                timeout=timeout,
+                progress=progress,
+            )
         return int(reply[0])
 
     def decrypt_fd(
@@ -183,14 +227,23 @@ class Client(AgentConnection):
         *,
         key: str | None = None,
         passphrase: str | None = None,
+        askpass: bool = False,
         timeout: float | None = None,
         progress: Callable[[], None] | None = None,
     ) -> tuple[str, int]:
-        """Stream-decrypt; returns (key name or "", bytes written)."""
-        opts = _decrypt_options(key, passphrase)
-        reply = self._manager(
-            "DecryptFd", "hha{sv}", (input_fd, output_fd, opts), timeout=timeout, progress=progress
-        )
+        """Stream-decrypt; returns (key name or "", bytes written). With ``askpass`` the
+        agent asks at the desktop for a locked key that could open the input."""
+        with self._secrets(passphrase=passphrase) as fds:
+            opts = {**_decrypt_options(key, None), **fds}
+            if askpass:
+                opts["askpass"] = ("b", True)
+            reply = self._manager(
+                "DecryptFd",
+                "hha{sv}",
+                (input_fd, output_fd, opts),
+                timeout=timeout,
+                progress=progress,
+            )
         return str(reply[0]), int(reply[1])
 
     # -- keys --------------------------------------------------------------------------------
@@ -260,12 +313,67 @@ class Client(AgentConnection):
         self._key(name, "Lock")
 
     def change_passphrase(self, name: str, old: str, new: str) -> None:
-        self._key(name, "ChangePassphrase", "ss", (old, new))
+        """Change the passphrase; both go through pipes."""
+        with self._secrets(**{"old-passphrase": old, "new-passphrase": new}) as fds:
+            self._key(name, "ChangePassphraseWithOptions", "ssa{sv}", ("", "", fds))
 
     def export(self, name: str, passphrase: str) -> bytes:
-        """The identity as an age file encrypted to ``passphrase`` (the key's own)."""
-        reply = self._key(name, "Export", "s", (passphrase,))
-        return bytes(reply[0])
+        """The identity as an armored age file encrypted to ``passphrase`` (the key's own).
+        The passphrase goes through a pipe, and the file comes back through another."""
+        with self._secrets(passphrase=passphrase) as fds:
+            r, w = os.pipe()
+            try:
+                try:
+                    opts = {**fds, "output-fd": ("h", w)}
+                    self._key(name, "ExportWithOptions", "sa{sv}", ("", opts))
+                finally:
+                    os.close(w)
+                # A few hundred bytes: the agent wrote them all into the pipe before replying.
+                return _read_all(r)
+            finally:
+                os.close(r)
+
+
+class SecretPipes:
+    """A context manager: one pipe per secret, its read end passed as the `<name>-fd`
+    option. Secrets are a few KiB at most, so each fits in its pipe's buffer."""
+
+    def __init__(self, secrets: Mapping[str, str | None]) -> None:
+        self._secrets = {k: v for k, v in secrets.items() if v is not None}
+        self._fds: list[int] = []
+
+    def __enter__(self) -> dict[str, tuple[str, Any]]:
+        options: dict[str, tuple[str, Any]] = {}
+        try:
+            for name, value in self._secrets.items():
+                data = value.encode()
+                if len(data) > protocol.MAX_SECRET_BYTES:
+                    raise protocol.BadPassphrase(
+                        f"The {name} is too long ({protocol.MAX_SECRET_BYTES // 1024} KiB at most)."
+                    )
+                r, w = os.pipe()
+                self._fds.append(r)
+                try:
+                    os.write(w, data)  # fits in the pipe buffer: never blocks
+                finally:
+                    os.close(w)
+                options[name + "-fd"] = ("h", r)
+        except BaseException:
+            self.__exit__()
+            raise
+        return options
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _encrypt_options(armor: bool, passphrase: str | None) -> dict[str, tuple[str, Any]]:

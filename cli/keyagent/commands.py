@@ -11,12 +11,13 @@ from keyagent.context import (
     CommandError,
     Context,
     UsageError,
+    askpass_wanted,
     key_name,
     open_output,
     refuse_binary_terminal,
 )
 from keyagent.prompt import ask_yes_no
-from keyagent.protocol import BadPassphrase
+from keyagent.protocol import BadPassphrase, Failed
 from keyagent.status import list_text, status_document, status_json, status_text
 
 TTY_TRIES = 3
@@ -29,6 +30,14 @@ def armor(data: bytes) -> bytes:
     b64 = base64.b64encode(data).decode()
     lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
     return ("\n".join([_ARMOR_BEGIN, *lines, _ARMOR_END]) + "\n").encode()
+
+
+def dearmor(data: bytes) -> bytes:
+    """The binary age file inside armor made by `armor` (what the agent's Export returns)."""
+    lines = data.decode("ascii").strip().split("\n")
+    if len(lines) < 2 or lines[0] != _ARMOR_BEGIN or lines[-1] != _ARMOR_END:
+        raise CommandError("The agent's export is not an armored age file.")
+    return base64.b64decode("".join(lines[1:-1]), validate=True)
 
 
 def cmd_init(ctx: Context) -> int:
@@ -73,15 +82,24 @@ def cmd_import(ctx: Context) -> int:
     except OSError as e:
         raise CommandError(f"Cannot read {source}: {e.strerror}.") from None
     except UnicodeDecodeError:
-        raise CommandError(f"{source} is not an age identity file.") from None
-    identity = parse_identity_file(text, source)
-    client = ctx.client()
-    client.owner()
-    passphrase = ctx.passphrases.new(
-        f"New passphrase for key '{name}': ", f"Confirm passphrase for key '{name}': "
-    )
-    client.import_key(name, identity, passphrase, label=a.label or "")
-    print(client.key(name).recipient)
+        raise CommandError(f"{source} is not an age identity file or SSH key.") from None
+    from keyagent import sshtext  # a text check: the agent opens SSH keys itself
+
+    if sshtext.looks_like_private_key(text):
+        from keyagent.sshimport import import_ssh_key
+
+        import_ssh_key(ctx, name, text, source)
+    elif sshtext.is_public_key(text):
+        raise CommandError(f"{source} is an SSH public key: import the private key file.")
+    else:
+        identity = parse_identity_file(text, source)
+        client = ctx.client()
+        client.owner()
+        passphrase = ctx.passphrases.new(
+            f"New passphrase for key '{name}': ", f"Confirm passphrase for key '{name}': "
+        )
+        client.import_key(name, identity, passphrase, label=a.label or "")
+    print(ctx.client().key(name).recipient)
     return 0
 
 
@@ -92,9 +110,9 @@ def cmd_export(ctx: Context) -> int:
     client = ctx.client()
     client.key(name)  # NoSuchKey before the prompt
     passphrase = ctx.passphrases.get(f"Passphrase for key '{name}': ")
-    data = client.export(name, passphrase)
-    if a.armor:
-        data = armor(data)
+    data = client.export(name, passphrase)  # always armored
+    if not a.armor:
+        data = dearmor(data)
     with open_output(a.output, private=True) as sink:
         sink.write(data)
         sink.commit()
@@ -114,6 +132,7 @@ def cmd_passwd(ctx: Context) -> int:
 def cmd_delete(ctx: Context) -> int:
     a = ctx.args
     name = key_name(a.name)
+    ask_agent = askpass_wanted(ctx)
     client = ctx.client()
     info = client.key(name)
     if not a.yes:
@@ -124,7 +143,9 @@ def cmd_delete(ctx: Context) -> int:
         if not ask_yes_no(f"Delete key '{name}' for good? This cannot be undone. [y/N] "):
             raise CommandError(f"Key '{name}' was not deleted.")
     passphrase = None
-    if ctx.passphrases.from_fd or info.locked:
+    if info.locked and not ctx.passphrases.from_fd and ask_agent:
+        client.unlock_by_askpass(name, idle_timeout=60)  # proves the passphrase; then deleted
+    elif ctx.passphrases.from_fd or info.locked:
         passphrase = ctx.passphrases.get(f"Passphrase for key '{name}' (to delete it): ")
     client.delete_key(name, passphrase)
     return 0
@@ -136,12 +157,13 @@ def cmd_unlock(ctx: Context) -> int:
     names = list(dict.fromkeys(key_name(n) for n in a.names))
     if a.askpass and ctx.passphrases.from_fd:
         raise UsageError("Give --askpass or --passphrase-fd, not both.")
+    ask_agent = askpass_wanted(ctx)  # a usage error before the agent is asked anything
     client = ctx.client()
     for name in names:
         client.key(name)  # NoSuchKey (and the owner check) before any prompt
     for done, name in enumerate(names):
         try:
-            _unlock_one(ctx, name)
+            _unlock_one(ctx, name, ask_agent)
         except BadPassphrase as e:
             if len(names) == 1:
                 raise
@@ -152,10 +174,15 @@ def cmd_unlock(ctx: Context) -> int:
     return 0
 
 
-def _unlock_one(ctx: Context, name: str) -> None:
+def _unlock_one(ctx: Context, name: str, ask_agent: bool) -> None:
     a, client = ctx.args, ctx.client()
-    if a.askpass:
-        client.unlock_by_askpass(name, idle_timeout=a.idle_timeout, max_timeout=a.max_timeout)
+    if ask_agent:
+        try:
+            client.unlock_by_askpass(name, idle_timeout=a.idle_timeout, max_timeout=a.max_timeout)
+        except Failed as e:  # no askpass program: without a terminal, nobody to ask
+            if a.askpass:
+                raise
+            raise UsageError(e.message, "or run on a terminal, or use --passphrase-fd N") from None
         return
     tries = 1 if ctx.passphrases.from_fd else TTY_TRIES
     for attempt in range(tries):
@@ -190,6 +217,26 @@ def cmd_recipient(ctx: Context) -> int:
     for name in names:
         print(client.key(name).recipient)
     return 0
+
+
+def cmd_identity(ctx: Context) -> int:
+    from keyagent.plugin.encoding import encode_identity
+
+    info = ctx.client().key(key_name(ctx.args.name))
+    sys.stdout.write(
+        identity_text(info.name, info.type, info.recipient, encode_identity(info.name))
+    )
+    return 0
+
+
+def identity_text(name: str, key_type: str, recipient: str, identity: str) -> str:
+    """An identity file for age -i: comments, then the plugin identity (a name, no secret)."""
+    return (
+        f"# keyagent key: {name} ({key_type}); the secret key stays in the agent\n"
+        f"# recipient: {recipient}\n"
+        f"# use: age -d -i THIS_FILE, or age -e -i THIS_FILE (needs age-plugin-keyagent)\n"
+        f"{identity}\n"
+    )
 
 
 def cmd_list(ctx: Context) -> int:

@@ -108,13 +108,18 @@ class AgentConnection:
             raise error_for(e) from None
 
     def _activate(self) -> str:
+        started = time.time()
         try:
             self._bus_call(
                 "StartServiceByName", "su", protocol.BUS_NAME, 0, timeout=ACTIVATION_TIMEOUT
             )
             return str(self._bus_call("GetNameOwner", "s", protocol.BUS_NAME)[0])
         except BusError as e:
-            raise error_for(e, starting=True) from None
+            from keyagent import startnote
+
+            # the agent's own sentence, if it left one during this attempt
+            note = startnote.read_since(started)
+            raise error_for(e, starting=True, start_note=note) from None
 
     def agent_running(self) -> bool:
         """Whether the agent runs now (never starts it)."""

@@ -12,7 +12,7 @@ from types import TracebackType
 
 from keyagent.client import Client
 from keyagent.grammar import Args
-from keyagent.output import AtomicOutput, OutputError
+from keyagent.output import AtomicOutput, OutputError, SpecialOutput, is_special, named_fd
 from keyagent.prompt import Passphrases
 from keyagent.protocol import is_valid_key_name
 
@@ -55,6 +55,18 @@ class Context:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def askpass_wanted(ctx: Context) -> bool:
+    """Whether the agent should ask at the desktop (its askpass program) for a locked key:
+    always with --askpass, never with --no-askpass, otherwise when this command has nobody
+    to ask itself (no terminal, no --passphrase-fd), as from a desktop script."""
+    force, refuse = getattr(ctx.args, "askpass", False), getattr(ctx.args, "no_askpass", False)
+    if force and refuse:
+        raise UsageError("Give --askpass or --no-askpass, not both.")
+    if force or refuse:
+        return bool(force)
+    return not ctx.passphrases.from_fd and not ctx.passphrases.interactive()
 
 
 def key_name(name: str) -> str:
@@ -117,13 +129,19 @@ class StdoutSink:
         return None
 
 
-Sink = AtomicOutput | StdoutSink
+Sink = AtomicOutput | StdoutSink | SpecialOutput
 
 
 def open_output(path: str | None, *, private: bool) -> Sink:
-    """-o FILE (complete or absent) or stdout for None and '-'."""
+    """-o FILE (complete or absent), stdout for None and '-'; a device, FIFO or fd name
+    (/dev/null, /dev/stdout) is written into, never replaced."""
     if path is None or path == "-":
         return StdoutSink()
+    fd = named_fd(path)
+    if fd is not None:
+        return SpecialOutput(fd=fd)
+    if is_special(path):
+        return SpecialOutput(path)
     return AtomicOutput(path, private=private)
 
 
@@ -133,7 +151,8 @@ def to_stdout(path: str | None) -> bool:
 
 def refuse_binary_terminal(path: str | None, armor: bool) -> None:
     """Like age: binary data never goes to a terminal by accident."""
-    if to_stdout(path) and not armor and os.isatty(1):
+    fd = 1 if to_stdout(path) else named_fd(path or "")
+    if fd is not None and not armor and os.isatty(fd):
         raise UsageError(
             "Refusing to write binary data to the terminal.",
             "use -a for armored text, or -o FILE to write a file",
@@ -147,6 +166,7 @@ __all__ = [
     "Sink",
     "StdoutSink",
     "UsageError",
+    "askpass_wanted",
     "key_name",
     "open_input",
     "open_output",

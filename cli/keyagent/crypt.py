@@ -1,8 +1,9 @@
 """`keyagent encrypt` and `keyagent decrypt`: files travel to the agent as file descriptors.
 
 Decrypting a file whose key is locked prompts for that key's passphrase, unlocks it through a
-pipe and tries again from the start of the input; a passphrase-encrypted file prompts for the
-file's passphrase. Both read the input a second time: a file is rewound, a pipe is replayed
+pipe and tries again from the start of the input; without a terminal (or with --askpass) the
+agent asks at the desktop instead, within the same call. A passphrase-encrypted file prompts
+for the file's passphrase. Both read the input a second time: a file is rewound, a pipe is replayed
 (keyagent.replay), a terminal cannot be.
 """
 
@@ -19,6 +20,7 @@ from keyagent.context import (
     Context,
     Sink,
     UsageError,
+    askpass_wanted,
     key_name,
     open_input,
     open_output,
@@ -37,7 +39,13 @@ TTY_TRIES = 3
 
 
 def read_recipients_file(path: str) -> list[str]:
-    """Recipients from a file like age's -R: one per line, '#' comments and blank lines skipped."""
+    """Recipients from a file like age's -R: one per line, '#' comments and blank lines skipped.
+
+    SSH public key lines (an ``authorized_keys`` or ``.pub`` file) go to the agent as they are
+    (it skips options and comments, as age does); keys age cannot use (ecdsa, sk-*) are
+    skipped here with a warning, as age does. A bad line is reported by number, not quoted
+    (it might be secret).
+    """
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -45,10 +53,31 @@ def read_recipients_file(path: str) -> list[str]:
         raise CommandError(f"Cannot read recipients file '{path}': {e.strerror}.") from None
     except UnicodeDecodeError:
         raise CommandError(f"Recipients file '{path}' is not UTF-8 text.") from None
-    out = [s.strip() for s in lines if s.strip() and not s.strip().startswith("#")]
+    out = []
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if (" " not in line and "\t" not in line) or _usable_ssh_line(path, number, line):
+            out.append(line)  # age1... (or a key name), or an SSH line the agent parses
     if not out:
         raise CommandError(f"Recipients file '{path}' lists no recipients.")
     return out
+
+
+def _usable_ssh_line(path: str, number: int, line: str) -> bool:
+    """Whether an SSH line of a -R file goes to the agent: a type age cannot use is skipped
+    with a warning, a line naming no key is refused (a text check: the agent parses it)."""
+    from keyagent import sshtext  # only for such a line
+
+    found = sshtext.line_key_type(line)
+    if found is not None and found[0] not in sshtext.SUPPORTED:
+        sentence = sshtext.unsupported_sentence(found[0])
+        print(f"keyagent: warning: '{path}' line {number}: {sentence} Skipped.", file=sys.stderr)
+        return False
+    if found is None or not found[1]:
+        raise CommandError(f"Recipients file '{path}': malformed recipient at line {number}.")
+    return True
 
 
 def _with_progress(ctx: Context, in_fd: int, sink: Sink, call: Callable[..., T]) -> T:
@@ -101,7 +130,18 @@ def cmd_encrypt(ctx: Context) -> int:
         call = functools.partial(
             client.encrypt_fd, recipients, in_fd, sink.fd, armor=a.armor, passphrase=passphrase
         )
-        _with_progress(ctx, in_fd, sink, call)
+        tried: set[str] = set()
+        while True:
+            try:
+                _with_progress(ctx, in_fd, sink, call)
+                break
+            except Locked as e:
+                # A key whose recipient the agent has not verified since it started: refused
+                # before any input was read, so unlocking it and trying again is safe.
+                if not (ctx.passphrases.from_fd or ctx.passphrases.interactive()):
+                    hint = f"run 'keyagent unlock {e.names[0]}'" if e.names else ""
+                    raise CommandError(e.message, hint) from None
+                _unlock_candidates(ctx, e, tried)
         sink.commit()
     return 0
 
@@ -155,6 +195,7 @@ def _unlock_candidates(ctx: Context, err: Locked, tried: set[str]) -> None:
 def cmd_decrypt(ctx: Context) -> int:
     a = ctx.args
     pin = key_name(a.key) if a.key else None
+    ask_agent = askpass_wanted(ctx)
     client = ctx.client()
     with open_input(a.input) as in_fd, open_output(a.output, private=True) as sink:
         can_ask = ctx.passphrases.from_fd or ctx.passphrases.interactive()
@@ -172,7 +213,12 @@ def cmd_decrypt(ctx: Context) -> int:
             try:
                 try:
                     call = functools.partial(
-                        client.decrypt_fd, source, sink.fd, key=pin, passphrase=passphrase
+                        client.decrypt_fd,
+                        source,
+                        sink.fd,
+                        key=pin,
+                        passphrase=passphrase,
+                        askpass=ask_agent,
                     )
                     _with_progress(ctx, in_fd, sink, call)
                 finally:

@@ -50,6 +50,10 @@ class AgentUnavailable(KeyAgentError):
         return "The key agent is not available."
 
 
+class AgentStartFailed(AgentUnavailable):
+    """The agent was started and said why it could not run (keyagent.startnote)."""
+
+
 class NotYourAgent(AccessDenied):
     """The service on this bus runs as another uid: the client refused to send it anything."""
 
@@ -77,16 +81,21 @@ class BusError(Exception):
         return self.body[0] if self.body and isinstance(self.body[0], str) else ""
 
 
-def error_for(err: BusError, *, starting: bool = False, key: str | None = None) -> KeyAgentError:
+def error_for(
+    err: BusError, *, starting: bool = False, key: str | None = None, start_note: str | None = None
+) -> KeyAgentError:
     """The exception for an error reply.
 
     ``starting``: the reply answers StartServiceByName; ``key``: the call addressed this key's
-    object (a missing object is then a missing key).
+    object (a missing object is then a missing key); ``start_note``: the sentence the agent
+    left when it failed to start (keyagent.startnote), which names the cause.
     """
     name, text = err.name, err.text
     if starting and name == _DBUS_ERR + "ServiceUnknown":
         return AgentUnavailable(f"The key agent is not installed on this bus ({text})")
     if starting and (name.startswith(_DBUS_ERR + "Spawn.") or name in UNAVAILABLE_ERRORS):
+        if start_note is not None:
+            return AgentStartFailed(f"The key agent failed to start: {start_note}")
         return AgentUnavailable(f"The key agent failed to start: {text}")
     if name in UNAVAILABLE_ERRORS or name.startswith(_DBUS_ERR + "Spawn."):
         return AgentUnavailable(text or AgentUnavailable.default_message())

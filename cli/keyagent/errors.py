@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from keyagent.errormap import AgentUnavailable, BusRefused, NotYourAgent, PolicyRefused
+from keyagent.errormap import (
+    AgentStartFailed,
+    AgentUnavailable,
+    BusRefused,
+    NotYourAgent,
+    PolicyRefused,
+)
 from keyagent.grammar import EXIT_DENIED, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE
 from keyagent.protocol import (
     AccessDenied,
@@ -45,6 +51,8 @@ def hint_for(err: KeyAgentError, command: str = "") -> str:
         return "is this an age-encrypted file?" if command == "decrypt" else ""
     if isinstance(err, RateLimited):
         return "too many attempts: wait a little and try again"
+    if isinstance(err, AgentStartFailed):
+        return "fix that and run the command again: the agent starts when needed"
     if isinstance(err, AgentUnavailable):
         return (
             "check that a session bus is running and that keyagentd is installed"

@@ -137,6 +137,12 @@ def _recipient(ctx: Context) -> int:
     return cmd_recipient(ctx)
 
 
+def _identity(ctx: Context) -> int:
+    from keyagent.commands import cmd_identity
+
+    return cmd_identity(ctx)
+
+
 def _encrypt(ctx: Context) -> int:
     from keyagent.crypt import cmd_encrypt
 
@@ -204,6 +210,13 @@ _ARMOR: Final = Opt("-a", "--armor", help="write PEM-armored text")
 _INPUT: Final = Arg("input", "IN", "?", help="input file (default: stdin)")
 _NAME: Final = Arg("name", "NAME")
 _LABEL: Final = Opt("--label", kind=VALUE, metavar="L", help="a free-text description")
+#: Every command that can meet a locked key has these (keyagent.context.askpass_wanted).
+_ASKPASS: Final = Opt(
+    "--askpass",
+    help="let the agent ask for a locked key's passphrase with its askpass program"
+    " (the default without a terminal or --passphrase-fd)",
+)
+_NO_ASKPASS: Final = Opt("--no-askpass", help="never ask through the agent's askpass program")
 
 COMMANDS: Final[dict[str, Command]] = {
     c.name: c
@@ -249,11 +262,8 @@ COMMANDS: Final[dict[str, Command]] = {
                 metavar="D",
                 help="lock after D at the latest, as ssh-add -t (e.g. 1h30m; agent default 2h)",
             ),
-            Opt(
-                "--askpass",
-                help="let the agent ask for the passphrase with its askpass program"
-                " (no terminal needed)",
-            ),
+            _ASKPASS,
+            _NO_ASKPASS,
         ),
         Command(
             "lock",
@@ -269,6 +279,12 @@ COMMANDS: Final[dict[str, Command]] = {
             Arg("names", "NAME", "+"),
         ),
         Command(
+            "identity",
+            "print an age identity file for a key (for age-plugin-keyagent; no secret)",
+            _identity,
+            _NAME,
+        ),
+        Command(
             "encrypt",
             "encrypt a file or stdin",
             _encrypt,
@@ -278,14 +294,16 @@ COMMANDS: Final[dict[str, Command]] = {
                 "--recipient",
                 kind=APPEND,
                 metavar="RECIPIENT",
-                help="encrypt to an age1... recipient (repeatable)",
+                help="encrypt to an age1... recipient or SSH public key ('ssh-ed25519 AAAA...') "
+                "(repeatable)",
             ),
             Opt(
                 "-R",
                 "--recipients-file",
                 kind=APPEND,
                 metavar="PATH",
-                help="encrypt to the recipients listed in PATH (repeatable)",
+                help="encrypt to the recipients listed in PATH, one per line; an authorized_keys "
+                "or .pub file works (repeatable)",
             ),
             Opt(
                 "-k",
@@ -306,18 +324,33 @@ COMMANDS: Final[dict[str, Command]] = {
             _decrypt,
             PASSPHRASE_FD,
             Opt("-k", "--key", kind=VALUE, metavar="NAME", help="use only this key"),
+            _ASKPASS,
+            _NO_ASKPASS,
             _OUTPUT,
             _QUIET,
             _INPUT,
         ),
         Command(
             "import",
-            "seal an existing age identity as a new key",
+            "seal an existing age identity or SSH key as a new key",
             _import,
             PASSPHRASE_FD,
             _NAME,
-            Arg("file", "FILE", "?", help="identity file, as age-keygen writes (default: stdin)"),
+            Arg(
+                "file",
+                "FILE",
+                "?",
+                help="age identity file (as age-keygen writes) or OpenSSH/PEM private key "
+                "(ssh-ed25519, ssh-rsa) (default: stdin)",
+            ),
             _LABEL,
+            Opt(
+                "--ssh-passphrase-fd",
+                kind=FD,
+                metavar="N",
+                help="read the SSH key's passphrase from file descriptor N (the first line, if N "
+                "is also --passphrase-fd) instead of the terminal",
+            ),
         ),
         Command(
             "export",
@@ -336,6 +369,8 @@ COMMANDS: Final[dict[str, Command]] = {
             PASSPHRASE_FD,
             _NAME,
             Opt("-y", "--yes", help="do not ask for confirmation"),
+            _ASKPASS,
+            _NO_ASKPASS,
         ),
         Command(
             "install",

@@ -62,6 +62,24 @@ def find_agent_bindir() -> Path:
     return Path(found).parent.absolute()
 
 
+def agent_command(bindir: Path) -> str:
+    """The command line that starts ``bindir``'s keyagentd isolated from the Python
+    environment (``-I``: no PYTHONPATH and friends, no user site-packages), which any program
+    of the user could otherwise set for activation (`dbus-update-activation-environment`).
+    meson's wrapper already starts with ``-I``; a pip console script names its interpreter
+    in the first line, which is then run directly."""
+    script = bindir / "keyagentd"
+    try:
+        with open(script, "rb") as f:
+            first = f.readline(4096).decode("utf-8", "replace").strip()
+    except OSError:
+        first = ""
+    words = first[2:].split() if first.startswith("#!") else []
+    if len(words) == 1 and "python" in Path(words[0]).name and " " not in words[0]:
+        return f"{words[0]} -I -m keyagentd"
+    return str(script)  # meson's wrapper (isolated already), or not a script we can read
+
+
 def _write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -100,11 +118,13 @@ def _reload_or_say_why() -> None:
 
 def install(bindir: Path | None = None) -> list[Path]:
     """Write the user activation file and systemd unit, reload the bus; return the paths."""
-    where = str(bindir or find_agent_bindir())
+    where = bindir or find_agent_bindir()
+    command = agent_command(where)
     written = []
     targets = ((activation_file(), ACTIVATION_TEMPLATE), (systemd_unit(), UNIT_TEMPLATE))
     for path, template in targets:
-        _write_atomically(path, read_template(template).replace("@bindir@", where))
+        text = read_template(template).replace("@bindir@/keyagentd", command)
+        _write_atomically(path, text.replace("@bindir@", str(where)))
         written.append(path)
     _reload_or_say_why()
     return written

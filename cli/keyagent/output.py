@@ -176,6 +176,79 @@ class AtomicOutput:
                 os.unlink(self.tmp)
 
 
+#: Names of fds we already hold: written through that fd, as a shell would.
+_FD_DIRS: Final = ("/dev/fd/", "/proc/self/fd/")
+_STD_NAMES: Final = {"/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def named_fd(path: str) -> int | None:
+    """The fd that ``path`` names (/dev/stdout, /dev/fd/N, /proc/self/fd/N), else None."""
+    if path in _STD_NAMES:
+        return _STD_NAMES[path]
+    for prefix in _FD_DIRS:
+        rest = path.removeprefix(prefix)
+        if rest != path and rest.isdigit():
+            return int(rest)
+    return None
+
+
+def is_special(path: str) -> bool:
+    """Whether ``path`` exists and is neither a regular file nor a directory (a character or
+    block device, a FIFO, a socket): written into directly, never replaced."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+class SpecialOutput:
+    """Output into an existing device or FIFO (or an fd we hold), like age: opened for
+    writing, never created, renamed or truncated to a regular file. What was written before
+    an error stays written: such a target cannot be replaced as a whole."""
+
+    def __init__(self, path: str | None = None, fd: int = -1) -> None:
+        self.path = path
+        self.fd = fd
+        self._own = path is not None
+
+    def __enter__(self) -> SpecialOutput:
+        if self.path is not None:
+            try:
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+            except OSError as e:
+                raise OutputError(f"Cannot write '{self.path}': {e.strerror}.") from None
+        elif self.fd == 1:
+            sys.stdout.flush()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._own and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def reset(self) -> None:
+        """Nothing to undo: retries happen only after header errors, before any output."""
+
+    def size(self) -> int | None:
+        st = os.fstat(self.fd)
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+    def write(self, data: bytes) -> None:
+        try:
+            AtomicOutput._write_fd(self.fd, data)
+        except OSError as e:
+            raise OutputError(f"Cannot write '{self.path or self.fd}': {e.strerror}.") from None
+
+    def commit(self) -> None:
+        return None
+
+
 def input_size(fd: int) -> int | None:
     """The size of a regular file, None for pipes, terminals and sockets."""
     try:

@@ -16,6 +16,12 @@ from typing import Final
 MAX_FD_READ: Final = 64 * 1024
 
 
+#: Entries of a new passphrase on the terminal before giving up (ssh-keygen asks three times).
+NEW_TRIES: Final = 3
+_EMPTY: Final = "The passphrase must not be empty."
+_MISMATCH: Final = "The passphrases do not match."
+
+
 class NoPassphraseSource(Exception):
     """Neither a terminal nor a passphrase fd is available."""
 
@@ -59,16 +65,27 @@ class Passphrases:
         return read_tty(prompt, self.tty_path)
 
     def new(self, prompt: str, confirm: str) -> str:
-        """A new passphrase: typed twice at the terminal (once from an fd); never empty."""
+        """A new passphrase: typed twice at the terminal (once from an fd); never empty.
+
+        On the terminal a mismatch or an empty entry asks again, up to `NEW_TRIES` times in
+        all, as ssh-keygen does.
+        """
         if self.fd is not None:
             value = self._next_line()
-        else:
-            value = read_tty(prompt, self.tty_path)
-            if value and read_tty(confirm, self.tty_path) != value:
-                raise PassphraseMismatch("The passphrases do not match.")
-        if not value:
-            raise PassphraseMismatch("The passphrase must not be empty.")
-        return value
+            if not value:
+                raise PassphraseMismatch(_EMPTY)
+            return value
+        problem = ""
+        for _ in range(NEW_TRIES):
+            again = f"{problem.removesuffix('.')}, try again. " if problem else ""
+            value = read_tty(again + prompt, self.tty_path)
+            if not value:
+                problem = _EMPTY
+            elif read_tty(confirm, self.tty_path) != value:
+                problem = _MISMATCH
+            else:
+                return value
+        raise PassphraseMismatch(problem)
 
     def _next_line(self) -> str:
         if self._lines is None:

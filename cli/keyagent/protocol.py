@@ -25,9 +25,15 @@ INVALID_ARGS: Final = "org.freedesktop.DBus.Error.InvalidArgs"
 KEY_TYPE_X25519: Final = "x25519"
 KEY_TYPE_HYBRID: Final = "mlkem768x25519"
 KEY_TYPES: Final = (KEY_TYPE_X25519, KEY_TYPE_HYBRID)
+KEY_TYPE_SSH_ED25519: Final = "ssh-ed25519"
+KEY_TYPE_SSH_RSA: Final = "ssh-rsa"
+#: Every type a stored key may have: KEY_TYPES are created, SSH keys only imported.
+STORED_KEY_TYPES: Final = (*KEY_TYPES, KEY_TYPE_SSH_ED25519, KEY_TYPE_SSH_RSA)
 
 #: In-message payload cap (``ay`` arguments and replies); larger data uses the Fd methods.
 DEFAULT_MAX_PAYLOAD: Final = 16 * 1024 * 1024
+#: A passphrase or identity passed in an fd (`<secret>-fd` options) is at most this long.
+MAX_SECRET_BYTES: Final = 16 * 1024  # an 8192-bit RSA key's OpenSSH file is ~6.7 KB
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 

@@ -15,6 +15,19 @@ from keyagent.keyinfo import KeyInfo
 
 #: Version of the status JSON document.
 STATUS_JSON_VERSION: Final = 1
+#: Longer recipients (age1pq1…: 1,959 characters) are shortened in human output.
+SHORT_RECIPIENT_MAX: Final = 74
+#: How many final characters a shortened recipient keeps (enough to tell keys apart).
+SHORT_RECIPIENT_TAIL: Final = 12
+
+
+def short_recipient(recipient: str) -> str:
+    """The recipient for a table: whole when short, else its kind (``age1pq1``) + "…" + its
+    last characters. The full form is in `keyagent recipient` and --json."""
+    if len(recipient) <= SHORT_RECIPIENT_MAX:
+        return recipient
+    head = "age1pq1" if recipient.startswith("age1pq1") else recipient[:8]
+    return f"{head}…{recipient[-SHORT_RECIPIENT_TAIL:]}"
 
 
 def key_json(key: KeyInfo, now: float) -> dict[str, Any]:
@@ -84,7 +97,9 @@ def status_text(doc: dict[str, Any], keys: Sequence[KeyInfo], now: float | None 
         out.append(f"  type:      {k.type}")
         if k.label:
             out.append(f"  label:     {k.label}")
-        out.append(f"  recipient: {k.recipient}")
+        shown = short_recipient(k.recipient)
+        whole = "" if shown == k.recipient else f" (whole: keyagent recipient {k.name})"
+        out.append(f"  recipient: {shown}{whole}")
         if not k.locked and (k.idle_timeout or k.max_timeout):
             out.append(
                 f"  timeouts:  idle {format_duration(k.idle_timeout)},"

@@ -22,7 +22,7 @@ _keyagent() {
         words=("${COMP_WORDS[@]}")
         cword=$COMP_CWORD
     }
-    local commands="init list status unlock lock recipient encrypt decrypt import export passwd delete install uninstall"
+    local commands="init list status unlock lock recipient identity encrypt decrypt import export passwd delete install uninstall"
     local cmd="" i
     for ((i = 1; i < cword; i++)); do
         case ${words[i]} in
@@ -45,14 +45,14 @@ _keyagent() {
     case $cmd in
         init) opts+=" --type --label --passphrase-fd" ;;
         status) opts+=" --json" ;;
-        unlock) opts+=" --idle-timeout -t --max-timeout --passphrase-fd --askpass" ;;
+        unlock) opts+=" --idle-timeout -t --max-timeout --passphrase-fd --askpass --no-askpass" ;;
         lock) opts+=" --all" ;;
         encrypt) opts+=" -r --recipient -R --recipients-file -k --key -p --passphrase -a --armor -o --output -q --quiet --passphrase-fd" ;;
-        decrypt) opts+=" -k --key -o --output -q --quiet --passphrase-fd" ;;
-        import) opts+=" --label --passphrase-fd" ;;
+        decrypt) opts+=" -k --key -o --output -q --quiet --passphrase-fd --askpass --no-askpass" ;;
+        import) opts+=" --label --passphrase-fd --ssh-passphrase-fd" ;;
         export) opts+=" -a --armor -o --output --passphrase-fd" ;;
         passwd) opts+=" --passphrase-fd" ;;
-        delete) opts+=" -y --yes --passphrase-fd" ;;
+        delete) opts+=" -y --yes --passphrase-fd --askpass --no-askpass" ;;
         install) opts+=" --bindir" ;;
     esac
     if [[ $cur == -* ]]; then
@@ -60,7 +60,7 @@ _keyagent() {
         return
     fi
     case $cmd in
-        unlock|lock|recipient|export|passwd|delete)
+        unlock|lock|recipient|identity|export|passwd|delete)
             COMPREPLY=($(compgen -W "$(_keyagent_keys)" -- "$cur")) ;;
         encrypt|decrypt|import)
             COMPREPLY=($(compgen -f -- "$cur")) ;;

@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from keyagent import startnote
 from keyagent.protocol import DEFAULT_MAX_PAYLOAD, KeyAgentError
 from keyagentd import __version__
 from keyagentd.kdf import MAX_MEMORY_KIB, MAX_PARALLELISM, MAX_TIME_COST, KdfParams
@@ -160,8 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         user_config = load_config()
     except ConfigError as exc:
-        log.error("%s", exc)
-        return 1
+        return _start_failed(str(exc))
     if any(p.allowed_executables is not None for p in user_config.keys.values()):
         warn_if_callers_unidentifiable()
     idle_exit = user_config.idle_exit if args.idle_exit is None else args.idle_exit
@@ -188,10 +188,17 @@ async def _serve(config: object) -> int:
         agent = await connect(config)
         await agent.start()
     except KeyAgentError as exc:
-        log.error("%s", exc.message)
-        return 1
+        return _start_failed(exc.message)
+    startnote.clear()
     await agent.run()
     return 0
+
+
+def _start_failed(message: str) -> int:
+    """Say why in the log (the journal), and leave it for `keyagent` (keyagent.startnote)."""
+    log.error("%s", message)
+    startnote.record(message)
+    return 1
 
 
 if __name__ == "__main__":

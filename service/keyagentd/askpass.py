@@ -6,13 +6,15 @@ The first program found, in this order, is used:
 2. ``askpass`` from the configuration file
 3. ``$SSH_ASKPASS``
 4. ``zenity``, then ``kdialog``, when a display is set (``$WAYLAND_DISPLAY`` or ``$DISPLAY``)
-5. ``systemd-ask-password`` (passphrases only: it has no yes/no question)
+5. ``systemd-ask-password`` (passphrases only: it has no yes/no question), and only while a
+   password agent is running (`password_agent_running`)
 
 Programs 1-3 follow the ssh-askpass convention: the prompt is the only
 argument, the passphrase comes on stdout, a non-zero exit means cancelled; with
 ``SSH_ASKPASS_PROMPT=confirm`` they ask a question and exit 0 for yes.
-systemd-ask-password comes after the graphical dialogs because on a desktop
-without a password agent it would wait out its whole timeout in silence.
+systemd-ask-password comes last, and only when some process answers its questions: without a
+password agent it would wait out its whole timeout in silence. Without any program the caller
+fails at once and says how to set one.
 
 Every call blocks until the person answers or the timeout passes: the agent
 runs them in a worker thread. One dialog at a time: concurrent requests queue.
@@ -39,6 +41,10 @@ DEFAULT_TIMEOUT: Final = 120.0
 #: A passphrase is a line of text; more output than this is not an answer.
 MAX_OUTPUT: Final = 64 * 1024
 
+#: Where systemd-ask-password (systemd 252 and the system manager of later ones) leaves its
+#: questions, and where password agents (plymouth, the tty agent, graphical ones) watch.
+ASK_PASSWORD_DIR: Final = "/run/systemd/ask-password"
+
 _dialog_lock = threading.Lock()
 
 
@@ -56,8 +62,11 @@ def find_askpass(
     env: Mapping[str, str] | None = None,
     *,
     for_confirm: bool = False,
+    ask_dir: str = ASK_PASSWORD_DIR,
 ) -> Askpass | None:
-    """The program to use, in the documented order; None when there is none."""
+    """The program to use, in the documented order; None when there is none.
+
+    systemd-ask-password counts only while a password agent watches ``ask_dir``."""
     env = os.environ if env is None else env
     path = env.get("PATH", os.defpath)
     candidates: list[tuple[Kind, str | None, str]] = [
@@ -73,9 +82,48 @@ def find_askpass(
         if not program:
             continue
         found = _resolve(program, path)
-        if found is not None:
+        if found is not None and (kind != "systemd" or password_agent_running(ask_dir)):
             return Askpass(kind, found, source)
     return None
+
+
+def password_agent_running(ask_dir: str = ASK_PASSWORD_DIR, proc: str = "/proc") -> bool:
+    """Whether a process holds an inotify watch on ``ask_dir``: that is how every password
+    agent waits for systemd-ask-password's questions (its documented protocol). PID 1 does
+    not count: its path units only start the console and wall agents, which answer nobody at
+    a desktop. Processes of other users are not readable, so they cannot count either."""
+    try:
+        st = os.stat(ask_dir)
+    except OSError:
+        return False
+    # fdinfo shows the kernel's device number (major << 20 | minor) and the inode, in hex.
+    want = (f"{st.st_ino:x}", f"{os.major(st.st_dev) << 20 | os.minor(st.st_dev):x}")
+    try:
+        pids = [p for p in os.listdir(proc) if p.isdigit() and p != "1"]
+    except OSError:
+        return False
+    return any(_watches(f"{proc}/{pid}", want) for pid in pids)
+
+
+def _watches(pdir: str, want: tuple[str, str]) -> bool:
+    try:
+        fds = os.listdir(f"{pdir}/fd")
+    except OSError:
+        return False  # gone, or not ours
+    for fd in fds:
+        try:
+            if os.readlink(f"{pdir}/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"{pdir}/fdinfo/{fd}", encoding="ascii", errors="replace") as f:
+                info = f.read()
+        except OSError:
+            continue
+        for line in info.splitlines():
+            if line.startswith("inotify "):
+                fields = dict(item.partition(":")[::2] for item in line.split()[1:])
+                if (fields.get("ino"), fields.get("sdev")) == want:
+                    return True
+    return False
 
 
 def _resolve(program: str, path: str) -> str | None:
@@ -91,10 +139,11 @@ def ask_passphrase(
     env: Mapping[str, str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     key_name: str = "",
+    ask_dir: str = ASK_PASSWORD_DIR,
 ) -> str | None:
     """The passphrase typed, or None if cancelled, timed out, or no program is available."""
     env = os.environ if env is None else env
-    found = find_askpass(config_askpass, env)
+    found = find_askpass(config_askpass, env, ask_dir=ask_dir)
     if found is None:
         return None
     argv = _passphrase_argv(found, prompt, timeout, key_name)
@@ -136,8 +185,10 @@ def unlock_prompt(key_name: str, caller_pid: int) -> str:
     return f"keyagent: passphrase to unlock key '{key_name}', requested by {caller}"
 
 
-def confirm_prompt(key_name: str, operation: str, caller_pid: int) -> str:
-    return f"keyagent: allow {describe_caller(caller_pid)} to {operation} with key '{key_name}'?"
+def confirm_prompt(key_name: str, operation: str, caller_pid: int, via: str = "") -> str:
+    """``via``: the program acting for the caller (age-plugin-keyagent), named after it."""
+    caller = describe_caller(caller_pid) + (f" via {via}" if via else "")
+    return f"keyagent: allow {caller} to {operation} with key '{key_name}'?"
 
 
 def _passphrase_argv(found: Askpass, prompt: str, timeout: float, key_name: str) -> list[str]:

@@ -78,6 +78,8 @@ class Audit:
             ops_log.info("%s pid=%s key=%s: %s", operation, pid or "-", key or "-", outcome)
         sender = caller.sender if caller is not None else ""
         exe = self.executables.get(sender, pid) if pid else ""
+        if caller is not None and caller.via:
+            exe = f"{exe} via {caller.via}"  # age-plugin-keyagent acting for exe (auth.py)
         result = "Failed" if outcome == "error" else outcome
         record = access_record(operation, key, pid, result, executable=exe)
         if self._emit is not None:

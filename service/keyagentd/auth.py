@@ -12,20 +12,27 @@ import socket
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from keyagent.protocol import Failed
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
+#: A caller running this program is judged as the program that started it (see `judged`).
+PLUGIN: Final = "age-plugin-keyagent"
+
+
 @dataclass(frozen=True)
 class Caller:
-    """A bus connection as the bus daemon describes it."""
+    """A bus connection as the bus daemon describes it. ``pid`` is the process that policy,
+    prompts and logs judge: for age-plugin-keyagent, its parent, with ``via`` naming the
+    plugin (see `judged`)."""
 
     sender: str
     uid: int | None
     pid: int | None
+    via: str = ""
 
     def allowed(self, uid: int) -> bool:
         return self.uid is not None and self.uid == uid
@@ -69,4 +76,29 @@ def caller_from_credentials(sender: str, creds: Mapping[str, Any]) -> Caller:
         item = getattr(item, "value", item)
         return item if isinstance(item, int) and not isinstance(item, bool) else None
 
-    return Caller(sender, value("UnixUserID"), value("ProcessID"))
+    return judged(Caller(sender, value("UnixUserID"), value("ProcessID")))
+
+
+def judged(caller: Caller, proc: str = "/proc") -> Caller:
+    """The caller to judge: age-plugin-keyagent acts for the program that started it (age,
+    rage, sops...), so that program is the one policy checks, prompts name and logs show.
+
+    The plugin is recognised by its command line (``argv[0]`` or, for a script, ``argv[1]``
+    ending in ``/age-plugin-keyagent``) and its parent read from ``/proc/PID/stat``. Both are
+    the caller's to choose: a same-user process can claim to be the plugin and so be judged
+    as its own parent (it cannot choose another process as its parent). Policy stops stray
+    programs, not a same-user attacker (SECURITY.md)."""
+    if caller.pid is None or caller.pid <= 0:
+        return caller
+    try:
+        with open(f"{proc}/{caller.pid}/cmdline", "rb") as f:
+            argv = f.read(8192).split(b"\0")[:2]
+        if not any(a.rsplit(b"/", 1)[-1] == PLUGIN.encode() for a in argv):
+            return caller
+        with open(f"{proc}/{caller.pid}/stat", "rb") as f:
+            stat = f.read(4096)
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        parent = int(stat[stat.rindex(b")") + 2 :].split()[1])
+    except (OSError, ValueError, IndexError):
+        return caller
+    return Caller(caller.sender, caller.uid, parent, via=PLUGIN) if parent > 0 else caller

@@ -43,17 +43,19 @@ from keyagent.protocol import InvalidArgs, Locked
 from keyagentd.secrets import wipe
 
 if TYPE_CHECKING:
-    from keyagentd.age import HybridIdentity, X25519Identity
+    from keyagentd.age import AnyIdentity
 
     #: What ``use()`` yields: a concrete age identity (``recipient()``, ``unwrap()``, ...).
-    Identity = X25519Identity | HybridIdentity
+    Identity = AnyIdentity
 
 DEFAULT_IDLE_TIMEOUT: Final = 600
 DEFAULT_MAX_TIMEOUT: Final = 7200
 #: Timeouts travel as D-Bus ``u`` (uint32 seconds).
 MAX_TIMEOUT_SECONDS: Final = 2**32 - 1
-SEED_LEN: Final = 32
+#: A seed is 32 bytes; an ssh-rsa key's secret (its DER) is longer.
+MAX_SECRET_LEN: Final = 12 * 1024
 _NONCE_LEN: Final = 12
+_TAG_LEN: Final = 16
 
 IdentityFactory = Callable[[str, bytearray], "Identity"]
 
@@ -168,8 +170,8 @@ class KeyCache:
     ) -> None:
         """Cache ``seed`` (taking ownership: the caller's bytearray is wiped, even on error)."""
         try:
-            if len(seed) != SEED_LEN:
-                raise ValueError(f"a key seed is {SEED_LEN} bytes")
+            if not 0 < len(seed) <= MAX_SECRET_LEN:
+                raise ValueError(f"a key secret is 1 to {MAX_SECRET_LEN} bytes")
             idle = _check_timeout(
                 self.default_idle_timeout if idle_timeout is None else idle_timeout, "idle"
             )
@@ -178,7 +180,7 @@ class KeyCache:
             )
             public = _public_of(key_type, seed) if self._keeps_public else None
             nonce = self._rng(_NONCE_LEN)
-            sealed = bytearray(SEED_LEN + 16)
+            sealed = bytearray(len(seed) + _TAG_LEN)
             self._aead.encrypt_into(nonce, seed, _ad(name, key_type), sealed)
         finally:
             wipe(seed)
@@ -254,14 +256,16 @@ class KeyCache:
         """
         return _Use(self, name)
 
-    def _open(self, name: str, seed: bytearray) -> tuple[str, bytes | None]:
-        """Unseal ``name``'s seed into ``seed`` and count a use: (key type, public part)."""
+    def _open(self, name: str, use: _Use) -> tuple[str, bytes | None]:
+        """Unseal ``name``'s secret into a new ``use._seed`` and count a use: (key type,
+        public part kept from unlock, or None)."""
         with self._mutex:
             self._reap()
             entry = self._entries.get(name)
             if entry is None:
                 raise Locked.for_keys((name,))
             entry.touch(self._clock(), self._wall())
+            seed = use._seed = bytearray(len(entry.sealed) - _TAG_LEN)
             self._aead.decrypt_into(entry.nonce, entry.sealed, _ad(name, entry.key_type), seed)
             return entry.key_type, entry.public
 
@@ -335,9 +339,10 @@ class _Use:
     def __enter__(self) -> Identity:
         if self._seed is not None:
             raise RuntimeError("KeyCache.use() is good for one with-block")
-        seed = self._seed = bytearray(SEED_LEN)
         try:
-            key_type, public = self._cache._open(self._name, seed)
+            key_type, public = self._cache._open(self._name, self)
+            seed = self._seed
+            assert seed is not None
             # Building the identity (ML-KEM expansion) runs outside the lock.
             if public is None:
                 self._identity = self._cache._factory(key_type, seed)

@@ -1,7 +1,8 @@
 """Encrypt and decrypt, in messages and as streams; choosing keys for them. No D-Bus here.
 
 Decrypt matching: age stanzas are anonymous, so which keys "could" open a file is known only
-by type. The agent tries every unlocked key whose type matches a stanza; if none opens the
+by type (`age.may_open`; an SSH stanza carries its key's tag, which narrows it to that key).
+The agent tries every unlocked key whose type matches a stanza; if none opens the
 file and some *locked* key has a matching type, the answer is ``Locked`` naming those locked
 keys (the client unlocks one and retries); otherwise ``NoMatch``. A passphrase (scrypt) file
 needs the ``passphrase`` option; without it the answer is ``BadPassphrase`` with a text
@@ -12,12 +13,14 @@ bytes run directly on the event loop. Handing them to a thread costs more than t
 (measured: a 312 us p50 hop for 145 us of work on 1 KiB), while 64 KiB of ChaCha20-Poly1305
 plus the key agreement takes well under 1 ms, so other callers wait at most that long. Bigger
 payloads (up to the 16 MiB cap: ~10 ms+ of crypto) and passphrase (scrypt) work go to the
-worker pool. A small Decrypt tries its first keys on the loop (stanzas x keys at most
-`INLINE_MAX_TRIALS`) and hands any further ones to a worker, which skips those tried.
+worker pool. A small Decrypt (or UnwrapFileKey) tries its first keys on the loop (stanzas x
+keys at most `INLINE_MAX_TRIALS`) and hands any further ones to a worker, which skips those
+tried.
 
 Finding keys costs the same with 1 or 1,000 stored: only unlocked keys are walked, in the
-order the cache keeps them sorted, and lookups do not scan (cache.py); the records are
-copied only for a worker (so they cannot change under it).
+order the cache keeps them sorted, lazily (the walk stops at the first key that opens the
+file), and lookups do not scan (cache.py); the records are copied only for a worker (so they
+cannot change under it).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ import concurrent.futures
 import functools
 import io
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, BinaryIO, Final, cast
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, Final, Protocol, TypedDict, cast
 
 from keyagent.protocol import (
     AccessDenied,
@@ -47,11 +50,13 @@ from keyagentd.config import Config as UserConfig
 from keyagentd.keys import Keys
 from keyagentd.keystore import KeyRecord
 from keyagentd.overlap import OverlappedOutput
+from keyagentd.recipients import VerifiedRecipients
+from keyagentd.secrets import PlainBuffer, wipe
 from keyagentd.streams import Cancelled, FdSink, FdSource
 
-#: The stanza type each key type answers to.
-STANZA_TYPE: Final = {"x25519": "X25519", "mlkem768x25519": "mlkem768x25519"}
 SCRYPT: Final = "scrypt"
+#: How much of a bad recipient an error shows (an age1pq1 one has 1,959 characters).
+RECIPIENT_SHOWN: Final = 40
 PASSPHRASE_NEEDED: Final = "This file is encrypted with a passphrase: give the passphrase option."
 WRONG_FILE_PASSPHRASE: Final = "The passphrase does not open this file."
 #: Payloads up to this size are encrypted/decrypted on the event loop (see the module text).
@@ -85,8 +90,10 @@ def resolve_recipients(
     records: Mapping[str, KeyRecord],
     passphrase: str | None,
     work_factor: int | None,
+    verified: VerifiedRecipients | None = None,
 ) -> list[age.Recipient]:
-    """Recipients from ``age1...`` strings and key names, or the scrypt passphrase."""
+    """Recipients from ``age1...``/SSH strings and key names, or the scrypt passphrase. With
+    ``verified``, a key name whose recipient the agent has not verified is `Locked`."""
     if passphrase is not None:
         if items:
             raise InvalidArgs("Give either recipients or the passphrase option, not both.")
@@ -95,40 +102,89 @@ def resolve_recipients(
         return [age.ScryptRecipient(passphrase, work_factor)]
     if not items:
         raise InvalidArgs("Give at least one recipient (age1... or a key name).")
+    age.check_recipient_count(len(items))  # before parsing them all
     out: list[age.Recipient] = []
     for item in items:
-        if item.startswith("age1"):
-            out.append(parse_recipient(item))
+        if age.is_recipient_text(item):
+            # age1 errors are terse ("invalid characters"): name the recipient; SSH key
+            # errors already say what is wrong with the key
+            out.append(_named_recipient(item) if item.startswith("age1") else parse_recipient(item))
         elif is_valid_key_name(item):
             record = records.get(item)
             if record is None:
                 raise NoSuchKey(f"There is no key named {item!r}.")
+            if verified is not None:
+                verified.require(item)
             out.append(parse_recipient(record.recipient))
         else:
             raise InvalidName(
-                f"{item[:80]!r} is neither an age recipient (age1...) nor a key name."
+                f"{item[:80]!r} is neither an age or SSH recipient (age1..., ssh-...) "
+                "nor a key name."
             )
     return out
 
 
-class _Deferred(Exception):
+def _named_recipient(text: str) -> age.Recipient:
+    """`parse_recipient`, with the recipient (shortened) named in its error, as age does:
+    with several -r, "invalid characters" alone does not say which one is wrong."""
+    try:
+        return parse_recipient(text)
+    except (age.ParseError, age.UnsupportedError) as e:
+        shown = text if len(text) <= RECIPIENT_SHOWN else text[: RECIPIENT_SHOWN - 1] + "…"
+        reason = str(e)
+        reason = reason[:1].lower() + reason[1:]
+        raise type(e)(f"Recipient {shown!r} is not usable: {reason}") from None
+
+
+class Unwrapper(Protocol):
+    """What `unwrap` tries keys on: an `age.Decryptor`, or UnwrapFileKey's bare stanzas
+    (unwrap.py)."""
+
+    @property
+    def stanza_types(self) -> frozenset[str]: ...
+
+    @property
+    def stanzas(self) -> Sequence[Any]: ...
+
+    def unwrap(self, identities: Sequence[age.Identity]) -> age.Identity: ...
+
+    def opens(self, identity: age.Identity) -> bool: ...
+
+
+def _no_key_restricted(name: str) -> bool:
+    return False
+
+
+class Deferred(Exception):
     """`unwrap` tried its ``limit`` of keys and more remain (the rest goes to a worker)."""
 
 
+#: The keys `unwrap` tried, in order, each with the refusal its per-key policy gave (None:
+#: not refused). Handed from the loop's first trials to the worker's, which skips them.
+Tried = dict[str, AccessDenied | None]
+
+
 def unwrap(
-    dec: age.Decryptor,
+    dec: Unwrapper,
     cache: KeyCache,
     records: Mapping[str, KeyRecord],
     *,
     pin: str | None = None,
     passphrase: str | None = None,
-    tried: set[str] | None = None,
+    restricted: Callable[[str], bool] = _no_key_restricted,
+    permit: Callable[[str], None] | None = None,
+    tried: Tried | None = None,
     limit: int | None = None,
 ) -> str:
     """Unwrap ``dec``'s file key; returns the key name that opened it ("" for a passphrase).
 
-    Keys are tried in name order, skipping those in ``tried`` (and adding each one tried);
-    with ``limit``, `_Deferred` is raised before trying more than that many."""
+    Per-key policy: keys for which ``restricted`` is true are tried after the others, and
+    one that opens the file is used only if ``permit(name)`` (which may ask a person, so it
+    runs with no identity in hand) does not raise AccessDenied; else the next key is tried.
+
+    Keys already in ``tried`` are skipped (each one tried is added); with ``limit``,
+    `Deferred` is raised before trying more than that many.
+    """
     types = dec.stanza_types
     if SCRYPT in types:
         if passphrase is None:
@@ -144,37 +200,70 @@ def unwrap(
         record = records.get(pin)
         if record is None:
             raise NoSuchKey(f"There is no key named {pin!r}.")
-        if STANZA_TYPE.get(record.key_type) not in types:
+        if not age.may_open(record.key_type, record.recipient, dec.stanzas):
             raise NoMatch(f"Key {pin!r} does not match this file.")
-    tried = set() if tried is None else tried
-    # Only unlocked keys are walked (kept sorted by the cache): the cost does not grow with
-    # the number of stored keys, and stops at the first key that opens the file.
-    for name in [pin] if pin is not None else cache.unlocked_names():
-        record = records.get(name)
-        if name in tried or record is None or STANZA_TYPE.get(record.key_type) not in types:
+    tried = {} if tried is None else tried
+    for name in _candidates(dec, cache, records, pin, restricted):
+        if name in tried:
             continue
         if limit is not None and len(tried) >= limit:
-            raise _Deferred()
-        tried.add(name)
+            raise Deferred()
+        tried[name] = None
         # One key at a time: each identity exists (and is wiped) within its own `use`.
         try:
+            if permit is not None and restricted(name):
+                with cache.use(name) as identity:
+                    opens = dec.opens(identity)
+                if not opens:
+                    continue
+                try:
+                    permit(name)
+                except AccessDenied as exc:
+                    exc.key = name  # the audit names the key that was refused
+                    tried[name] = exc
+                    continue
             with cache.use(name) as identity:
                 dec.unwrap([identity])
         except Locked:  # locked, or expired since we looked: named in the answer below
-            tried.discard(name)
+            del tried[name]
             continue
         except age.NoMatchError:
             continue
         return name
+    # The failure path alone looks at every stored key: which locked ones could open it.
     names = [pin] if pin is not None else records
-    locked = sorted(
-        n for n in names if n not in tried and STANZA_TYPE.get(records[n].key_type) in types
-    )
+    locked = sorted(n for n in names if n not in tried and _may_open(records.get(n), dec))
     if locked:
         raise Locked.for_keys(locked)
+    denied = next((exc for exc in tried.values() if exc is not None), None)
+    if denied is not None:
+        raise denied
     if pin is not None:
         raise NoMatch(f"Key {pin!r} does not match this file.")
     raise NoMatch()
+
+
+def _candidates(
+    dec: Unwrapper,
+    cache: KeyCache,
+    records: Mapping[str, KeyRecord],
+    pin: str | None,
+    restricted: Callable[[str], bool],
+) -> Iterator[str]:
+    """The keys to try, lazily: the unlocked ones that may open ``dec`` (kept sorted by the
+    cache, so no stored key is looked at), unrestricted first, each group by name."""
+    if pin is not None:
+        yield pin
+        return
+    later: list[str] = []
+    for name in cache.unlocked_names():
+        if not _may_open(records.get(name), dec):
+            continue
+        if restricted(name):
+            later.append(name)
+        else:
+            yield name
+    yield from later
 
 
 #: How often a stream waiting for an askpass unlock looks at its cancel flag (seconds).
@@ -205,7 +294,8 @@ class Crypt:
         return self.keys.user
 
     def recipients(self, items: Sequence[str], passphrase: str | None) -> list[age.Recipient]:
-        return resolve_recipients(items, self.keys.records, passphrase, self.work_factor)
+        keys = self.keys
+        return resolve_recipients(items, keys.records, passphrase, self.work_factor, keys.verified)
 
     async def encrypt(
         self, recipients: Sequence[str], plaintext: bytes, *, armor: bool, passphrase: str | None
@@ -224,9 +314,11 @@ class Crypt:
         passphrase: str | None,
         askpass: bool,
         pid: int,
-    ) -> tuple[bytes, str]:
+    ) -> tuple[memoryview, str]:
         """The plaintext and the key that opened it; with ``askpass`` a locked candidate is
-        unlocked at the desktop and the file tried again (the data is all here)."""
+        unlocked at the desktop and the file tried again (the data is all here). The
+        plaintext is a view of a buffer of the agent's own: the caller wipes it once the
+        reply is sent (`Reply.wipe`)."""
         _check_size(ciphertext, ciphertext_limit(self.max_payload))
         try:
             name, plaintext = await self._decrypt(ciphertext, pin, passphrase, pid)
@@ -239,26 +331,26 @@ class Crypt:
 
     async def _decrypt(
         self, ciphertext: bytes, pin: str | None, passphrase: str | None, pid: int
-    ) -> tuple[str, bytes]:
+    ) -> tuple[str, memoryview]:
         keys = self.keys
-        tried: set[str] = set()
+        tried: Tried = {}
         # A confirmation dialog may wait for minutes: never on the event loop.
         if runs_inline(len(ciphertext), passphrase) and not policy.may_prompt(self.user):
             dec = age.Decryptor(io.BytesIO(ciphertext))
             # Hundreds of bogus stanzas x several keys must not hold the loop either: the
             # first few keys are tried here, any further ones in a worker.
-            limit = INLINE_MAX_TRIALS // max(1, len(dec.stanzas))
+            limit = inline_keys(dec)
             if limit:
                 try:
                     args = (dec, keys.cache, keys.records, pin, passphrase, self.user, pid)
-                    return _finish_decrypt(*args, tried, limit)
-                except _Deferred:
+                    return _finish_decrypt(*args, len(ciphertext), tried, limit)
+                except Deferred:
                     pass
         else:
             dec = await keys.work.blocking(age.Decryptor, io.BytesIO(ciphertext))
         # A worker must not see the records change under it: its own copy.
         args = (dec, keys.cache, dict(keys.records), pin, passphrase, self.user, pid)
-        return await keys.work.blocking(_finish_decrypt, *args, tried)
+        return await keys.work.blocking(_finish_decrypt, *args, len(ciphertext), tried)
 
     def encrypt_job(
         self, recipients: Sequence[str], *, armor: bool, passphrase: str | None
@@ -286,8 +378,9 @@ class Crypt:
         def bind(input_: int, output: int) -> StreamJob:
             def job(cancel: threading.Event) -> tuple[str, int]:
                 dec = age.Decryptor(_io(FdSource(input_, cancel)))
+                rules = key_rules(pid, user)
                 try:
-                    name = unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
+                    name = unwrap(dec, cache, records, pin=pin, passphrase=passphrase, **rules)
                 except Locked as exc:
                     if not askpass or not exc.names:
                         raise
@@ -295,8 +388,7 @@ class Crypt:
                     # then unwrap again with the same decryptor.
                     unlock = keys.unlock_by_askpass(exc.names[0], pid)
                     _wait(asyncio.run_coroutine_threadsafe(unlock, loop), cancel)
-                    name = unwrap(dec, cache, records, pin=pin, passphrase=passphrase)
-                _check_policy(name, pid, user)
+                    name = unwrap(dec, cache, records, pin=pin, passphrase=passphrase, **rules)
                 sink = _io(FdSink(output, cancel))
                 return name, dec.decrypt_to(sink, output=OverlappedOutput)
 
@@ -328,14 +420,33 @@ def _io(obj: object) -> BinaryIO:
     return cast(BinaryIO, obj)
 
 
-def _check_policy(name: str, pid: int, user: UserConfig) -> None:
-    """Per-key policy, once the key is known and before any plaintext (may ask; blocks)."""
-    if name and policy.is_restricted(name, user):
-        try:
-            policy.check(name, pid, user, operation="decrypt")
-        except AccessDenied as exc:
-            exc.key = name  # the audit names the key that was refused
-            raise
+class KeyRules(TypedDict):
+    restricted: Callable[[str], bool]
+    permit: Callable[[str], None]
+
+
+def key_rules(pid: int, user: UserConfig, via: str = "") -> KeyRules:
+    """Per-key policy for `unwrap`: checked for a key that opens the file, before any
+    plaintext (may ask; blocks); a refused key makes unwrap try the next one. ``via``: a
+    program acting for the caller (age-plugin-keyagent), named in a question."""
+
+    def restricted(name: str) -> bool:
+        return policy.is_restricted(name, user)
+
+    def permit(name: str) -> None:
+        policy.check(name, pid, user, operation="decrypt", via=via)
+
+    return {"restricted": restricted, "permit": permit}
+
+
+def inline_keys(dec: Unwrapper) -> int:
+    """How many keys a small call may try on the event loop: (stanza, key) trials at most
+    `INLINE_MAX_TRIALS` (0: hundreds of stanzas, try none there)."""
+    return INLINE_MAX_TRIALS // max(1, len(dec.stanzas))
+
+
+def _may_open(record: KeyRecord | None, dec: Unwrapper) -> bool:
+    return record is not None and age.may_open(record.key_type, record.recipient, dec.stanzas)
 
 
 def _finish_decrypt(
@@ -346,11 +457,21 @@ def _finish_decrypt(
     passphrase: str | None,
     user: UserConfig,
     pid: int,
-    tried: set[str] | None = None,
+    size: int,
+    tried: Tried | None = None,
     limit: int | None = None,
-) -> tuple[str, bytes]:
-    name = unwrap(dec, cache, records, pin=pin, passphrase=passphrase, tried=tried, limit=limit)
-    _check_policy(name, pid, user)
-    out = io.BytesIO()
-    dec.decrypt_to(out)
-    return name, out.getvalue()
+) -> tuple[str, memoryview]:
+    """The key's name and the plaintext, in a buffer of the agent's own that the caller
+    wipes once the reply is sent (a failed decryption wipes it here). ``tried``/``limit``:
+    as `unwrap`'s."""
+    rules = key_rules(pid, user)
+    name = unwrap(
+        dec, cache, records, pin=pin, passphrase=passphrase, tried=tried, limit=limit, **rules
+    )
+    out = PlainBuffer(size)  # the plaintext is never longer than the file
+    try:
+        dec.decrypt_to(_io(out))
+    except BaseException:
+        wipe(out.buf)
+        raise
+    return name, out.view()

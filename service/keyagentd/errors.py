@@ -11,7 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from keyagent.protocol import Integrity, KeyAgentError, Malformed, NoMatch, Unsupported
+from keyagent.protocol import (
+    BadPassphrase,
+    Integrity,
+    KeyAgentError,
+    Malformed,
+    NoMatch,
+    TooLarge,
+    Unsupported,
+)
 from keyagentd import age
 
 #: Engine error -> wire error; the sentence carries over (none: the wire class's default).
@@ -21,6 +29,8 @@ AGE_TO_WIRE: Final[Mapping[type[age.AgeError], type[KeyAgentError]]] = {
     age.PayloadError: Integrity,
     age.NoMatchError: NoMatch,
     age.UnsupportedError: Unsupported,
+    age.PassphraseError: BadPassphrase,
+    age.TooLargeError: TooLarge,
 }
 
 

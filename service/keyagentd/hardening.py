@@ -125,6 +125,23 @@ def peer_credentials(fd: int) -> PeerCredentials | None:
     return PeerCredentials(pid, uid, gid)
 
 
+def socket_family(fd: int) -> int | None:
+    """The address family of socket ``fd`` (AF_UNIX, AF_INET...), None when not a socket."""
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return None
+    except OSError:
+        return None
+    dup = os.dup(fd)
+    try:
+        sock = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        return -1  # a socket Python cannot look at: treat as foreign
+    with sock:
+        return int(sock.family)
+
+
 def peer_uid_of_socket(fd: int) -> int | None:
     """The uid of the process at the other end of unix socket ``fd``, else None."""
     creds = peer_credentials(fd)

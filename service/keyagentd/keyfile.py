@@ -5,7 +5,7 @@ each ending in ``\\n``, and nothing else::
 
     keyagent-key/v1
     {"aead":{"alg":"chacha20poly1305","nonce":"<b64>"},"created":1700000000,"kdf":{...},...}
-    <base64 of the sealed seed: 32 bytes + 16-byte tag>
+    <base64 of the sealed secret + 16-byte tag: a 32-byte seed; for ssh-rsa, PKCS#8 DER>
     <lowercase hex SHA-256 of the three lines above, newlines included>
 
 Line 1 is the format version. Line 2 is the header as canonical JSON (sorted
@@ -13,8 +13,9 @@ keys, no spaces, ASCII only) with exactly these fields::
 
     name       the key name (must match the file name)
     label      free text, at most 256 characters, no control characters
-    type       "x25519" or "mlkem768x25519"
-    recipient  the public age1... string
+    type       "x25519", "mlkem768x25519", "ssh-ed25519" or "ssh-rsa"
+    recipient  the public age1... string, or for an SSH key its authorized_keys
+               form without comment ("ssh-ed25519 AAAA...")
     created    unix seconds
     kdf        {"alg": "argon2id", "version": 19, "memory_kib", "time_cost",
                 "parallelism", "salt": base64 of 16 bytes}
@@ -55,29 +56,35 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from keyagent.protocol import (
-    KEY_TYPES,
+    KEY_TYPE_SSH_RSA,
+    STORED_KEY_TYPES,
     BadPassphrase,
     Integrity,
     Malformed,
     Unsupported,
     is_valid_key_name,
 )
-from keyagentd import kdf
+from keyagentd import age, kdf
+from keyagentd.age import sshformat
+from keyagentd.errors import wire_error
 from keyagentd.kdf import KdfParams, check_params
 from keyagentd.secrets import wipe
 
 MAGIC: Final = b"keyagent-key/v1"
 _MAGIC_FAMILY: Final = b"keyagent-key/"
 SEED_LEN: Final = 32
+#: An ssh-rsa key's PKCS#8 DER: 2048 bits take ~1.2 KB, 8192 bits ~4.8 KB.
+RSA_SECRET_LEN: Final = range(64, 12 * 1024 + 1)
 NONCE_LEN: Final = 12
-BOX_LEN: Final = SEED_LEN + 16
+TAG_LEN: Final = 16
+BOX_LEN: Final = SEED_LEN + TAG_LEN
 MAX_LABEL_LEN: Final = 256
 MAX_RECIPIENT_LEN: Final = 4096
 #: Far above any real key file (a hybrid recipient is ~2 KB); bounds what a read may allocate.
 MAX_FILE_SIZE: Final = 32 * 1024
 AEAD_ALG: Final = "chacha20poly1305"
 
-_RECIPIENT_RE: Final = re.compile(r"age1[a-z0-9]+")
+_RECIPIENT_RE: Final = re.compile(r"age1[a-z0-9]+|ssh-(ed25519|rsa) [A-Za-z0-9+/]+={0,2}")
 _HEX64_RE: Final = re.compile(rb"[0-9a-f]{64}")
 _TOP_FIELDS: Final = frozenset({"name", "label", "type", "recipient", "created", "kdf", "aead"})
 _KDF_FIELDS: Final = frozenset({"alg", "version", "memory_kib", "time_cost", "parallelism", "salt"})
@@ -111,14 +118,15 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _unb64(text: object, length: int, what: str) -> bytes:
+def _unb64(text: object, length: int | range, what: str) -> bytes:
     if not isinstance(text, str):
         raise Malformed(f"The key file's {what} is not a string.")
     try:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
         raise Malformed(f"The key file's {what} is not valid base64.") from None
-    if len(raw) != length or _b64(raw) != text:
+    sizes = length if isinstance(length, range) else range(length, length + 1)
+    if len(raw) not in sizes or _b64(raw) != text:
         raise Malformed(f"The key file's {what} has the wrong length or encoding.")
     return raw
 
@@ -137,7 +145,17 @@ def check_label(label: str) -> None:
 
 def check_recipient(recipient: str) -> None:
     if len(recipient) > MAX_RECIPIENT_LEN or not _RECIPIENT_RE.fullmatch(recipient):
-        raise Malformed("The recipient is not an age1... public key.")
+        raise Malformed("The recipient is not an age1... or SSH public key.")
+    if recipient.startswith("ssh-"):
+        try:
+            sshformat.parse_public_line(recipient)  # the type inside must match the prefix
+        except age.AgeError as exc:
+            raise wire_error(exc) from None
+
+
+def secret_len_ok(key_type: str, size: int) -> bool:
+    """Whether ``size`` bytes can be the sealed secret of a ``key_type`` key."""
+    return size in RSA_SECRET_LEN if key_type == KEY_TYPE_SSH_RSA else size == SEED_LEN
 
 
 def _header_bytes(record: KeyRecord, params: KdfParams, salt: bytes, nonce: bytes) -> bytes:
@@ -240,19 +258,25 @@ def parse_key_file(data: bytes, expected_name: str | None = None) -> SealedKey:
         raise Malformed("The key file names an invalid key.")
     if expected_name is not None and record.name != expected_name:
         raise Malformed(f"The key file for {expected_name!r} names another key.")
-    if record.key_type not in KEY_TYPES:
+    if record.key_type not in STORED_KEY_TYPES:
         raise Unsupported(f"Key type {record.key_type!r} is not supported by this agent.")
     if not 0 <= record.created < 2**63:
         raise Malformed("The key file's creation time is out of range.")
     check_label(record.label)
     check_recipient(record.recipient)
+    prefix = record.key_type + " " if record.key_type.startswith("ssh-") else "age1"
+    if not record.recipient.startswith(prefix):
+        raise Malformed("The key file's recipient does not fit its type.")
+    box_sizes = range(SEED_LEN + TAG_LEN, SEED_LEN + TAG_LEN + 1)
+    if record.key_type == KEY_TYPE_SSH_RSA:
+        box_sizes = range(RSA_SECRET_LEN.start + TAG_LEN, RSA_SECRET_LEN.stop + TAG_LEN)
     return SealedKey(
         record=record,
         kdf=params,
         salt=_unb64(kdf_obj["salt"], kdf.SALT_LEN, "salt"),
         nonce=_unb64(aead_obj["nonce"], NONCE_LEN, "nonce"),
         header=body[: len(lines[0]) + len(lines[1]) + 2],
-        box=_unb64(lines[2].decode("ascii", "replace"), BOX_LEN, "sealed key"),
+        box=_unb64(lines[2].decode("ascii", "replace"), box_sizes, "sealed key"),
     )
 
 
@@ -273,19 +297,19 @@ def seal(
     params: KdfParams,
     rng: Callable[[int], bytes],
 ) -> SealedKey:
-    """Seal ``seed`` under ``passphrase`` with a fresh salt and nonce."""
+    """Seal ``seed`` (the key's secret) under ``passphrase`` with a fresh salt and nonce."""
     secret = encode_passphrase(passphrase)
     salt, nonce = rng(kdf.SALT_LEN), rng(NONCE_LEN)
     header = _header_bytes(record, params, salt, nonce)
-    box = bytearray(BOX_LEN)
+    box = bytearray(len(seed) + TAG_LEN)
     ChaCha20Poly1305(kdf.derive_key(secret, salt, params)).encrypt_into(nonce, seed, header, box)
     return SealedKey(record, params, salt, nonce, header, bytes(box))
 
 
 def open_sealed(sealed: SealedKey, passphrase: str) -> bytearray:
-    """The seed in ``sealed``; ``BadPassphrase`` if the tag does not verify."""
+    """The secret in ``sealed``; ``BadPassphrase`` if the tag does not verify."""
     key = kdf.derive_key(encode_passphrase(passphrase), sealed.salt, sealed.kdf)
-    seed = bytearray(SEED_LEN)
+    seed = bytearray(len(sealed.box) - TAG_LEN)
     try:
         ChaCha20Poly1305(key).decrypt_into(sealed.nonce, sealed.box, sealed.header, seed)
     except InvalidTag:

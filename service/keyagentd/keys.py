@@ -24,8 +24,10 @@ from keyagent.protocol import (
 from keyagentd import age, askpass, policy
 from keyagentd.cache import KeyCache
 from keyagentd.config import Config as UserConfig
+from keyagentd.failcounts import FailureFiles
 from keyagentd.keystore import KeyRecord, KeyStore
 from keyagentd.ratelimit import FailureLimiter
+from keyagentd.recipients import VerifiedRecipients
 from keyagentd.secrets import wipe
 from keyagentd.work import Work
 
@@ -58,8 +60,12 @@ class Keys:
         self.user = user
         self.work = work
         self.events = events
-        self.limiter = FailureLimiter()
+        # Counters next to the key files: a restart (anyone of the user can kill the agent)
+        # does not forget a lock-out; their fsyncing writes run in the pool.
+        self.limiter = FailureLimiter(store=FailureFiles(store.root), offload=work.blocking)
         self.records: dict[str, KeyRecord] = {}
+        #: Key names whose recipient this process derived from the identity (recipients.py).
+        self.verified = VerifiedRecipients()
         self._expiry: asyncio.TimerHandle | None = None
 
     def load(self) -> list[KeyRecord]:
@@ -86,7 +92,7 @@ class Keys:
     async def create(
         self,
         name: str,
-        identity: age.X25519Identity | age.HybridIdentity,
+        identity: age.AnyIdentity,
         passphrase: str,
         label: str,
     ) -> KeyRecord:
@@ -102,6 +108,7 @@ class Keys:
             _create, self.store, name, key_type, seed, recipient, passphrase, label
         )
         self.records[name] = record
+        self.verified.mark(name)  # created or imported here: derived from the identity
         self.events.added(record)
         return record
 
@@ -123,6 +130,7 @@ class Keys:
         await self.work.blocking(self.store.delete, name)
         self.cache.forget(name)
         self.limiter.forget(name)
+        self.verified.forget(name)
         self.records.pop(name, None)
         self.events.removed(name)
         self._schedule_expiry()
@@ -161,7 +169,10 @@ class Keys:
             wipe(seed)
             raise NoSuchKey(f"There is no key named {name!r}.")
         self.cache.unlock(name, record.key_type, seed, idle, maximum)
-        self._changed(name)
+        try:
+            self.verified.verify(self.cache, name, record.recipient)  # locks it on a mismatch
+        finally:
+            self._changed(name)
 
     async def unlock_by_askpass(
         self, name: str, pid: int, idle: int | None = None, maximum: int | None = None
@@ -175,8 +186,8 @@ class Keys:
         self.limiter.check(name)  # a locked-out key does not bother the person
         if askpass.find_askpass(self.user.askpass) is None:
             raise Failed(
-                "There is no askpass program to ask for the passphrase: set $KEYAGENT_ASKPASS "
-                "or askpass in config.toml."
+                f"Key '{name}' is locked and there is no askpass program to ask for its "
+                "passphrase: set $KEYAGENT_ASKPASS or askpass in config.toml."
             )
         retry = False
         for attempt in range(ASKPASS_TRIES):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from keyagent.protocol import (
-    KEY_TYPES,
+    STORED_KEY_TYPES,
     Failed,
     InvalidName,
     KeyAgentError,
@@ -35,7 +35,6 @@ from keyagentd.atomic import AtomicWriter, FileOps
 from keyagentd.kdf import KdfParams, check_params
 from keyagentd.keyfile import (
     MAX_FILE_SIZE,
-    SEED_LEN,
     KeyRecord,
     SealedKey,
     check_label,
@@ -45,6 +44,7 @@ from keyagentd.keyfile import (
     open_sealed,
     parse_key_file,
     seal,
+    secret_len_ok,
 )
 from keyagentd.secrets import wipe
 
@@ -152,12 +152,12 @@ class KeyStore:
     ) -> KeyRecord:
         """Seal and store a new key; never replaces an existing one (``KeyExists``)."""
         path = self._path(name)
-        if key_type not in KEY_TYPES:
+        if key_type not in STORED_KEY_TYPES:
             raise Unsupported(
-                f"Key type {key_type!r} is not supported: use one of {', '.join(KEY_TYPES)}."
+                f"Key type {key_type!r} is not supported: use one of {', '.join(STORED_KEY_TYPES)}."
             )
-        if len(seed) != SEED_LEN:
-            raise Malformed(f"A key seed must be {SEED_LEN} bytes.")
+        if not secret_len_ok(key_type, len(seed)):
+            raise Malformed(f"The secret has the wrong size for a {key_type} key.")
         check_label(label)
         check_recipient(recipient)
         if os.path.lexists(
@@ -178,7 +178,8 @@ class KeyStore:
         return record
 
     def unseal(self, name: str, passphrase: str) -> bytearray:
-        """The key's 32-byte seed (the caller wipes it); ``BadPassphrase`` if wrong."""
+        """The key's secret (a 32-byte seed; an ssh-rsa key's DER), which the caller wipes;
+        ``BadPassphrase`` if wrong."""
         return open_sealed(self._read(name), passphrase)
 
     def change_passphrase(self, name: str, old: str, new: str) -> None:

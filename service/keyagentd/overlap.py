@@ -22,6 +22,7 @@ import threading
 from typing import Any, Final
 
 from keyagentd.age.source import write_all
+from keyagentd.secrets import wipe
 
 #: Chunks written directly before a stream starts its writer thread (1 MiB).
 OVERLAP_AFTER: Final = 16
@@ -182,6 +183,8 @@ class OverlappedOutput:
             if self._writer is not None:
                 self._writer.close()
         finally:
+            if self._own is not None:
+                wipe(self._own)  # the last plaintext chunk, when decrypting
             STREAMS.leave()
 
     def before_chunk(self, counter: int) -> None:

@@ -51,10 +51,12 @@ def check(
     operation: str = "decrypt",
     env: Mapping[str, str] | None = None,
     confirm: ConfirmFn = askpass.confirm,
+    via: str = "",
 ) -> None:
     """Raise ``AccessDenied`` unless the caller may use ``key_name`` now.
 
-    May block on a confirmation dialog: from the event loop, run it in a thread.
+    May block on a confirmation dialog: from the event loop, run it in a thread. ``via``
+    names a program acting for the caller (age-plugin-keyagent) in the question.
     """
     policy = config.policy_for(key_name)
     if policy.allowed_executables is not None:
@@ -70,7 +72,7 @@ def check(
                 "it is not in the key's allowed_executables."
             )
     if policy.confirm:
-        prompt = askpass.confirm_prompt(key_name, operation, caller_pid)
+        prompt = askpass.confirm_prompt(key_name, operation, caller_pid, via)
         env = os.environ if env is None else env
         if not confirm(prompt, config_askpass=config.askpass, env=env):
             raise AccessDenied(f"Using key '{key_name}' to {operation} was not confirmed.")

@@ -5,15 +5,22 @@ a growing delay (doubling, capped) before it is checked, and past a limit attemp
 refused outright with ``RateLimited`` until a quiet period passes. A right passphrase resets
 the count. Attempts on one key run one at a time, so parallel guesses gain nothing; the
 wait is an `asyncio.sleep`, so other callers and other keys are never blocked.
+
+With a store (failcounts.py) the counts survive the agent: an attempt is counted, and the
+count written, before the guess is checked, so killing the agent mid-check loses nothing;
+a right passphrase (or an error that is no guess) takes it back. The clock is the wall
+clock for the same reason (the quiet period runs across restarts).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from keyagent.protocol import BadPassphrase, RateLimited
 
@@ -34,25 +41,43 @@ class _State:
     lock: asyncio.Lock | None = None
 
 
+class FailureStore(Protocol):
+    def load(self, key: str) -> tuple[int, float] | None: ...
+    def save(self, key: str, failures: int, last_failure: float) -> None: ...
+    def forget(self, key: str) -> None: ...
+
+
+async def _inline(fn: Callable[[], None]) -> None:
+    fn()
+
+
 class FailureLimiter:
-    """Per-key failure counts, delays and refusals."""
+    """Per-key failure counts, delays and refusals. ``store`` keeps the counts across
+    restarts; ``offload`` runs its (fsyncing) writes off the event loop."""
 
     def __init__(
         self,
         policy: LimitPolicy = LimitPolicy(),
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        store: FailureStore | None = None,
+        offload: Callable[[Callable[[], None]], Awaitable[None]] = _inline,
     ) -> None:
         self.policy = policy
         self._clock = clock
         self._sleep = sleep
+        self._store = store
+        self._offload = offload
         self._states: dict[str, _State] = {}
 
     def _state(self, key: str) -> _State:
         state = self._states.get(key)
         if state is None:
             state = self._states[key] = _State()
+            saved = self._store.load(key) if self._store is not None else None
+            if saved is not None:
+                state.failures, state.last_failure = saved
         if state.failures and self._clock() - state.last_failure >= self.policy.quiet_period:
             state.failures = 0  # a quiet period forgives
         return state
@@ -85,7 +110,15 @@ class FailureLimiter:
         self._state(key).failures = 0
 
     def forget(self, key: str) -> None:
+        """The key is gone: drop its count, on disk too."""
         self._states.pop(key, None)
+        if self._store is not None:
+            self._store.forget(key)
+
+    async def _persist(self, key: str, state: _State) -> None:
+        if self._store is not None:
+            save = functools.partial(self._store.save, key, state.failures, state.last_failure)
+            await self._offload(save)
 
     @asynccontextmanager
     async def attempt(self, key: str) -> AsyncIterator[None]:
@@ -100,9 +133,16 @@ class FailureLimiter:
             delay = self.delay(key)
             if delay > 0:
                 await self._sleep(delay)
+            before = (state.failures, state.last_failure)
+            self.failure(key)  # counted until proven right (see the module text)
+            await self._persist(key, state)
             try:
                 yield
             except BadPassphrase:
-                self.failure(key)
+                raise
+            except BaseException:
+                state.failures, state.last_failure = before  # no guess was checked
+                await self._persist(key, state)
                 raise
             self.success(key)
+            await self._persist(key, state)

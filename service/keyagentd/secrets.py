@@ -39,3 +39,26 @@ def scrub_bytes(data: bytes) -> None:
     address = _bytes_buffer(data)
     if address:
         ctypes.memset(address, 0, len(data))
+
+
+class PlainBuffer:
+    """A writable sink of fixed capacity for plaintext the agent returns in a reply: one
+    allocation (growing would leave unwiped copies behind), wiped by its owner."""
+
+    def __init__(self, capacity: int) -> None:
+        self.buf = bytearray(capacity)
+        self._n = 0
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        n = len(data)
+        if self._n + n > len(self.buf):
+            raise ValueError("PlainBuffer is full")
+        self.buf[self._n : self._n + n] = data
+        self._n += n
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def view(self) -> memoryview:
+        return memoryview(self.buf)[: self._n]

@@ -6,10 +6,17 @@ when the caller leaves the bus its streams stop, even if the other end of a pipe
 Regular files never block: they are read and written directly, the flag checked per chunk.
 The fds a stream received are closed when it ends, whatever happens.
 
-`check_fd_peers`: a caller may hand the agent a socket instead of a pipe or file. If the
-process at its other end (SO_PEERCRED) runs as another user, the agent would be reading
-plaintext from, or writing it to, that user: refused with AccessDenied before the stream
-starts. Pipes, files and unconnected sockets carry no peer and pass.
+`check_fd_peers`: a caller may hand the agent a socket instead of a pipe or file. A socket
+of any family but unix (TCP, UDP, vsock...) may lead to another user's process or another
+machine, and nothing says whose: refused. If the process at the other end of a unix socket
+(SO_PEERCRED) runs as another user, the agent would be reading plaintext from, or writing
+it to, that user: refused with AccessDenied before the stream starts. Pipes, files and
+unconnected unix sockets carry no peer and pass. What remains (SECURITY.md): a unix
+socketpair end or pipe of ours handed on to another process is that process's, and no
+check can see it.
+
+`read_passphrase_async` / `write_secret_async`: the `<secret>-fd` options and Export's
+``output-fd`` (methods.py) are read and written on the event loop, never in a stream thread.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import asyncio
 import logging
 import os
 import select
+import socket
 import stat
 import sys
 import threading
@@ -25,9 +33,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
-from keyagent.protocol import AccessDenied, BadPassphrase, Failed, RateLimited, TooLarge
+from keyagent.protocol import (
+    MAX_SECRET_BYTES,
+    AccessDenied,
+    BadPassphrase,
+    Failed,
+    RateLimited,
+    TooLarge,
+)
 from keyagentd.fds import close_fds
-from keyagentd.hardening import peer_uid_of_socket
+from keyagentd.hardening import peer_uid_of_socket, socket_family
 from keyagentd.secrets import wipe
 
 log = logging.getLogger(__name__)
@@ -271,10 +286,18 @@ def check_fd_peers(
     caller_uid: int | None,
     *,
     peer_uid: Callable[[int], int | None] = peer_uid_of_socket,
+    family: Callable[[int], int | None] = socket_family,
 ) -> None:
-    """Raise AccessDenied if one of ``fds`` is a socket to another uid (the caller closes
-    the fds, once). ``caller_uid``: the checked caller's (None matches no socket)."""
+    """Raise AccessDenied if one of ``fds`` is a socket other than unix, or one to another
+    uid (the caller closes the fds, once). ``caller_uid``: the checked caller's (None
+    matches no socket)."""
     for fd in fds:
+        kind = family(fd)
+        if kind is not None and kind != socket.AF_UNIX:
+            raise AccessDenied(
+                "A file descriptor passed to the agent is a network socket: use a pipe, a file "
+                "or a unix socket."
+            )
         uid = peer_uid(fd)
         if uid is not None and uid != caller_uid:
             raise AccessDenied(
@@ -283,8 +306,8 @@ def check_fd_peers(
             )
 
 
-#: UnlockFromFd reads at most this much (a passphrase, not a file).
-MAX_PASSPHRASE_BYTES: Final = 4096
+#: UnlockFromFd and the `<secret>-fd` options read at most this much (not a file).
+MAX_PASSPHRASE_BYTES: Final = MAX_SECRET_BYTES
 PASSPHRASE_READ_TIMEOUT: Final = 30.0
 
 
@@ -323,8 +346,33 @@ async def read_passphrase_async(fd: int) -> str:
         wipe(buf)
 
 
+async def write_secret_async(fd: int, data: bytes) -> None:
+    """Write ``data`` (a small secret file: Export) to ``fd`` on the event loop, in pieces
+    of at most PIPE_BUF once it is writable, so a blocking pipe never blocks the loop; times
+    out after `PASSPHRASE_READ_TIMEOUT` (a reader that never reads)."""
+    view = memoryview(data)
+    try:
+        async with asyncio.timeout(PASSPHRASE_READ_TIMEOUT):
+            while view:
+                await _until_ready(fd, write=True)
+                try:
+                    n = os.write(fd, view[: select.PIPE_BUF])
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as exc:
+                    raise Failed(f"Writing the output failed: {exc.strerror}.") from None
+                view = view[n:]
+    except TimeoutError:
+        raise Failed("Timed out waiting for the caller to read the output.") from None
+
+
 async def _until_readable(fd: int) -> None:
-    """Wait on the loop until ``fd`` can be read; at once for what cannot be polled."""
+    await _until_ready(fd)
+
+
+async def _until_ready(fd: int, *, write: bool = False) -> None:
+    """Wait on the loop until ``fd`` can be read (written); at once for what cannot be
+    polled."""
     try:
         if stat.S_ISREG(os.fstat(fd).st_mode):
             return
@@ -337,11 +385,14 @@ async def _until_readable(fd: int) -> None:
         if not ready.done():
             ready.set_result(None)
 
+    add, remove = loop.add_reader, loop.remove_reader
+    if write:
+        add, remove = loop.add_writer, loop.remove_writer
     try:
-        loop.add_reader(fd, wake)
+        add(fd, wake)
     except (OSError, ValueError):
         return
     try:
         await ready
     finally:
-        loop.remove_reader(fd)
+        remove(fd)

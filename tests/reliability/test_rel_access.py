@@ -33,14 +33,14 @@ def dummy(sig):
         c = sig[i]
         if c == "a":
             j = i + 1
-            if sig[j] == "{":
+            if sig[j] in "{(":
                 depth = 0
                 for k in range(j, len(sig)):
-                    depth += sig[k] == "{"
-                    depth -= sig[k] == "}"
+                    depth += sig[k] in "{("
+                    depth -= sig[k] in "})"
                     if depth == 0:
                         break
-                out.append({}); i = k + 1
+                out.append({} if sig[j] == "{" else []); i = k + 1
             else:
                 out.append(b"" if sig[j] == "y" else []); i = j + 1
             continue

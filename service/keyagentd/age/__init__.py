@@ -1,10 +1,12 @@
 """A sans-IO age v1 engine (C2SP age): header, STREAM payload, armor, and the
-X25519, post-quantum hybrid (mlkem768x25519) and scrypt recipient types.
+X25519, post-quantum hybrid (mlkem768x25519), scrypt and SSH (ssh-ed25519,
+ssh-rsa) recipient types.
 
 Errors are the engine's own (errors.py, no D-Bus and no agent names): ParseError
 (not age, bad header, bad armor), HeaderMacError, PayloadError (a payload chunk
 failed or the file is cut short), NoMatchError (no identity opens the file),
-UnsupportedError (a format or feature not handled); the agent maps them to its
+UnsupportedError (a format or feature not handled), PassphraseError (an OpenSSH
+key's own passphrase is wrong or missing); the agent maps them to its
 wire errors in one table. I/O errors of the caller's file objects (OSError) pass
 through unchanged. Streams work on any object with ``readinto``/``write``.
 
@@ -14,7 +16,8 @@ Choices where the spec leaves room (each matches age/rage unless noted):
 - A scrypt work factor above the identity's cap (default 22) is UnsupportedError,
   refused before any key derivation; one above 64 or not canonical decimal
   is ParseError. ``ScryptRecipient(work_factor=None)`` targets ~1 s, 18..20.
-- A header larger than 1 MiB or with more than 1024 stanzas is a ParseError.
+- A header larger than 1 MiB or with more than 1024 stanzas is a ParseError;
+  encrypting to more than that (or ~670+ hybrid recipients) is a TooLargeError.
 - Armor is detected when the first non-blank byte is ``-``; LF or CRLF lines
   and up to 1 KiB of whitespace around the block are accepted.
 - A file with an scrypt stanza must have exactly one stanza (ParseError
@@ -31,35 +34,48 @@ import io
 import os
 from collections.abc import Callable, Sequence
 
-from .engine import Decryptor, decrypt, encrypt
+from .engine import Decryptor, check_recipient_count, decrypt, encrypt
 from .errors import (
     AgeError,
+    ArmorError,
     HeaderMacError,
     NoMatchError,
     ParseError,
+    PassphraseError,
     PayloadError,
+    TooLargeError,
     UnsupportedError,
 )
 from .format import Stanza
 from .hybrid import HybridIdentity, HybridRecipient
 from .keys import (
     KEY_TYPES,
+    STANZA_TYPES,
+    AnyIdentity,
+    AnyRecipient,
     Identity,
     KeyType,
     Recipient,
     generate_identity,
     identity_from_seed,
+    is_recipient_text,
+    may_open,
     parse_identities,
     parse_identity,
     parse_recipient,
     public_of_seed,
 )
 from .scrypt import ScryptIdentity, ScryptRecipient
+from .ssh import SshEd25519Identity, SshEd25519Recipient, SshRsaIdentity, SshRsaRecipient
 from .x25519 import X25519Identity, X25519Recipient
 
 __all__ = [
     "KEY_TYPES",
+    "STANZA_TYPES",
     "AgeError",
+    "AnyIdentity",
+    "AnyRecipient",
+    "ArmorError",
     "Decryptor",
     "HeaderMacError",
     "HybridIdentity",
@@ -68,20 +84,29 @@ __all__ = [
     "KeyType",
     "NoMatchError",
     "ParseError",
+    "PassphraseError",
     "PayloadError",
     "Recipient",
     "ScryptIdentity",
     "ScryptRecipient",
+    "SshEd25519Identity",
+    "SshEd25519Recipient",
+    "SshRsaIdentity",
+    "SshRsaRecipient",
     "Stanza",
+    "TooLargeError",
     "UnsupportedError",
     "X25519Identity",
     "X25519Recipient",
+    "check_recipient_count",
     "decrypt",
     "decrypt_bytes",
     "encrypt",
     "encrypt_bytes",
     "generate_identity",
     "identity_from_seed",
+    "is_recipient_text",
+    "may_open",
     "parse_identities",
     "parse_identity",
     "parse_recipient",

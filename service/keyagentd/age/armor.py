@@ -1,9 +1,21 @@
 """age's ASCII armor: strict PEM (RFC 7468) with label "AGE ENCRYPTED FILE".
 
-Accepted, as age accepts: LF or CRLF line ends, whitespace-only lines before
-the block and whitespace after it (up to 1 KiB each), no newline after the end
-line. Everything else is rejected: lines of other than 64 columns (except the
-last), non-canonical base64, data after the end, headers, checksums.
+As strict as age's Go ``armor`` package (armor/armor.go), rule by rule:
+
+- lines end in LF; one CR before it (or before EOF) is dropped; the last line may lack its LF;
+- before the BEGIN line only blank lines, at most 1 KiB of them (each counted with one byte
+  for its line end); "blank" is Go's bytes.TrimSpace, so Unicode white space (NBSP, NEL, ...)
+  counts, invalid UTF-8 does not;
+- the BEGIN line is exactly the header; an empty line inside is an error, as is a line of
+  more than 64 bytes;
+- each line is strict base64 (padding required, canonical bits), except that CR bytes inside a
+  line are ignored, as Go's base64 decoder does;
+- a line that decodes to fewer than 48 bytes must be followed by the END line, which may also
+  follow a full line; after it, less than 1 KiB of blank bytes (exactly 1 KiB is refused:
+  Go reads 1 KiB and cannot tell it from more).
+
+Every violation raises `ArmorError` (a `ParseError`: the agent's Malformed), so callers can tell an
+armor failure from a malformed age header inside good armor.
 """
 
 from __future__ import annotations
@@ -11,7 +23,7 @@ from __future__ import annotations
 import binascii
 from typing import Any, Final
 
-from .errors import ParseError
+from .errors import ArmorError
 from .source import Readable, write_all
 
 BEGIN: Final = b"-----BEGIN AGE ENCRYPTED FILE-----"
@@ -23,8 +35,26 @@ _READ: Final = 256 * 1024
 _WS: Final = b" \t\r\n\x0b\x0c"
 
 
-def _bad(why: str) -> ParseError:
-    return ParseError(f"The armored age file is malformed: {why}.")
+#: What Go's unicode.IsSpace accepts (bytes.TrimSpace): ASCII space, NEL, NBSP, White_Space.
+_GO_SPACE: Final = frozenset(
+    " \t\n\v\f\r\x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000"
+    + "".join(chr(c) for c in range(0x2000, 0x200B))
+)
+
+
+def _bad(why: str) -> ArmorError:
+    return ArmorError(f"The armored age file is malformed: {why}.")
+
+
+def _blank(data: bytes) -> bool:
+    """Whether Go's bytes.TrimSpace would leave nothing of ``data``."""
+    if not data.strip(_WS):
+        return True
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False  # Go reads an invalid byte as U+FFFD, which is not space
+    return all(c in _GO_SPACE for c in text)
 
 
 class ArmorReader:
@@ -89,7 +119,7 @@ class ArmorReader:
             skipped = 0
             while True:
                 line = self._line()
-                if line.strip(_WS):
+                if not _blank(line):
                     break
                 skipped += len(line) + 1
                 if skipped > MAX_WHITESPACE:
@@ -104,6 +134,8 @@ class ArmorReader:
         if line == END:
             self._finish()
             return bytearray()
+        if not line:
+            raise _bad("it has an empty line")
         if len(line) > COLUMNS:
             raise _bad("a line is longer than 64 columns")
         data = _decode_line(line)
@@ -141,17 +173,19 @@ class ArmorReader:
         return bytearray(data)
 
     def _finish(self) -> None:
-        rest = bytes(self._buf[self._pos :])
-        while len(rest) <= MAX_WHITESPACE and self._fill():
-            rest = bytes(self._buf[self._pos :])
-        if rest.strip(_WS):
+        # Like Go: look at the next 1 KiB only; blank and shorter than that, or an error.
+        while len(self._buf) - self._pos < MAX_WHITESPACE and self._fill():
+            pass
+        rest = bytes(self._buf[self._pos : self._pos + MAX_WHITESPACE])
+        if not _blank(rest):
             raise _bad("there is data after its END line")
-        if len(rest) > MAX_WHITESPACE:
+        if len(rest) == MAX_WHITESPACE:
             raise _bad("too much whitespace after it")
         self._done = True
 
 
 def _decode_line(line: bytes) -> bytes:
+    line = line.replace(b"\r", b"")  # Go's base64 decoder skips CR (and LF) even when strict
     try:
         data = binascii.a2b_base64(line, strict_mode=True)
     except binascii.Error:

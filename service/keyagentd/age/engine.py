@@ -9,8 +9,16 @@ from typing import Any, BinaryIO, Final
 
 from . import hybrid, scrypt
 from .armor import MAX_WHITESPACE, ArmorReader, ArmorWriter, looks_armored
-from .errors import HeaderMacError, NoMatchError, ParseError, UnsupportedError
-from .format import FILE_KEY_SIZE, Header, encode_header, header_mac, parse_header
+from .errors import HeaderMacError, NoMatchError, ParseError, TooLargeError, UnsupportedError
+from .format import (
+    FILE_KEY_SIZE,
+    MAX_HEADER,
+    MAX_STANZAS,
+    Header,
+    encode_header,
+    header_mac,
+    parse_header,
+)
 from .keys import Identity, Recipient
 from .source import PrefixedSource, RawSource, Readable, read_full, write_all
 from .stream import NONCE_SIZE, OutputFactory, decrypt_payload, encrypt_payload, payload_key
@@ -35,15 +43,24 @@ def encrypt(
 
     A passphrase (scrypt) recipient must be alone, and the post-quantum hybrid
     is not mixed with classic recipients (it would lose its point): both raise
-    UnsupportedError before anything is written.
+    UnsupportedError before anything is written. A header that `Decryptor` would refuse (more
+    than MAX_STANZAS stanzas or MAX_HEADER bytes: ~670 post-quantum recipients) raises
+    TooLargeError: what this engine writes, it reads back.
     """
     if not recipients:
         raise ValueError("Encrypting needs at least one recipient.")
+    check_recipient_count(len(recipients))
     _check_mix([getattr(r, "stanza_type", None) for r in recipients])
     file_key = rng(FILE_KEY_SIZE)
     stanzas = [s for r in recipients for s in r.wrap(file_key, rng)]
     _check_mix([s.type for s in stanzas])
+    check_recipient_count(len(stanzas))
     header = encode_header(stanzas, file_key)
+    if len(header) > MAX_HEADER:
+        raise TooLargeError(
+            f"The header for {len(stanzas)} recipients would be larger than {MAX_HEADER} "
+            "bytes, more than age files read here may hold: use fewer recipients."
+        )
     nonce = rng(NONCE_SIZE)
     key = payload_key(file_key, nonce)
     source = RawSource(src)
@@ -55,6 +72,14 @@ def encrypt(
     encrypt_payload(key, source, out, output=output)
     out.close()
     return out.written
+
+
+def check_recipient_count(count: int) -> None:
+    """TooLargeError for more recipients than a file read here may name (MAX_STANZAS)."""
+    if count > MAX_STANZAS:
+        raise TooLargeError(
+            f"At most {MAX_STANZAS} recipients: an age file read here names no more (got {count})."
+        )
 
 
 def _check_mix(types: Sequence[str | None]) -> None:
@@ -121,6 +146,20 @@ class Decryptor:
             self._payload_key = payload_key(file_key, bytes(nonce))
             return identity
         raise NoMatchError()
+
+    def opens(self, identity: Identity) -> bool:
+        """Whether ``identity`` unwraps this file's key (header MAC checked), without taking
+        it: a key that opens the file may still be refused by per-key policy, and the next
+        key is then tried."""
+        file_key = identity.unwrap(self._header.stanzas)
+        if file_key is None:
+            return False
+        if len(file_key) != FILE_KEY_SIZE:
+            raise ParseError("A recipient stanza holds a file key of the wrong size.")
+        mac = header_mac(file_key, self._header.mac_input)
+        if not hmac.compare_digest(mac, self._header.mac):
+            raise HeaderMacError("The age header failed its integrity check (MAC).")
+        return True
 
     def file_key_for_tests(self) -> bytes | None:
         """The unwrapped file key, for the conformance runner only (it is secret)."""

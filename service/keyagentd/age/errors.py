@@ -23,6 +23,10 @@ class ParseError(AgeError):
     """Not an age file: bad header, stanza, armor, recipient or identity encoding."""
 
 
+class ArmorError(ParseError):
+    """The ASCII armor itself is malformed (not the age file inside it)."""
+
+
 class HeaderMacError(AgeError):
     """The header's MAC does not match under the unwrapped file key."""
 
@@ -41,6 +45,18 @@ class NoMatchError(AgeError):
     default = "No identity matches this file."
 
 
+class PassphraseError(AgeError):
+    """A key's own passphrase (an OpenSSH key's) is wrong, or missing where one is needed."""
+
+    default = "The key's passphrase is wrong."
+
+
+class TooLargeError(AgeError):
+    """A file this engine would write but not read back (too many stanzas, header too big)."""
+
+    default = "The age header would be larger than files read here may hold."
+
+
 class UnsupportedError(AgeError):
     """A valid file or request the engine does not handle (work factor, recipient mix)."""
 
@@ -49,9 +65,12 @@ class UnsupportedError(AgeError):
 
 __all__ = [
     "AgeError",
+    "ArmorError",
     "HeaderMacError",
     "NoMatchError",
     "ParseError",
+    "PassphraseError",
     "PayloadError",
+    "TooLargeError",
     "UnsupportedError",
 ]

@@ -1,4 +1,4 @@
-"""The seed-holding part shared by the key-pair identities (X25519, hybrid)."""
+"""The seed-holding part shared by the key-pair identities (X25519, hybrid, SSH)."""
 
 from __future__ import annotations
 
@@ -29,9 +29,11 @@ class SeededIdentity:
     #: `encode` upper-cases the result) and the message for a seed of the wrong size.
     _identity_hrp: ClassVar[str]
     _size_error: ClassVar[str]
+    #: The secret sizes a subclass accepts (an RSA key is longer than a seed).
+    _sizes: ClassVar[range] = range(SEED_SIZE, SEED_SIZE + 1)
 
     def __init__(self, seed: bytes | bytearray | memoryview) -> None:
-        if len(seed) != SEED_SIZE:
+        if len(seed) not in self._sizes:
             raise ParseError(self._size_error)
         self._seed: bytearray | None = bytearray(seed)
 

@@ -18,6 +18,8 @@ from typing import Any, Final, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from keyagentd.secrets import wipe
+
 from .errors import PayloadError
 from .format import hkdf
 from .source import Readable, read_full, write_all
@@ -169,7 +171,8 @@ class DirectOutput:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pass
+        if self._own is not None:
+            wipe(self._own)  # the last plaintext chunk, when decrypting
 
     def before_chunk(self, counter: int) -> None:
         pass

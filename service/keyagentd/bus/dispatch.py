@@ -36,6 +36,7 @@ from keyagentd.bus.gate import Gate
 from keyagentd.errors import wire_error
 from keyagentd.fds import ReceivedFds
 from keyagentd.policy import AccessRecord
+from keyagentd.secrets import wipe
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class Reply:
 
     body: Sequence[Any] = ()
     key: str | None = None
+    #: A buffer of the agent's own in the body (plaintext), wiped once the reply is sent.
+    wipe: bytearray | None = None
 
 
 #: ``handler(caller, args, fds)``; key methods get the key's name as ``args[0]``.
@@ -240,8 +243,12 @@ class Dispatcher:
                 log.error("Internal error", exc_info=outcome)
                 exc, short = Failed(INTERNAL_ERROR_TEXT), "error"
             reply = error_reply(msg, exc)
-        if not no_reply(msg):
-            self._bus.send(reply)
+        try:
+            if not no_reply(msg):
+                self._bus.send(reply)  # marshalled here (fixes.py wipes its own copy once sent)
+        finally:
+            if isinstance(outcome, Reply) and outcome.wipe is not None:
+                wipe(outcome.wipe)
         record = self._audit.record(method.member, key, caller, short)
         try:
             self._announce(record)  # the AccessLog signal, after the reply

@@ -20,15 +20,18 @@ Stock behaviour -> ours (upstream report):
    D-Bus specification; GDBus's client expects it).
 5. Error replies carry only the sentence (`s`) -> `ErrorWithData` sends the protocol
    error's whole body (`Locked`: `sas`, the candidate names as data).
-7. GetManagedObjects is quadratic in the objects (after each object's properties it scans
+6. No public way to reach the socket, call with a plain callback, replay a held message
+   or introspect a path without its children -> `bus_socket`, `FixedMessageBus.call_back`,
+   `FixedMessageBus.replay`, `introspection_without_children`.
+7. The marshalled message stays in memory after it is sent, and an `ay` body is copied
+   through an intermediate buffer -> `PatientWriter` wipes every sent buffer and puts a
+   memoryview `ay` reply (Decrypt's plaintext) straight into the one buffer it sends.
+8. GetManagedObjects is quadratic in the objects (after each object's properties it scans
    the whole result for missing ones: ~180 ms at 1,000 keys) and reads every property
    through its getter -> `FixedMessageBus._default_get_managed_objects_handler` is linear
    and takes an interface's ready values (`property_values()`, cached by the key objects);
    each object's entry is marshalled once per set of values (8 ms of 1,000 keys' 9,000
    variants otherwise) and the reply's body put together from them (`_Premarshalled`).
-8. No public way to reach the socket, call with a plain callback, replay a held message
-   or introspect a path without its children -> `bus_socket`, `FixedMessageBus.call_back`,
-   `FixedMessageBus.replay`, `introspection_without_children`.
 
 Method calls to our own interfaces never reach dbus-fast's method dispatch: the dispatcher
 (dispatch.py) answers them from a user message handler (`add_message_handler`, public), and
@@ -48,7 +51,7 @@ import os
 import socket
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from dbus_fast import DBusError, Message, MessageType
 from dbus_fast._private.marshaller import Marshaller
@@ -56,6 +59,8 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.aio import message_bus as _aio
 from dbus_fast.message_bus import BaseMessageBus
 from dbus_fast.service import ServiceInterface
+
+from keyagentd.secrets import wipe
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +224,11 @@ class PatientWriter(_aio._MessageWriter):
                 if self.offset < len(self.buf):
                     self._wait_writable()
                     return
+                sent_buf = self.buf.obj
+                self.buf.release()
                 self.buf = None
+                if isinstance(sent_buf, bytearray):
+                    wipe(sent_buf)  # replies may carry plaintext: nothing stays behind
                 _aio._future_set_result(cast(Any, self.fut), None)
         except Exception as exc:
             # The connection failed (or was closed under us while stopping). Every message
@@ -259,6 +268,27 @@ class PatientWriter(_aio._MessageWriter):
                 _aio._future_set_result(cast(Any, fut), None)
             else:
                 _fail_quietly(fut, exc)
+
+    def buffer_message(self, msg: Message, future: Any = None) -> None:
+        body = msg.body
+        if not (msg.signature.startswith("ay") and body and isinstance(body[0], memoryview)):
+            super().buffer_message(msg, future)
+            return
+        # A plaintext reply (Decrypt): dbus-fast would copy it into an intermediate body
+        # buffer and leave that behind unwiped. Marshal zeros of its length instead and put
+        # the plaintext straight into the one buffer that is sent (and wiped once sent).
+        plain: memoryview = body[0]
+        body[0] = bytes(len(plain))
+        try:
+            buf = msg._marshall(self.negotiate_unix_fd)
+        finally:
+            body[0] = plain
+        order: Literal["little", "big"] = "little" if buf[0:1] == b"l" else "big"
+        start = len(buf) - int.from_bytes(buf[4:8], order)  # the body follows the header
+        assert int.from_bytes(buf[start : start + 4], order) == len(plain)
+        buf[start + 4 : start + 4 + len(plain)] = plain
+        fds = msg.unix_fds
+        self.messages.append((buf, list(fds) if fds else None, future))
 
     def schedule_write(self, msg: Message | None = None, future: Any = None) -> None:
         if self.bus._disconnected or self._failed is not None:

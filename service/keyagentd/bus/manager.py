@@ -57,7 +57,11 @@ class Manager(ServiceInterface):
 
     def introspect(self) -> intr.Interface:
         base = with_methods(super().introspect(), self._methods(), MANAGER_INTERFACE)
-        return mark_constants(base, frozenset({"Version"}))
+        base = mark_constants(base, frozenset({"Version"}))
+        for prop in base.properties:
+            if prop.name == "Keys":  # objects.py sends it as invalidated, without its value
+                prop.annotations[EMITS_CHANGED] = "invalidates"
+        return base
 
     # --- properties ----------------------------------------------------------------------
 

@@ -8,12 +8,20 @@ The argument names are the contract's (dbus/org.example.KeyAgent.xml; a test com
 Options (`a{sv}`): unknown option names and values of the wrong D-Bus type are refused with
 InvalidArgs: a typo must not silently fall back to a default (an Encrypt that forgot
 `armor`, an Unlock that kept the default timeout).
+
+Secrets off the bus: a passphrase or identity in a message body is visible to every
+same-user bus monitor. Every method that takes one also accepts it as an `h` option named
+after it plus ``-fd`` (``passphrase-fd``, ``identity-fd``, ``old-passphrase-fd``,
+``new-passphrase-fd``; ChangePassphrase and Export through their ``WithOptions`` forms):
+the agent reads that fd (a pipe's read end) to EOF on the event loop, drops one trailing
+newline, at most 4 KiB. Export's ``output-fd`` is where the file goes instead of the reply.
+The fds stay the call's (`ReceivedFds`); `keyagent` sends secrets only this way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from dbus_fast import Variant
 
@@ -28,24 +36,35 @@ from keyagent.protocol import (
     key_path,
 )
 from keyagent.protocol import MANAGER_INTERFACE as MI
-from keyagentd import age
+from keyagentd import age, unwrap
 from keyagentd.auth import Caller
 from keyagentd.bus.dispatch import Method, Reply
 from keyagentd.crypt import Crypt
 from keyagentd.fds import ReceivedFds
 from keyagentd.keys import Keys
-from keyagentd.streams import check_fd_peers, read_passphrase_async
+from keyagentd.streams import check_fd_peers, read_passphrase_async, write_secret_async
 from keyagentd.work import Work
 
 # --- options ---------------------------------------------------------------------------
 
-#: The D-Bus type of every option each method accepts.
-CREATE_KEY = {"type": "s", "label": "s"}
-IMPORT_KEY = {"label": "s"}
-DELETE_KEY = {"passphrase": "s"}
-ENCRYPT = {"armor": "b", "passphrase": "s"}
-DECRYPT = {"key": "s", "passphrase": "s"}
+#: The D-Bus type of every option each method accepts; `<secret>-fd` (h): see above.
+CREATE_KEY = {"type": "s", "label": "s", "passphrase-fd": "h"}
+#: ImportKey: a protected OpenSSH/PEM key's passphrase in the message (``ssh-passphrase``,
+#: for scripts: a bus monitor sees it) or read from a pipe (``ssh-passphrase-fd``).
+IMPORT_KEY = {
+    "label": "s",
+    "identity-fd": "h",
+    "passphrase-fd": "h",
+    "ssh-passphrase": "s",
+    "ssh-passphrase-fd": "h",
+}
+DELETE_KEY = {"passphrase": "s", "passphrase-fd": "h"}
+ENCRYPT = {"armor": "b", "passphrase": "s", "passphrase-fd": "h"}
+DECRYPT = {"key": "s", "passphrase": "s", "passphrase-fd": "h"}
 UNLOCK = {"idle-timeout": "u", "max-timeout": "u"}
+CHANGE_PASSPHRASE = {"old-passphrase-fd": "h", "new-passphrase-fd": "h"}
+EXPORT = {"passphrase-fd": "h", "output-fd": "h"}
+FD_SUFFIX: Final = "-fd"
 
 
 class Options:
@@ -94,13 +113,44 @@ def parse_options(options: Mapping[str, Variant], schema: Mapping[str, str]) -> 
     return Options(values)
 
 
+async def _read_secret(parsed: Options, key: str, fds: ReceivedFds, caller: Caller) -> str:
+    fd = fds.get(parsed.number(key))
+    check_fd_peers([fd], caller.uid)
+    return await read_passphrase_async(fd)
+
+
+async def secret_option(parsed: Options, name: str, fds: ReceivedFds, caller: Caller) -> str | None:
+    """The secret option ``name``, or what its ``-fd`` option's fd holds (not both)."""
+    key = name + FD_SUFFIX
+    if key not in parsed:
+        return parsed.text(name)
+    if name in parsed:
+        raise InvalidArgs(f"Give the {name} or the {key} option, not both.")
+    return await _read_secret(parsed, key, fds, caller)
+
+
+async def secret_arg(
+    parsed: Options, name: str, inline: str, fds: ReceivedFds, caller: Caller
+) -> str:
+    """The secret argument ``name`` (``inline``), or its ``-fd`` option's (then ``inline``
+    must be empty)."""
+    key = name + FD_SUFFIX
+    if key not in parsed:
+        return inline
+    if inline:
+        raise InvalidArgs(f"Give the {name} argument or the {key} option, not both.")
+    return await _read_secret(parsed, key, fds, caller)
+
+
 # --- the handlers --------------------------------------------------------------------------
 
 OPTIONS: Final = ("options", "a{sv}")
 #: Decrypt and DecryptFd also take ``askpass`` (b): ask at the desktop for a locked key.
 DECRYPT_OPTIONS: Final = {**DECRYPT, "askpass": "b"}
+#: UnwrapFileKey takes ``key`` (s) and ``askpass`` (b), as Decrypt does.
+UNWRAP_OPTIONS: Final = {"key": "s", "askpass": "b"}
 #: Unlock also takes ``askpass`` (b): the agent asks at the desktop (passphrase "").
-UNLOCK_OPTIONS: Final = {**UNLOCK, "askpass": "b"}
+UNLOCK_OPTIONS: Final = {**UNLOCK, "askpass": "b", "passphrase-fd": "h"}
 
 
 def pid_of(caller: Caller) -> int:
@@ -126,19 +176,29 @@ class Handlers:
         if key_type not in KEY_TYPES:
             raise Unsupported(f"Unknown key type {shown(key_type)}: use {' or '.join(KEY_TYPES)}.")
         label = parsed.text("label", "") or ""
+        passphrase = await secret_arg(parsed, "passphrase", passphrase, fds, caller)
         record = await self.keys.create(name, age.generate_identity(key_type), passphrase, label)
         return Reply((key_path(name), record.recipient), key=name)
 
     async def import_key(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         name, identity, passphrase, options = args
-        label = parse_options(options, IMPORT_KEY).text("label", "") or ""
+        parsed = parse_options(options, IMPORT_KEY)
+        label = parsed.text("label", "") or ""
         self.keys.check_new(name)
-        await self.keys.create(name, age.parse_identity(identity), passphrase, label)
+        identity = await secret_arg(parsed, "identity", identity, fds, caller)
+        passphrase = await secret_arg(parsed, "passphrase", passphrase, fds, caller)
+        ssh_passphrase = await secret_option(parsed, "ssh-passphrase", fds, caller)
+        secret = None if ssh_passphrase is None else ssh_passphrase.encode("utf-8")
+        # In a worker thread: an RSA key's full check takes ~100-300 ms, a protected OpenSSH
+        # key's bcrypt KDF about as long (age/sshload.py).
+        key = await self.keys.work.blocking(age.parse_identity, identity, ssh_passphrase=secret)
+        await self.keys.create(name, key, passphrase, label)
         return Reply((key_path(name),), key=name)
 
     async def delete_key(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         name, options = args
-        passphrase = parse_options(options, DELETE_KEY).text("passphrase")
+        parsed = parse_options(options, DELETE_KEY)
+        passphrase = await secret_option(parsed, "passphrase", fds, caller)
         await self.keys.delete(name, passphrase, pid_of(caller))
         return Reply()
 
@@ -152,7 +212,8 @@ class Handlers:
     async def encrypt(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         recipients, plaintext, options = args
         parsed = parse_options(options, ENCRYPT)
-        armor, passphrase = parsed.flag("armor"), parsed.text("passphrase")
+        armor = parsed.flag("armor")
+        passphrase = await secret_option(parsed, "passphrase", fds, caller)
         data = await self.crypt.encrypt(recipients, plaintext, armor=armor, passphrase=passphrase)
         return Reply((data,))
 
@@ -162,19 +223,34 @@ class Handlers:
         plaintext, name = await self.crypt.decrypt(
             ciphertext,
             pin=parsed.text("key"),
-            passphrase=parsed.text("passphrase"),
+            passphrase=await secret_option(parsed, "passphrase", fds, caller),
             askpass=parsed.flag("askpass"),
             pid=pid_of(caller),
         )
         self.used(name)
-        return Reply((plaintext, name), key=name)
+        # The plaintext is the agent's own buffer: wiped once the reply is sent.
+        return Reply((plaintext, name), key=name, wipe=cast(bytearray, plaintext.obj))
+
+    async def unwrap_file_key(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
+        stanzas, options = args
+        parsed = parse_options(options, UNWRAP_OPTIONS)
+        # ``caller`` is the judged one: for age-plugin-keyagent, the program that started it.
+        file_key, name = await unwrap.file_key(
+            self.crypt,
+            stanzas,
+            pin=parsed.text("key"),
+            askpass=parsed.flag("askpass"),
+            pid=pid_of(caller),
+            via=caller.via,
+        )
+        self.used(name)
+        return Reply((file_key, name), key=name)
 
     async def encrypt_fd(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         recipients, input_, output, options = args
         parsed = parse_options(options, ENCRYPT)
-        bind = self.crypt.encrypt_job(
-            recipients, armor=parsed.flag("armor"), passphrase=parsed.text("passphrase")
-        )
+        passphrase = await secret_option(parsed, "passphrase", fds, caller)
+        bind = self.crypt.encrypt_job(recipients, armor=parsed.flag("armor"), passphrase=passphrase)
         check_fd_peers([fds.get(input_), fds.get(output)], caller.uid)
         streams = [fds.take(input_), fds.take(output)]  # the stream closes them
         return Reply((await self.work.stream(caller.sender, streams, bind(*streams)),))
@@ -184,7 +260,7 @@ class Handlers:
         parsed = parse_options(options, DECRYPT_OPTIONS)
         bind = self.crypt.decrypt_job(
             pin=parsed.text("key"),
-            passphrase=parsed.text("passphrase"),
+            passphrase=await secret_option(parsed, "passphrase", fds, caller),
             askpass=parsed.flag("askpass"),
             pid=pid_of(caller),
         )
@@ -205,6 +281,7 @@ class Handlers:
                 raise InvalidArgs("Give a passphrase or the askpass option, not both.")
             await self.keys.unlock_by_askpass(name, pid_of(caller), idle, maximum)
         else:
+            passphrase = await secret_arg(parsed, "passphrase", passphrase, fds, caller)
             await self.keys.unlock(name, passphrase, idle, maximum)
         return Reply()
 
@@ -228,9 +305,36 @@ class Handlers:
         await self.keys.change_passphrase(name, old, new)
         return Reply()
 
+    async def change_passphrase_with_options(
+        self, caller: Caller, args: list[Any], fds: ReceivedFds
+    ) -> Reply:
+        name, old, new, options = args
+        parsed = parse_options(options, CHANGE_PASSPHRASE)
+        self.keys.require(name)
+        old = await secret_arg(parsed, "old-passphrase", old, fds, caller)
+        new = await secret_arg(parsed, "new-passphrase", new, fds, caller)
+        await self.keys.change_passphrase(name, old, new)
+        return Reply()
+
     async def export(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         name, passphrase = args
         return Reply((await self.keys.export(name, passphrase, self.crypt.work_factor),))
+
+    async def export_with_options(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
+        """Export; with ``output-fd`` the file goes there and the reply is empty."""
+        name, passphrase, options = args
+        parsed = parse_options(options, EXPORT)
+        self.keys.require(name)
+        output = None
+        if "output-fd" in parsed:
+            output = fds.get(parsed.number("output-fd"))
+            check_fd_peers([output], caller.uid)
+        passphrase = await secret_arg(parsed, "passphrase", passphrase, fds, caller)
+        data = await self.keys.export(name, passphrase, self.crypt.work_factor)
+        if output is None:
+            return Reply((data,))
+        await write_secret_async(output, data)
+        return Reply((b"",))
 
     # --- audit keys ----------------------------------------------------------------------
 
@@ -267,6 +371,8 @@ def method_table(
                (("ciphertext", "ay"),), h.encrypt, h.known_recipients),
         Method(MI, "Decrypt", (("ciphertext", "ay"), OPTIONS),
                (("plaintext", "ay"), ("key", "s")), h.decrypt),
+        Method(MI, "UnwrapFileKey", (("stanzas", "a(sasay)"), OPTIONS),
+               (("file_key", "ay"), ("key", "s")), h.unwrap_file_key),
         Method(MI, "EncryptFd", (("recipients", "as"), ("input", "h"), ("output", "h"), OPTIONS),
                (("written", "t"),), h.encrypt_fd, h.known_recipients),
         Method(MI, "DecryptFd", (("input", "h"), ("output", "h"), OPTIONS),
@@ -276,5 +382,9 @@ def method_table(
         Method(KI, "Lock", (), (), h.lock, _first),
         Method(KI, "ChangePassphrase", (("old", "s"), ("new", "s")), (),
                h.change_passphrase, _first),
+        Method(KI, "ChangePassphraseWithOptions", (("old", "s"), ("new", "s"), OPTIONS), (),
+               h.change_passphrase_with_options, _first),
         Method(KI, "Export", (("passphrase", "s"),), (("file", "ay"),), h.export, _first),
+        Method(KI, "ExportWithOptions", (("passphrase", "s"), OPTIONS), (("file", "ay"),),
+               h.export_with_options, _first),
     ]  # fmt: skip

@@ -56,11 +56,17 @@ class KeyObjects:
     def key_paths(self) -> list[str]:
         return [self._objects[name].path for name in sorted(self._objects)]
 
+    def _keys_changed(self) -> None:
+        """Tell watchers `Keys` changed without its value: sending the whole list with each
+        CreateKey made creating n keys cost O(n²). Watchers Get it (or follow the
+        ObjectManager's InterfacesAdded/Removed, which name the one key)."""
+        self._manager.emit_properties_changed({}, ["Keys"])
+
     # --- keys.KeyEvents ------------------------------------------------------------------
 
     def added(self, record: KeyRecord) -> None:
         self.export(record)
-        self._manager.emit_properties_changed({"Keys": self.key_paths()})
+        self._keys_changed()
         self._on_change()
 
     def removed(self, name: str) -> None:
@@ -70,7 +76,7 @@ class KeyObjects:
         if obj is not None:
             self._names.pop(obj.path, None)
             self._bus.unexport(obj.path)
-        self._manager.emit_properties_changed({"Keys": self.key_paths()})
+        self._keys_changed()
         self._on_change()
 
     def changed(self, name: str) -> None:

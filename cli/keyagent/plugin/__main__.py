@@ -1,0 +1,5 @@
+import sys
+
+from keyagent.plugin.main import main
+
+sys.exit(main())
