@@ -25,6 +25,9 @@ done
 if [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -c 'import seccomp' 2>/dev/null; then
   missing+=(python3-seccomp)
 fi
+# Not a command either: libsodium, whose crypto_scalarmult makes an X25519 unwrap one
+# multiplication (age/x25519.py; without it the agent uses OpenSSL's two).
+ldconfig -p 2>/dev/null | grep -q 'libsodium\.so\.' || missing+=(libsodium23)
 [ ${#missing[@]} -eq 0 ] && exit 0
 mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)
 echo "keyagent: installing system packages: ${pkgs[*]}" >&2

@@ -41,6 +41,74 @@ def test_spec_x25519_key() -> None:
     assert age.parse_recipient(SPEC_X25519_RECIPIENT) == ident.recipient()
 
 
+@pytest.fixture(params=["libsodium", "openssl"])
+def x25519_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each X25519 test once per backend: libsodium (one multiplication per unwrap, when the
+    system has it) and OpenSSL (what runs without it)."""
+    from keyagentd.age import x25519
+
+    if request.param == "openssl":
+        monkeypatch.setattr(x25519, "_sodium", lambda: None)
+    elif x25519._sodium() is None:
+        pytest.skip("libsodium is not installed (scripts/sysdeps.sh installs it)")
+    return str(request.param)
+
+
+def test_x25519_backends_agree(x25519_backend: str) -> None:
+    from keyagentd.age.x25519 import X25519Identity
+
+    ident = age.parse_identity(SPEC_X25519_IDENTITY)
+    assert ident.recipient().encode() == SPEC_X25519_RECIPIENT  # public key derived here
+    for _ in range(5):
+        other = age.generate_identity("x25519")
+        seed = bytearray(other.seed)
+        public = age.public_of_seed("x25519", seed)
+        assert public == other.recipient().public_bytes
+        for kept in (None, public):
+            ident = X25519Identity(seed, kept)
+            data = age.encrypt_bytes([other.recipient()], b"same either way")
+            assert age.decrypt_bytes([ident], data) == b"same either way"
+            ident.wipe()
+            with pytest.raises(ValueError):
+                ident.unwrap([])
+    low_order = age.Stanza("X25519", (b64encode(bytes(32)),), bytes(32))
+    with pytest.raises(age.ParseError, match="low-order"):
+        age.generate_identity("x25519").unwrap([low_order])
+
+
+def test_an_unwrap_with_a_kept_public_key_is_one_multiplication(
+    x25519_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per key tried one X25519 multiplication: the public key comes from unlock."""
+    from keyagentd.age import x25519
+    from keyagentd.cache import KeyCache
+
+    if x25519_backend == "openssl":
+        pytest.skip("OpenSSL derives the public key on every private-key load")
+    calls: list[bool] = []
+    real = x25519._scalarmult
+
+    def counting(lib: object, scalar: bytearray, point: bytes | None) -> bytes:
+        calls.append(point is None)
+        return real(lib, scalar, point)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(x25519, "_scalarmult", counting)
+    cache = KeyCache()
+    ids = [age.generate_identity("x25519") for _ in range(3)]
+    for i, ident in enumerate(ids):
+        cache.unlock(f"k{i}", "x25519", bytearray(ident.seed))
+    calls.clear()
+    data = age.encrypt_bytes([ids[2].recipient()], b"x")
+    for i in range(3):
+        dec = age.Decryptor(io.BytesIO(data))
+        with cache.use(f"k{i}") as identity:
+            try:
+                dec.unwrap([identity])
+            except age.NoMatchError:
+                continue
+    assert calls == [False, False, False]  # three keys tried: three exchanges, no derivation
+
+
 def test_spec_hybrid_key() -> None:
     ident = age.parse_identity(SPEC_PQ_IDENTITY)
     assert ident.key_type == "mlkem768x25519"

@@ -6,6 +6,7 @@ import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyrage
 import pytest
@@ -16,6 +17,7 @@ from agent_support import (
     KI,
     MANAGER,
     MI,
+    PROPS,
     CallError,
     Client,
     gdbus,
@@ -169,6 +171,43 @@ def test_create_key_and_its_properties(client: Client) -> None:
     with pytest.raises(CallError) as e:
         client.create("props")
     assert err(e) == "KeyExists"
+
+
+def test_managed_objects_follow_every_change(bus: PrivateBus, client: Client) -> None:
+    """GetManagedObjects answers from cached property values: after create, unlock, a use,
+    lock, an expiry and delete, each key's entry equals what its own getters say (GetAll)."""
+    om = "org.freedesktop.DBus.ObjectManager"
+
+    def managed() -> dict[str, Any]:
+        objects = client.call(MANAGER, om, "GetManagedObjects")[0]
+        return {p: {k: v[1] for k, v in i[KI].items()} for p, i in objects.items() if KI in i}
+
+    def live(path: str) -> dict[str, Any]:
+        return {k: v[1] for k, v in client.call(path, PROPS, "GetAll", "s", KI)[0].items()}
+
+    paths = [protocol.key_path(n) for n in ("gmo1", "gmo2")]
+    recipient = client.create("gmo1", label=("s", "first"))
+    client.create("gmo2")
+    for path in paths:
+        assert managed()[path] == live(path)
+    assert managed()[paths[0]]["Recipient"] == recipient
+    assert managed()[paths[0]]["Label"] == "first" and managed()[paths[0]]["Locked"] is True
+    client.unlock_for("gmo1", 300, 900)
+    now = managed()[paths[0]]
+    assert now["Locked"] is False and (now["IdleTimeout"], now["MaxTimeout"]) == (300, 900)
+    assert now == live(paths[0]) and managed()[paths[1]]["Locked"] is True
+    assert client.decrypt(client.encrypt(["gmo1"], b"use"))[1] == "gmo1"
+    assert managed()[paths[0]] == live(paths[0])  # a use may move UnlockedUntil
+    client.k("gmo1", "Lock")
+    assert managed()[paths[0]] == live(paths[0]) and managed()[paths[0]]["Locked"] is True
+    client.unlock_for("gmo2", 1)
+    assert managed()[paths[1]]["Locked"] is False
+    assert wait_until(lambda: managed()[paths[1]]["Locked"] is True)  # expired by its timer
+    assert managed()[paths[1]] == live(paths[1])
+    client.m("DeleteKey", "sa{sv}", "gmo1", {"passphrase": ("s", "pw")})
+    assert paths[0] not in managed() and paths[1] in managed()
+    out = gdbus(bus, "--object-path", MANAGER, "--method", f"{om}.GetManagedObjects").stdout
+    assert paths[1] in out and paths[0] not in out  # a C client parses the reply too
 
 
 def test_create_refuses_bad_names_types_and_options(client: Client) -> None:

@@ -345,6 +345,36 @@ def test_a_signal_onto_a_dying_bus_raises_nothing(private_bus: PrivateBus) -> No
     assert asyncio.run(_signal_onto_a_dying_bus(FixedMessageBus, private_bus.address)) == ""
 
 
+# --- fix 8: GetManagedObjects linear, its entries marshalled once -------------------------
+
+
+def test_managed_objects_reply_is_byte_for_byte_the_stock_marshalling() -> None:
+    """The reply put together from cached entries is the very message dbus-fast would
+    marshal from the whole result, first (entries marshalled) and again (entries reused)."""
+    from dbus_fast import Variant
+
+    call = Message(destination=":1.9", path="/m", member="GetManagedObjects", serial=7)
+    call.sender = ":1.4"
+
+    def values(i: int) -> dict[str, Variant]:
+        return {"Name": Variant("s", "k" * (i % 5)), "On": Variant("b", i % 2 == 0),
+                "Until": Variant("t", 2**40 + i), "Idle": Variant("u", i)}  # fmt: skip
+
+    result = {f"/m/k{i}": {"i.K": values(i), "i.L": {}} for i in range(40)}
+    result["/m"] = {"i.M": {"Keys": Variant("ao", sorted(result))}}
+    stand_in = SimpleNamespace()
+    for _ in range(2):
+        for serial in (5, 6):
+            ours = FixedMessageBus._managed_reply(stand_in, call, result, set(result) - {"/m"})  # type: ignore[arg-type]
+            ours.serial = serial
+            stock = Message.new_method_return(call, fixes.MANAGED_OBJECTS, [result])
+            stock.serial = serial
+            assert bytes(ours._marshall(False)) == bytes(stock._marshall(False))
+    assert stand_in._managed_cache.keys() == set(result) - {"/m"}
+    empty = FixedMessageBus._managed_reply(stand_in, call, {}, set())  # type: ignore[arg-type]
+    assert empty.body == [{}]
+
+
 # --- the seam: every private dbus-fast name lives in fixes.py and is checked at import ----
 
 

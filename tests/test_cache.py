@@ -361,3 +361,37 @@ def test_each_use_moves_only_its_own_deadline(cache: KeyCache, clock: Clock) -> 
     assert cache.next_deadline() == 1100.0
     clock.t += 40
     assert cache.unlocked_names() == ["a"] and cache.expire_due() == ["b"]
+
+
+def test_lookups_with_many_keys_match_a_full_scan(cache: KeyCache, clock: Clock) -> None:
+    """The O(1) lookups (sorted names kept on change, a scan only once the earliest deadline
+    passed) answer exactly what a scan of every entry would, across uses and expiries."""
+    names = [f"k{i:04d}" for i in range(1000)]
+    for i, name in enumerate(reversed(names)):
+        unlock(cache, name, idle_timeout=10 + i % 7, max_timeout=100)
+    assert cache.unlocked_names() == names and cache.unlocked_count() == 1000
+    alive = {n: 10 + (999 - i) % 7 for i, n in enumerate(names)}
+    assert alive[names[-1]] == 10  # among the first to expire...
+    clock.t += 5
+    with cache.use(names[-1]):  # ...until this use pushes it past the lower bound
+        pass
+    alive[names[-1]] = 15
+    for step in range(1, 20):
+        clock.t = 1000.0 + step
+        expected = sorted(n for n, deadline in alive.items() if step < deadline)
+        assert [n for n in names if cache.is_unlocked(n)] == expected, step
+        assert cache.unlocked_names() == expected and cache.unlocked_count() == len(expected)
+    assert sorted(cache.expire_due()) == names  # each reported once
+    assert cache.expire_due() == [] and cache.next_deadline() is None
+
+
+def test_names_stay_sorted_through_lock_forget_and_reunlock(cache: KeyCache) -> None:
+    for name in ("m", "b", "x", "a"):
+        unlock(cache, name)
+    cache.lock("b")
+    cache.forget("x")
+    unlock(cache, "c")
+    unlock(cache, "m")  # again: replaced, not listed twice
+    assert cache.unlocked_names() == ["a", "c", "m"] and cache.unlocked_count() == 3
+    assert cache.lock_all() == ["a", "c", "m"]
+    assert cache.unlocked_names() == [] and not cache.is_unlocked("a")

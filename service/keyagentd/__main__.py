@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 import sys
@@ -117,13 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def harden() -> list[str]:
     """No core dumps, no ptrace by other processes of ours, locked memory, bounded arenas."""
-    from keyagentd.hardening import harden_process
+    from keyagentd.hardening import harden_process, libc
 
     messages = harden_process()
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        with contextlib.suppress(AttributeError):  # glibc only
-            ctypes.CDLL(libc_name, use_errno=True).mallopt(M_ARENA_MAX, ARENA_MAX)
+    with contextlib.suppress(AttributeError):  # glibc only
+        libc().mallopt(M_ARENA_MAX, ARENA_MAX)
     return messages
 
 

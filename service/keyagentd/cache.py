@@ -8,7 +8,9 @@ that exists only in this process's memory, bound to the key's name and type.
 ``use()`` opens it into a transient ``bytearray`` for one operation and, on
 exit, wipes that and the identity built from it (``identity.wipe()``: its own
 seed buffer, and its OpenSSL keys, which OpenSSL cleanses when freed); locking
-wipes the sealed bytes. An identity is good only inside its ``with`` block.
+wipes the sealed bytes. An identity is good only inside its ``with`` block. The key's
+public part (no secret) is derived once at unlock and kept beside the sealed seed, so a
+use costs one X25519 multiplication (age/x25519.py), not two.
 This keeps plaintext seeds out of long-lived memory (and out of most core
 dumps and swap); it is not a defence against code running inside the agent.
 
@@ -25,6 +27,7 @@ identity keeps it if its key is locked meanwhile.
 
 from __future__ import annotations
 
+import bisect
 import os
 import threading
 import time
@@ -90,6 +93,7 @@ class _Entry:
     idle_timeout: int
     max_timeout: int
     activity: _Activity
+    public: bytes | None  # the key's public part, derived once at unlock (no secret)
 
     @property
     def deadline(self) -> float:
@@ -108,17 +112,19 @@ def _check_timeout(value: int, what: str) -> int:
     return value
 
 
-def _default_identity_factory(key_type: str, seed: bytearray) -> Identity:
-    global _identity_from_seed
-    if _identity_from_seed is None:
-        # Imported on first use: the cache does not need age to load.
-        from keyagentd.age import identity_from_seed
+def _default_identity_factory(
+    key_type: str, seed: bytearray, public: bytes | None = None
+) -> Identity:
+    # Imported on first use: the cache does not need age to load.
+    from keyagentd.age import identity_from_seed
 
-        _identity_from_seed = identity_from_seed
-    return _identity_from_seed(key_type, seed)
+    return identity_from_seed(key_type, seed, public)
 
 
-_identity_from_seed: IdentityFactory | None = None
+def _public_of(key_type: str, seed: bytearray) -> bytes | None:
+    from keyagentd.age import public_of_seed
+
+    return public_of_seed(key_type, seed)
 
 
 class KeyCache:
@@ -138,12 +144,19 @@ class KeyCache:
         self._wall = wall
         self._rng = rng
         self._factory = identity_factory or _default_identity_factory
+        # The age identities take the public key kept from unlock: a use is then one X25519
+        # multiplication, not two (age/x25519.py). A test's own factory gets (type, seed).
+        self._keeps_public = identity_factory is None
         self.default_idle_timeout = _check_timeout(default_idle_timeout, "idle")
         self.default_max_timeout = _check_timeout(default_max_timeout, "maximum")
         process_key = bytearray(rng(32))
         self._aead = ChaCha20Poly1305(process_key)
         wipe(process_key)  # the AEAD object keeps its own copy
         self._entries: dict[str, _Entry] = {}
+        self._sorted: list[str] = []  # the names of _entries, kept sorted (not per call)
+        # No deadline is earlier than this (uses only push deadlines later): `_reap` scans
+        # the entries only once it passed, so a lookup costs the same with 1 or 1,000 keys.
+        self._earliest = float("inf")
         self._expired: list[str] = []  # wiped on expiry, not yet reported by expire_due()
         self._mutex = threading.Lock()
 
@@ -165,6 +178,7 @@ class KeyCache:
             most = _check_timeout(
                 self.default_max_timeout if max_timeout is None else max_timeout, "maximum"
             )
+            public = _public_of(key_type, seed) if self._keeps_public else None
             nonce = self._rng(_NONCE_LEN)
             sealed = bytearray(len(seed) + _TAG_LEN)
             self._aead.encrypt_into(nonce, seed, _ad(name, key_type), sealed)
@@ -181,13 +195,14 @@ class KeyCache:
                 idle_timeout=idle,
                 max_timeout=most,
                 activity=_Activity(now + min(idle, most), wall + min(idle, most)),
+                public=public,
             )
-            old = self._entries.pop(name, None)
-            if old is not None:
-                wipe(old.sealed)
+            self._drop(name)
             if name in self._expired:
                 self._expired.remove(name)  # locked and unlocked again before anyone asked
             self._entries[name] = entry
+            bisect.insort(self._sorted, name)
+            self._earliest = min(self._earliest, entry.deadline)
 
     def is_unlocked(self, name: str) -> bool:
         """Whether ``name`` is usable now (does not count as a use)."""
@@ -196,9 +211,15 @@ class KeyCache:
             return name in self._entries
 
     def unlocked_names(self) -> list[str]:
+        """The unlocked names, sorted (a copy: kept sorted on change, not per call)."""
         with self._mutex:
             self._reap()
-            return sorted(self._entries)
+            return self._sorted.copy()
+
+    def unlocked_count(self) -> int:
+        with self._mutex:
+            self._reap()
+            return len(self._entries)
 
     def status(self, name: str) -> UnlockedKey | None:
         """The public facts about an unlocked key, or None if it is locked."""
@@ -235,9 +256,9 @@ class KeyCache:
         """
         return _Use(self, name)
 
-    def _open(self, name: str, use: _Use) -> str:
-        """Unseal ``name``'s secret into a new ``use._seed`` and count a use; returns the
-        key type."""
+    def _open(self, name: str, use: _Use) -> tuple[str, bytes | None]:
+        """Unseal ``name``'s secret into a new ``use._seed`` and count a use: (key type,
+        public part kept from unlock, or None)."""
         with self._mutex:
             self._reap()
             entry = self._entries.get(name)
@@ -246,7 +267,7 @@ class KeyCache:
             entry.touch(self._clock(), self._wall())
             seed = use._seed = bytearray(len(entry.sealed) - _TAG_LEN)
             self._aead.decrypt_into(entry.nonce, entry.sealed, _ad(name, entry.key_type), seed)
-            return entry.key_type
+            return entry.key_type, entry.public
 
     def lock(self, name: str) -> bool:
         """Wipe ``name``; True if it was unlocked."""
@@ -258,7 +279,7 @@ class KeyCache:
         """Wipe every key; the names that were unlocked."""
         with self._mutex:
             self._reap()
-            names = sorted(self._entries)
+            names = self._sorted.copy()
             for name in names:
                 self._drop(name)
             return names
@@ -290,14 +311,18 @@ class KeyCache:
         entry = self._entries.pop(name, None)
         if entry is None:
             return False
+        del self._sorted[bisect.bisect_left(self._sorted, name)]
         wipe(entry.sealed)
         return True
 
     def _reap(self) -> None:
         now = self._clock()
+        if now < self._earliest:
+            return  # no deadline passed yet: O(1), the common case
         for name in [n for n, e in self._entries.items() if now >= e.activity.deadline]:
             self._drop(name)
             self._expired.append(name)
+        self._earliest = min((e.deadline for e in self._entries.values()), default=float("inf"))
 
 
 class _Use:
@@ -315,10 +340,14 @@ class _Use:
         if self._seed is not None:
             raise RuntimeError("KeyCache.use() is good for one with-block")
         try:
-            key_type = self._cache._open(self._name, self)
-            assert self._seed is not None
+            key_type, public = self._cache._open(self._name, self)
+            seed = self._seed
+            assert seed is not None
             # Building the identity (ML-KEM expansion) runs outside the lock.
-            self._identity = self._cache._factory(key_type, self._seed)
+            if public is None:
+                self._identity = self._cache._factory(key_type, seed)
+            else:
+                self._identity = _default_identity_factory(key_type, seed, public)
         except BaseException:
             self._close()
             raise

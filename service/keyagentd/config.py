@@ -9,7 +9,6 @@ a policy. Documented option by option in docs/config.md.
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +90,8 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         raise ConfigError(f"{path}: cannot read the configuration file ({e.strerror}).") from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: the configuration file is larger than 1 MiB.")
+    import tomllib  # only with a file: ~5 ms of regular expressions at start-up otherwise
+
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:

@@ -12,8 +12,15 @@ Where small calls run (`runs_inline`): Encrypt/Decrypt of a payload of at most `
 bytes run directly on the event loop. Handing them to a thread costs more than the work
 (measured: a 312 us p50 hop for 145 us of work on 1 KiB), while 64 KiB of ChaCha20-Poly1305
 plus the key agreement takes well under 1 ms, so other callers wait at most that long. Bigger
-payloads (up to the 16 MiB cap: ~10 ms+ of crypto), passphrase (scrypt) work, and a Decrypt
-that might try many unlocked keys go to the worker pool.
+payloads (up to the 16 MiB cap: ~10 ms+ of crypto) and passphrase (scrypt) work go to the
+worker pool. A small Decrypt (or UnwrapFileKey) tries its first keys on the loop (stanzas x
+keys at most `INLINE_MAX_TRIALS`) and hands any further ones to a worker, which skips those
+tried.
+
+Finding keys costs the same with 1 or 1,000 stored: only unlocked keys are walked, in the
+order the cache keeps them sorted, lazily (the walk stops at the first key that opens the
+file), and lookups do not scan (cache.py); the records are copied only for a worker (so they
+cannot change under it).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import concurrent.futures
 import functools
 import io
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, Final, Protocol, TypedDict, cast
 
 from keyagent.protocol import (
@@ -67,7 +74,7 @@ def runs_inline(size: int, passphrase: str | None, cache: KeyCache | None = None
     """Whether an Encrypt/Decrypt of ``size`` bytes is cheap enough for the event loop."""
     if passphrase is not None or size > INLINE_MAX:
         return False  # scrypt takes ~1 s by design; big payloads take milliseconds
-    return cache is None or len(cache.unlocked_names()) <= INLINE_MAX_KEYS
+    return cache is None or cache.unlocked_count() <= INLINE_MAX_KEYS
 
 
 @functools.lru_cache(maxsize=256)
@@ -148,6 +155,15 @@ def _no_key_restricted(name: str) -> bool:
     return False
 
 
+class Deferred(Exception):
+    """`unwrap` tried its ``limit`` of keys and more remain (the rest goes to a worker)."""
+
+
+#: The keys `unwrap` tried, in order, each with the refusal its per-key policy gave (None:
+#: not refused). Handed from the loop's first trials to the worker's, which skips them.
+Tried = dict[str, AccessDenied | None]
+
+
 def unwrap(
     dec: Unwrapper,
     cache: KeyCache,
@@ -157,12 +173,17 @@ def unwrap(
     passphrase: str | None = None,
     restricted: Callable[[str], bool] = _no_key_restricted,
     permit: Callable[[str], None] | None = None,
+    tried: Tried | None = None,
+    limit: int | None = None,
 ) -> str:
     """Unwrap ``dec``'s file key; returns the key name that opened it ("" for a passphrase).
 
     Per-key policy: keys for which ``restricted`` is true are tried after the others, and
     one that opens the file is used only if ``permit(name)`` (which may ask a person, so it
     runs with no identity in hand) does not raise AccessDenied; else the next key is tried.
+
+    Keys already in ``tried`` are skipped (each one tried is added); with ``limit``,
+    `Deferred` is raised before trying more than that many.
     """
     types = dec.stanza_types
     if SCRYPT in types:
@@ -181,17 +202,13 @@ def unwrap(
             raise NoSuchKey(f"There is no key named {pin!r}.")
         if not age.may_open(record.key_type, record.recipient, dec.stanzas):
             raise NoMatch(f"Key {pin!r} does not match this file.")
-        names = [pin]
-    else:
-        names = sorted(
-            n for n, r in records.items() if age.may_open(r.key_type, r.recipient, dec.stanzas)
-        )
-    names.sort(key=restricted)  # stable: unrestricted keys first, each group by name
-    locked = [n for n in names if not cache.is_unlocked(n)]
-    denied: AccessDenied | None = None
-    for name in names:
-        if name in locked:
+    tried = {} if tried is None else tried
+    for name in _candidates(dec, cache, records, pin, restricted):
+        if name in tried:
             continue
+        if limit is not None and len(tried) >= limit:
+            raise Deferred()
+        tried[name] = None
         # One key at a time: each identity exists (and is wiped) within its own `use`.
         try:
             if permit is not None and restricted(name):
@@ -203,23 +220,50 @@ def unwrap(
                     permit(name)
                 except AccessDenied as exc:
                     exc.key = name  # the audit names the key that was refused
-                    denied = denied or exc
+                    tried[name] = exc
                     continue
             with cache.use(name) as identity:
                 dec.unwrap([identity])
-        except Locked:  # expired since we looked
-            locked.append(name)
+        except Locked:  # locked, or expired since we looked: named in the answer below
+            del tried[name]
             continue
         except age.NoMatchError:
             continue
         return name
+    # The failure path alone looks at every stored key: which locked ones could open it.
+    names = [pin] if pin is not None else records
+    locked = sorted(n for n in names if n not in tried and _may_open(records.get(n), dec))
     if locked:
-        raise Locked.for_keys(sorted(locked))
+        raise Locked.for_keys(locked)
+    denied = next((exc for exc in tried.values() if exc is not None), None)
     if denied is not None:
         raise denied
     if pin is not None:
         raise NoMatch(f"Key {pin!r} does not match this file.")
     raise NoMatch()
+
+
+def _candidates(
+    dec: Unwrapper,
+    cache: KeyCache,
+    records: Mapping[str, KeyRecord],
+    pin: str | None,
+    restricted: Callable[[str], bool],
+) -> Iterator[str]:
+    """The keys to try, lazily: the unlocked ones that may open ``dec`` (kept sorted by the
+    cache, so no stored key is looked at), unrestricted first, each group by name."""
+    if pin is not None:
+        yield pin
+        return
+    later: list[str] = []
+    for name in cache.unlocked_names():
+        if not _may_open(records.get(name), dec):
+            continue
+        if restricted(name):
+            later.append(name)
+        else:
+            yield name
+    yield from later
 
 
 #: How often a stream waiting for an askpass unlock looks at its cancel flag (seconds).
@@ -289,20 +333,24 @@ class Crypt:
         self, ciphertext: bytes, pin: str | None, passphrase: str | None, pid: int
     ) -> tuple[str, memoryview]:
         keys = self.keys
-        records = dict(keys.records)
-        inline = runs_inline(len(ciphertext), passphrase, keys.cache)
+        tried: Tried = {}
         # A confirmation dialog may wait for minutes: never on the event loop.
-        if not inline or policy.may_prompt(self.user):
-            inline = False
-            dec = await keys.work.blocking(age.Decryptor, io.BytesIO(ciphertext))
-        else:
+        if runs_inline(len(ciphertext), passphrase) and not policy.may_prompt(self.user):
             dec = age.Decryptor(io.BytesIO(ciphertext))
-            # Hundreds of bogus stanzas x several keys must not hold the loop either.
-            inline = trials(dec, keys.cache, records, pin) <= INLINE_MAX_TRIALS
-        args = (dec, keys.cache, records, pin, passphrase, self.user, pid, len(ciphertext))
-        if inline:
-            return _finish_decrypt(*args)
-        return await keys.work.blocking(_finish_decrypt, *args)
+            # Hundreds of bogus stanzas x several keys must not hold the loop either: the
+            # first few keys are tried here, any further ones in a worker.
+            limit = inline_keys(dec)
+            if limit:
+                try:
+                    args = (dec, keys.cache, keys.records, pin, passphrase, self.user, pid)
+                    return _finish_decrypt(*args, len(ciphertext), tried, limit)
+                except Deferred:
+                    pass
+        else:
+            dec = await keys.work.blocking(age.Decryptor, io.BytesIO(ciphertext))
+        # A worker must not see the records change under it: its own copy.
+        args = (dec, keys.cache, dict(keys.records), pin, passphrase, self.user, pid)
+        return await keys.work.blocking(_finish_decrypt, *args, len(ciphertext), tried)
 
     def encrypt_job(
         self, recipients: Sequence[str], *, armor: bool, passphrase: str | None
@@ -391,14 +439,10 @@ def key_rules(pid: int, user: UserConfig, via: str = "") -> KeyRules:
     return {"restricted": restricted, "permit": permit}
 
 
-def trials(
-    dec: Unwrapper, cache: KeyCache, records: Mapping[str, KeyRecord], pin: str | None
-) -> int:
-    """How many (stanza, key) unwraps a Decrypt may try: stanzas x unlocked keys that match."""
-    if pin is not None:
-        return len(dec.stanzas)
-    keys = [n for n in cache.unlocked_names() if _may_open(records.get(n), dec)]
-    return len(dec.stanzas) * len(keys)
+def inline_keys(dec: Unwrapper) -> int:
+    """How many keys a small call may try on the event loop: (stanza, key) trials at most
+    `INLINE_MAX_TRIALS` (0: hundreds of stanzas, try none there)."""
+    return INLINE_MAX_TRIALS // max(1, len(dec.stanzas))
 
 
 def _may_open(record: KeyRecord | None, dec: Unwrapper) -> bool:
@@ -414,10 +458,16 @@ def _finish_decrypt(
     user: UserConfig,
     pid: int,
     size: int,
+    tried: Tried | None = None,
+    limit: int | None = None,
 ) -> tuple[str, memoryview]:
     """The key's name and the plaintext, in a buffer of the agent's own that the caller
-    wipes once the reply is sent (a failed decryption wipes it here)."""
-    name = unwrap(dec, cache, records, pin=pin, passphrase=passphrase, **key_rules(pid, user))
+    wipes once the reply is sent (a failed decryption wipes it here). ``tried``/``limit``:
+    as `unwrap`'s."""
+    rules = key_rules(pid, user)
+    name = unwrap(
+        dec, cache, records, pin=pin, passphrase=passphrase, tried=tried, limit=limit, **rules
+    )
     out = PlainBuffer(size)  # the plaintext is never longer than the file
     try:
         dec.decrypt_to(_io(out))

@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from argon2.low_level import Type, hash_secret_raw
-
 ALGORITHM: Final = "argon2id"
 #: Argon2 version 1.3 (0x13), the only one RFC 9106 describes.
 VERSION: Final = 0x13
@@ -55,6 +53,10 @@ def derive_key(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:
     check_params(params)
     if len(salt) != SALT_LEN:
         raise ValueError(f"Argon2id salt must be {SALT_LEN} bytes.")
+    # Imported on first use: argon2 (cffi) costs ~15 ms of start-up, and most activations
+    # (a Decrypt with the key already unlocked... or a LockAll) never derive a key.
+    from argon2.low_level import Type, hash_secret_raw
+
     return hash_secret_raw(
         secret=passphrase,
         salt=salt,

@@ -19,7 +19,7 @@ from keyagentd import age, policy
 from keyagentd.age.format import FILE_KEY_SIZE, MAX_STANZAS, Stanza, is_valid_arg
 from keyagentd.cache import KeyCache
 from keyagentd.config import Config
-from keyagentd.crypt import INLINE_MAX_TRIALS, SCRYPT, Crypt, key_rules, runs_inline, trials
+from keyagentd.crypt import SCRYPT, Crypt, Deferred, Tried, inline_keys, key_rules
 from keyagentd.crypt import unwrap as try_keys
 from keyagentd.keystore import KeyRecord
 
@@ -85,11 +85,15 @@ def unwrap_file_key(
     user: Config,
     pid: int,
     via: str = "",
+    tried: Tried | None = None,
+    limit: int | None = None,
 ) -> tuple[bytes, str]:
     """The file key and the name of the key that opened it; per-key policy applies (it may
-    ask at the desktop, so this blocks: run it off the event loop when it can)."""
+    ask at the desktop, so this blocks: run it off the event loop when it can).
+    ``tried``/``limit``: as `crypt.unwrap`'s."""
     target = StanzaUnwrapper(stanzas)
-    name = try_keys(target, cache, records, pin=pin, **key_rules(pid, user, via))
+    rules = key_rules(pid, user, via)
+    name = try_keys(target, cache, records, pin=pin, tried=tried, limit=limit, **rules)
     assert target.file_key is not None  # try_keys returned a name: a key matched
     return target.file_key, name
 
@@ -119,10 +123,16 @@ async def _file_key(
     crypt: Crypt, stanzas: tuple[Stanza, ...], pin: str | None, pid: int, via: str
 ) -> tuple[bytes, str]:
     keys = crypt.keys
-    records = dict(keys.records)
-    args = (stanzas, keys.cache, records, pin, crypt.user, pid, via)
-    # As Decrypt: cheap trials inline; many trials, or a possible dialog, in the pool.
-    inline = runs_inline(0, None, keys.cache) and not policy.may_prompt(crypt.user)
-    if inline and trials(StanzaUnwrapper(stanzas), keys.cache, records, pin) <= INLINE_MAX_TRIALS:
-        return unwrap_file_key(*args)
-    return await keys.work.blocking(unwrap_file_key, *args)
+    tried: Tried = {}
+    # As Decrypt: the first few trials inline, any further ones (or a possible dialog) in
+    # the pool, which skips the keys already tried.
+    limit = inline_keys(StanzaUnwrapper(stanzas))
+    if limit and not policy.may_prompt(crypt.user):
+        try:
+            args = (stanzas, keys.cache, keys.records, pin, crypt.user, pid, via)
+            return unwrap_file_key(*args, tried, limit)
+        except Deferred:
+            pass
+    # A worker must not see the records change under it: its own copy.
+    args = (stanzas, keys.cache, dict(keys.records), pin, crypt.user, pid, via)
+    return await keys.work.blocking(unwrap_file_key, *args, tried)

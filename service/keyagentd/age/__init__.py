@@ -63,6 +63,7 @@ from .keys import (
     parse_identities,
     parse_identity,
     parse_recipient,
+    public_of_seed,
 )
 from .scrypt import ScryptIdentity, ScryptRecipient
 from .ssh import SshEd25519Identity, SshEd25519Recipient, SshRsaIdentity, SshRsaRecipient
@@ -109,6 +110,7 @@ __all__ = [
     "parse_identities",
     "parse_identity",
     "parse_recipient",
+    "public_of_seed",
 ]
 
 

@@ -119,12 +119,15 @@ def parse_identities(text: str) -> list[AnyIdentity]:
     return out
 
 
-def identity_from_seed(key_type: str, seed: bytes | bytearray | memoryview) -> AnyIdentity:
+def identity_from_seed(
+    key_type: str, seed: bytes | bytearray | memoryview, public: bytes | None = None
+) -> AnyIdentity:
     """The identity of a stored secret (a 32-byte seed; an ssh-rsa key's PKCS#8 DER). It
     copies it into its own ``bytearray`` (the caller still wipes ``seed``); call its
-    ``wipe()`` when the operation is done."""
+    ``wipe()`` when the operation is done. ``public``: an X25519 seed's public key if the
+    caller kept it (`public_of_seed`); the other types take none."""
     if key_type == "x25519":
-        return X25519Identity(seed)
+        return X25519Identity(seed, public)
     if key_type == "mlkem768x25519":
         return HybridIdentity(seed)
     if key_type == "ssh-ed25519":
@@ -132,6 +135,17 @@ def identity_from_seed(key_type: str, seed: bytes | bytearray | memoryview) -> A
     if key_type == "ssh-rsa":
         return SshRsaIdentity(seed)
     raise UnsupportedError(f"Unknown key type {key_type!r}: use x25519 or mlkem768x25519.")
+
+
+def public_of_seed(key_type: str, seed: bytearray) -> bytes | None:
+    """What `identity_from_seed` may be handed back as ``public`` (None: nothing to keep)."""
+    if key_type != "x25519":
+        return None
+    identity = X25519Identity(seed)
+    try:
+        return identity.public_bytes
+    finally:
+        identity.wipe()
 
 
 def generate_identity(

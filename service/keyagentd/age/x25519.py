@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Final, Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from keyagentd.secrets import wipe
 
 from . import bech32
 from .errors import ParseError
@@ -33,6 +37,41 @@ def _shared(private: X25519PrivateKey, peer: X25519PublicKey) -> bytes:
     if shared == _ZERO_SHARED:
         raise ParseError("An X25519 stanza has a low-order share.")
     return shared
+
+
+_Point = ctypes.c_char * 32
+
+
+@functools.cache
+def _sodium() -> ctypes.CDLL | None:
+    """libsodium, when the system has it: its ``crypto_scalarmult`` is one X25519
+    multiplication, where loading a private key into OpenSSL costs a second (it derives
+    the public key). Without it the identities use OpenSSL, as before."""
+    for name in ("libsodium.so.23", "libsodium.so.26", "libsodium.so"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        if lib.sodium_init() >= 0:
+            return lib
+    return None
+
+
+def _scalarmult(lib: ctypes.CDLL, scalar: bytearray, point: bytes | None) -> bytes:
+    """``scalar`` x ``point`` (the base point if None), the scalar read in place: no copy."""
+    out = bytearray(32)
+    try:
+        if point is None:
+            rc = lib.crypto_scalarmult_base(_Point.from_buffer(out), _Point.from_buffer(scalar))
+        else:
+            rc = lib.crypto_scalarmult(
+                _Point.from_buffer(out), _Point.from_buffer(scalar), _Point.from_buffer_copy(point)
+            )
+        if rc != 0 or out == _ZERO_SHARED:  # libsodium refuses an all-zero result itself
+            raise ParseError("An X25519 stanza has a low-order share.")
+        return bytes(out)
+    finally:
+        wipe(out)
 
 
 class X25519Recipient:
@@ -74,8 +113,9 @@ class X25519Recipient:
 class X25519Identity(SeededIdentity):
     """An X25519 identity: a 32-byte seed (the scalar). ``repr`` shows only the public key.
 
-    The seed lives only in the ``bytearray`` of `SeededIdentity` and OpenSSL's key
-    object (cleansed when freed). ``wipe()`` zeroes the one and drops the other;
+    The seed lives only in the ``bytearray`` of `SeededIdentity` (libsodium reads it in
+    place, per multiplication) or, without libsodium, also in OpenSSL's key object
+    (cleansed when freed). ``wipe()`` zeroes the one and drops the other;
     it also runs when the identity is collected. After it, ``seed``,
     ``encode()`` and ``unwrap()`` raise ValueError; ``recipient()`` still works.
     """
@@ -87,23 +127,37 @@ class X25519Identity(SeededIdentity):
     _identity_hrp: ClassVar[str] = IDENTITY_HRP
     _size_error: ClassVar[str] = "An X25519 identity is 32 bytes."
 
-    def __init__(self, seed: bytes | bytearray | memoryview) -> None:
+    def __init__(self, seed: bytes | bytearray | memoryview, public: bytes | None = None) -> None:
+        """``public``: this seed's public key, when the caller kept it (the agent's cache
+        does, from unlock): with libsodium an unwrap is then one scalar multiplication."""
         super().__init__(seed)
-        # cryptography reads the buffer in place: no ``bytes`` copy of the scalar. OpenSSL
-        # derives the public key here (one scalar multiplication, about half the cost of
-        # an unwrap) whether or not we ask for it: its raw-key API has no way to skip it.
-        self._key: X25519PrivateKey | None = X25519PrivateKey.from_private_bytes(self._live_seed())
-        self._public = self._key.public_key().public_bytes_raw()
+        self._key: X25519PrivateKey | None = None
+        lib = _sodium()
+        if lib is not None:
+            self._public = bytes(public) if public else _scalarmult(lib, self._live_seed(), None)
+        else:
+            # cryptography reads the buffer in place: no ``bytes`` copy of the scalar. OpenSSL
+            # derives the public key here (one scalar multiplication) whether or not we ask.
+            self._key = X25519PrivateKey.from_private_bytes(self._live_seed())
+            self._public = self._key.public_key().public_bytes_raw()
         # Built on demand: the decrypt path needs only the public bytes.
         self._recipient: X25519Recipient | None = None
 
     def _drop_keys(self) -> None:
         self._key = None
 
-    def _live(self) -> X25519PrivateKey:
-        if self._seed is None or self._key is None:
-            raise ValueError("This identity has been wiped.")
-        return self._key
+    def _exchange(self, share: bytes) -> bytes:
+        seed = self._live_seed()
+        if self._key is None:
+            lib = _sodium()
+            assert lib is not None
+            return _scalarmult(lib, seed, share)
+        return _shared(self._key, X25519PublicKey.from_public_bytes(share))
+
+    @property
+    def public_bytes(self) -> bytes:
+        """The public key (the recipient's 32 bytes): no secret, kept after ``wipe()``."""
+        return self._public
 
     def recipient(self) -> X25519Recipient:
         if self._recipient is None:
@@ -111,7 +165,7 @@ class X25519Identity(SeededIdentity):
         return self._recipient
 
     def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
-        key = self._live()
+        self._live_seed()  # a wiped identity raises even with no stanza of its type
         for s in stanzas:
             if s.type != STANZA_TYPE:
                 continue
@@ -120,7 +174,7 @@ class X25519Identity(SeededIdentity):
                 raise ParseError("An X25519 stanza is malformed.")
             if len(s.body) != _BODY_SIZE:
                 raise ParseError("An X25519 stanza body has the wrong size.")
-            shared = _shared(key, X25519PublicKey.from_public_bytes(share))
+            shared = self._exchange(share)
             wrap_key = hkdf(shared, share + self._public, _INFO)
             try:
                 file_key = ChaCha20Poly1305(wrap_key).decrypt(_ZERO_NONCE, s.body, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from dbus_fast import Variant
 from dbus_fast import introspection as intr
 from dbus_fast.annotations import DBusBool, DBusStr, DBusUInt32, DBusUInt64
 from dbus_fast.constants import PropertyAccess
@@ -18,6 +19,8 @@ from keyagentd.keystore import KeyRecord
 
 #: Properties fixed for the object's life: introspection says so (EmitsChangedSignal=const).
 CONSTANT_PROPERTIES: Final = frozenset({"Name", "Label", "Type", "Recipient", "Created"})
+#: The D-Bus types of the properties `state` returns.
+SIGNATURES: Final = {"Locked": "b", "UnlockedUntil": "t", "IdleTimeout": "u", "MaxTimeout": "u"}
 
 
 class KeyObject(ServiceInterface):
@@ -33,6 +36,9 @@ class KeyObject(ServiceInterface):
         self.key_name = record.name
         self.path = key_path(record.name)
         self._methods = methods
+        # Every property as a Variant, for GetManagedObjects (fixes.py): built once and
+        # dropped by `invalidate` whenever the key locks, unlocks or is used.
+        self._values: dict[str, Variant] | None = None
 
     def introspect(self) -> intr.Interface:
         base = with_methods(super().introspect(), self._methods(), KEY_INTERFACE)
@@ -76,13 +82,40 @@ class KeyObject(ServiceInterface):
     def MaxTimeout(self) -> DBusUInt32:
         return self.cache.timeouts(self.key_name)[1]
 
+    def invalidate(self) -> None:
+        self._values = None
+
+    def property_values(self) -> dict[str, Variant]:
+        """All properties, as GetAll answers them (cached until `invalidate`)."""
+        values = self._values
+        if values is not None and (values["Locked"].value or self.cache.is_unlocked(self.key_name)):
+            return values  # an expiry the timer has not reported yet must not show unlocked
+        record = self.record
+        values = {
+            "Name": Variant("s", record.name),
+            "Label": Variant("s", record.label),
+            "Type": Variant("s", record.key_type),
+            "Recipient": Variant("s", record.recipient),
+            "Created": Variant("t", max(0, record.created)),
+        }
+        values.update((k, Variant(SIGNATURES[k], v)) for k, v in self.state().items())
+        self._values = values
+        return values
+
     def state(self) -> dict[str, object]:
         """The properties that change when the key locks or unlocks."""
         cache = self.cache
-        idle, maximum = cache.timeouts(self.key_name)
+        info = cache.status(self.key_name)  # one look: the four agree with each other
+        if info is None:
+            return {
+                "Locked": True,
+                "UnlockedUntil": 0,
+                "IdleTimeout": cache.default_idle_timeout,
+                "MaxTimeout": cache.default_max_timeout,
+            }
         return {
-            "Locked": not cache.is_unlocked(self.key_name),
-            "UnlockedUntil": cache.unlocked_until(self.key_name),
-            "IdleTimeout": idle,
-            "MaxTimeout": maximum,
+            "Locked": False,
+            "UnlockedUntil": int(info.expires_at_wall),
+            "IdleTimeout": info.idle_timeout,
+            "MaxTimeout": info.max_timeout,
         }

@@ -83,6 +83,7 @@ class KeyObjects:
         self._used.discard(name)  # the full state goes out now
         obj = self._objects.get(name)
         if obj is not None:
+            obj.invalidate()
             state = obj.state()
             self._announced[name] = self._cache.unlocked_until(name)
             obj.emit_properties_changed(state)
@@ -92,7 +93,10 @@ class KeyObjects:
         """A use moved ``name``'s UnlockedUntil: one PropertiesChanged per key per
         `USE_COALESCE` seconds, however many uses (a burst of Decrypts sends one)."""
         obj = self._objects.get(name)
-        if not name or name in self._used or obj is None:
+        if obj is None:
+            return
+        obj.invalidate()  # UnlockedUntil may have moved
+        if name in self._used:
             return
         if self._cache.unlocked_until(name) == self._announced.get(name):
             return  # pending already, or not moved (the maximum lifetime bounds it)
