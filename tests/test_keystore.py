@@ -22,7 +22,6 @@ from keyagent.protocol import (
     NoSuchKey,
     Unsupported,
 )
-from keyagentd import keyfile
 from keyagentd import keystore as ks
 from keyagentd.atomic import TMP_PREFIX
 from keyagentd.kdf import KdfParams
@@ -323,7 +322,9 @@ def test_kdf_caps_checked_before_derivation(
     path = store.root / "k.key"
     path.write_bytes(edit_header(path.read_bytes(), _set(["kdf", "memory_kib"], 2**30)))
     called = []
-    monkeypatch.setattr(keyfile.kdf, "hash_secret_raw", lambda *a, **k: called.append(1))
+    import argon2.low_level  # kdf imports it on first use: patch where derive_key looks
+
+    monkeypatch.setattr(argon2.low_level, "hash_secret_raw", lambda *a, **k: called.append(1))
     with pytest.raises(Malformed, match="memory"):
         store.unseal("k", "pw")
     assert called == []
