@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from keyagent.client import Client
 from keyagent.grammar import Args
+from keyagent.lazy_client import LazyClient
 from keyagent.output import (
     AtomicOutput,
     OutputError,
@@ -39,7 +40,7 @@ class CommandError(Exception):
         self.hint = hint
 
 
-class Context:
+class Context(LazyClient):
     """A plain class, not a dataclass: `dataclasses` costs milliseconds at start-up."""
 
     def __init__(
@@ -48,19 +49,9 @@ class Context:
         passphrases: Passphrases,
         client: Client | None = None,
     ) -> None:
+        super().__init__(client)
         self.args = args
         self.passphrases = passphrases
-        self._client = client
-
-    def client(self) -> Client:
-        if self._client is None:
-            self._client = Client()
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
 
 
 def askpass_wanted(ctx: Context) -> bool:
