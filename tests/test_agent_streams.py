@@ -20,6 +20,7 @@ from agent_support import (
     FAST_ARGS,
     MANAGER,
     MI,
+    PASS,
     CallError,
     Client,
     agent_pid,
@@ -322,6 +323,17 @@ def waiting_streams(address: str, *, first_byte: bytes) -> Iterator[None]:
             holder.close()
 
 
+def unlock_from_pipe(client: Client, name: str) -> None:
+    """UnlockFromFd with the test passphrase (PASS) on a pipe that is already written and closed."""
+    r, w = os.pipe()
+    os.write(w, PASS.encode() + b"\n")
+    os.close(w)
+    try:
+        client.k(name, "UnlockFromFd", "ha{sv}", r, {})
+    finally:
+        os.close(r)
+
+
 def test_streams_on_silent_pipes_starve_no_one(private_bus: PrivateBus, tmp_path: Path) -> None:
     """Four connections, each with four DecryptFd streams on pipes nobody writes (16, the
     whole stream pool): another client's UnlockFromFd and DecryptFd still run (issue 13).
@@ -333,13 +345,7 @@ def test_streams_on_silent_pipes_starve_no_one(private_bus: PrivateBus, tmp_path
         waiting_streams(private_bus.address, first_byte=b""),
         Client(private_bus.address, timeout=30) as other,
     ):
-        r, w = os.pipe()
-        os.write(w, b"pw\n")
-        os.close(w)
-        try:
-            other.k("starve", "UnlockFromFd", "ha{sv}", r, {})
-        finally:
-            os.close(r)
+        unlock_from_pipe(other, "starve")
         src = tmp_path / "in.age"
         src.write_bytes(ct)
         out = tmp_path / "out"
@@ -362,13 +368,7 @@ def test_unlocks_never_queue_behind_stalled_streams(private_bus: PrivateBus) -> 
         waiting_streams(private_bus.address, first_byte=b"a"),
         Client(private_bus.address, timeout=30) as other,
     ):
-        r, w = os.pipe()
-        os.write(w, b"pw\n")
-        os.close(w)
-        try:
-            other.k("stalled", "UnlockFromFd", "ha{sv}", r, {})
-        finally:
-            os.close(r)
+        unlock_from_pipe(other, "stalled")
         assert (
             other.prop(protocol.key_path("stalled"), "org.example.KeyAgent.Key", "Locked") is False
         )
