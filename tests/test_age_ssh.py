@@ -21,22 +21,13 @@ from keyagentd.age.format import Stanza
 from keyagentd.age.ssh import montgomery
 from keyagentd.kdf import KdfParams
 from keyagentd.keyfile import KeyRecord, encode_key_file, open_sealed, parse_key_file, seal
+from ssh_support import keygen
 
 pytestmark = pytest.mark.skipif(
     not (have("age") and have("ssh-keygen")), reason="needs the age command and ssh-keygen"
 )
 SSH_PW = "ssh secret"
 FAST_KDF = KdfParams(memory_kib=8, time_cost=1, parallelism=1)
-
-
-def keygen(d: Path, name: str, *args: str, passphrase: str = "") -> Path:
-    path = d / name
-    subprocess.run(
-        ["ssh-keygen", "-q", *args, "-N", passphrase, "-C", "me@host", "-f", str(path)],
-        check=True,
-        capture_output=True,
-    )
-    return path
 
 
 @pytest.fixture(scope="module")

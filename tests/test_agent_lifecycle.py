@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -10,11 +11,12 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from jeepney import MatchRule, message_bus
+from jeepney import MatchRule, Message, message_bus
 
 import conftest
 from agent_support import FAST_ARGS, KI, MANAGER, MI, CallError, Client, agent_pid, wait_until
@@ -234,18 +236,26 @@ def test_idle_exit_after_calls_stop(bus_factory: conftest.BusFactory) -> None:
 # --- timers ------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def properties_changed(c: Client, path: str) -> Iterator[deque[Message]]:
+    """The PropertiesChanged signals of the object at ``path`` as they arrive, for
+    ``c.conn.recv_until_filtered``."""
+    rule = MatchRule(
+        type="signal",
+        interface="org.freedesktop.DBus.Properties",
+        member="PropertiesChanged",
+        path=path,
+    )
+    c.conn.send_and_get_reply(message_bus.AddMatch(rule))
+    with c.conn.filter(rule, bufsize=10) as changes:
+        yield changes
+
+
 def test_timeouts_lock_keys_and_emit_properties_changed(private_bus: PrivateBus) -> None:
     path = protocol.key_path("timed")
     with Client(private_bus.address) as c:
         c.create("timed")
-        rule = MatchRule(
-            type="signal",
-            interface="org.freedesktop.DBus.Properties",
-            member="PropertiesChanged",
-            path=path,
-        )
-        c.conn.send_and_get_reply(message_bus.AddMatch(rule))
-        with c.conn.filter(rule, bufsize=10) as changes:
+        with properties_changed(c, path) as changes:
             c.unlock_for("timed", 1, 60)
             unlocked = c.conn.recv_until_filtered(changes, timeout=10)
             iface, values, _ = unlocked.body
@@ -276,14 +286,7 @@ def test_a_use_that_moves_unlocked_until_is_signalled(private_bus: PrivateBus) -
     with Client(private_bus.address) as c:
         recipient = c.create("used")
         ct = c.encrypt([recipient], b"use")
-        rule = MatchRule(
-            type="signal",
-            interface="org.freedesktop.DBus.Properties",
-            member="PropertiesChanged",
-            path=path,
-        )
-        c.conn.send_and_get_reply(message_bus.AddMatch(rule))
-        with c.conn.filter(rule, bufsize=10) as changes:
+        with properties_changed(c, path) as changes:
             c.unlock_for("used", 600, 3600)
             until = c.conn.recv_until_filtered(changes, timeout=10).body[1]["UnlockedUntil"][1]
             # UnlockedUntil counts whole seconds: a use moves it once the clock has passed one.

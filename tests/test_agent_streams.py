@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from agent_support import (
     FAST_ARGS,
     MANAGER,
     MI,
+    PASS,
     CallError,
     Client,
     agent_pid,
@@ -291,6 +293,47 @@ def test_fds_of_a_new_callers_queued_calls_stay_with_their_call(bus: PrivateBus)
             os.close(out_r)
 
 
+@contextlib.contextmanager
+def waiting_streams(address: str, *, first_byte: bytes) -> Iterator[None]:
+    """Sixteen DecryptFd streams (the whole stream pool), four on each of four connections,
+    on pipes that stay open but get nothing more than ``first_byte``: with a byte, each
+    stream has started and holds a thread; without, it waits for its input to be readable."""
+    manager = DBusAddress(MANAGER, bus_name=protocol.BUS_NAME, interface=MI)
+    holders: list[Client] = []
+    silent: list[int] = []
+    try:
+        for _ in range(4):
+            holder = Client(address)
+            holders.append(holder)
+            for _ in range(4):
+                r, w = os.pipe()
+                out_r, out_w = os.pipe()
+                if first_byte:
+                    os.write(w, first_byte)
+                holder.conn.send(new_method_call(manager, "DecryptFd", "hha{sv}", (r, out_w, {})))
+                os.close(r)
+                os.close(out_w)
+                silent += [w, out_r]
+            holder.prop(MANAGER, MI, "Version")  # its four calls have reached the agent
+        yield
+    finally:
+        for fd in silent:
+            os.close(fd)
+        for holder in holders:
+            holder.close()
+
+
+def unlock_from_pipe(client: Client, name: str) -> None:
+    """UnlockFromFd with the test passphrase (PASS) on a pipe that is already written and closed."""
+    r, w = os.pipe()
+    os.write(w, PASS.encode() + b"\n")
+    os.close(w)
+    try:
+        client.k(name, "UnlockFromFd", "ha{sv}", r, {})
+    finally:
+        os.close(r)
+
+
 def test_streams_on_silent_pipes_starve_no_one(private_bus: PrivateBus, tmp_path: Path) -> None:
     """Four connections, each with four DecryptFd streams on pipes nobody writes (16, the
     whole stream pool): another client's UnlockFromFd and DecryptFd still run (issue 13).
@@ -298,45 +341,22 @@ def test_streams_on_silent_pipes_starve_no_one(private_bus: PrivateBus, tmp_path
     with Client(private_bus.address) as setup:
         recipient = setup.create("starve")
         ct = setup.encrypt([recipient], b"not starved")
-    manager = DBusAddress(MANAGER, bus_name=protocol.BUS_NAME, interface=MI)
-    holders: list[Client] = []
-    silent: list[int] = []
-    try:
-        for _ in range(4):
-            holder = Client(private_bus.address)
-            holders.append(holder)
-            for _ in range(4):
-                r, w = os.pipe()
-                out_r, out_w = os.pipe()
-                holder.conn.send(new_method_call(manager, "DecryptFd", "hha{sv}", (r, out_w, {})))
-                os.close(r)
-                os.close(out_w)
-                silent += [w, out_r]
-            holder.prop(MANAGER, MI, "Version")  # its four calls have reached the agent
-        with Client(private_bus.address, timeout=30) as other:
-            r, w = os.pipe()
-            os.write(w, b"pw\n")
-            os.close(w)
-            try:
-                other.k("starve", "UnlockFromFd", "ha{sv}", r, {})
-            finally:
-                os.close(r)
-            src = tmp_path / "in.age"
-            src.write_bytes(ct)
-            out = tmp_path / "out"
-            fi = os.open(src, os.O_RDONLY)
-            fo = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
-            try:
-                assert other.m("DecryptFd", "hha{sv}", fi, fo, {}) == ("starve", 11)
-            finally:
-                os.close(fi)
-                os.close(fo)
-            assert out.read_bytes() == b"not starved"
-    finally:
-        for fd in silent:
-            os.close(fd)
-        for holder in holders:
-            holder.close()
+    with (
+        waiting_streams(private_bus.address, first_byte=b""),
+        Client(private_bus.address, timeout=30) as other,
+    ):
+        unlock_from_pipe(other, "starve")
+        src = tmp_path / "in.age"
+        src.write_bytes(ct)
+        out = tmp_path / "out"
+        fi = os.open(src, os.O_RDONLY)
+        fo = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            assert other.m("DecryptFd", "hha{sv}", fi, fo, {}) == ("starve", 11)
+        finally:
+            os.close(fi)
+            os.close(fo)
+        assert out.read_bytes() == b"not starved"
 
 
 def test_unlocks_never_queue_behind_stalled_streams(private_bus: PrivateBus) -> None:
@@ -344,36 +364,11 @@ def test_unlocks_never_queue_behind_stalled_streams(private_bus: PrivateBus) -> 
     stream thread; an UnlockFromFd still answers: it is read on the event loop (issue 13)."""
     with Client(private_bus.address) as setup:
         setup.create("stalled")
-    manager = DBusAddress(MANAGER, bus_name=protocol.BUS_NAME, interface=MI)
-    holders: list[Client] = []
-    silent: list[int] = []
-    try:
-        for _ in range(4):
-            holder = Client(private_bus.address)
-            holders.append(holder)
-            for _ in range(4):
-                r, w = os.pipe()
-                out_r, out_w = os.pipe()
-                os.write(w, b"a")  # readable: the stream takes a thread, then waits for more
-                holder.conn.send(new_method_call(manager, "DecryptFd", "hha{sv}", (r, out_w, {})))
-                os.close(r)
-                os.close(out_w)
-                silent += [w, out_r]
-            holder.prop(MANAGER, MI, "Version")
-        with Client(private_bus.address, timeout=30) as other:
-            r, w = os.pipe()
-            os.write(w, b"pw\n")
-            os.close(w)
-            try:
-                other.k("stalled", "UnlockFromFd", "ha{sv}", r, {})
-            finally:
-                os.close(r)
-            assert (
-                other.prop(protocol.key_path("stalled"), "org.example.KeyAgent.Key", "Locked")
-                is False
-            )
-    finally:
-        for fd in silent:
-            os.close(fd)
-        for holder in holders:
-            holder.close()
+    with (
+        waiting_streams(private_bus.address, first_byte=b"a"),
+        Client(private_bus.address, timeout=30) as other,
+    ):
+        unlock_from_pipe(other, "stalled")
+        assert (
+            other.prop(protocol.key_path("stalled"), "org.example.KeyAgent.Key", "Locked") is False
+        )

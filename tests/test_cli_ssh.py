@@ -15,22 +15,13 @@ from cli_support import files as files
 from cli_support import private_bus as private_bus
 from conftest import PrivateBus, have
 from keyagentd import age
+from ssh_support import keygen
 
 pytestmark = pytest.mark.skipif(
     not (have("age") and have("ssh-keygen")), reason="needs the age command and ssh-keygen"
 )
 PW = "agent pw"
 SSH_PW = "ssh pw 123"
-
-
-def keygen(d: Path, name: str, *args: str, passphrase: str = "") -> Path:
-    path = d / name
-    subprocess.run(
-        ["ssh-keygen", "-q", *args, "-N", passphrase, "-C", "me@host", "-f", str(path)],
-        check=True,
-        capture_output=True,
-    )
-    return path
 
 
 def public(key: Path) -> str:

@@ -8,11 +8,18 @@ import os
 import stat
 import sys
 from collections.abc import Iterator
-from types import TracebackType
 
 from keyagent.client import Client
 from keyagent.grammar import Args
-from keyagent.output import AtomicOutput, OutputError, SpecialOutput, is_special, named_fd
+from keyagent.lazy_client import LazyClient
+from keyagent.output import (
+    AtomicOutput,
+    OutputError,
+    SpecialOutput,
+    StdoutSink,
+    is_special,
+    named_fd,
+)
 from keyagent.prompt import Passphrases
 from keyagent.protocol import is_valid_key_name
 
@@ -33,7 +40,7 @@ class CommandError(Exception):
         self.hint = hint
 
 
-class Context:
+class Context(LazyClient):
     """A plain class, not a dataclass: `dataclasses` costs milliseconds at start-up."""
 
     def __init__(
@@ -42,19 +49,9 @@ class Context:
         passphrases: Passphrases,
         client: Client | None = None,
     ) -> None:
+        super().__init__(client)
         self.args = args
         self.passphrases = passphrases
-        self._client = client
-
-    def client(self) -> Client:
-        if self._client is None:
-            self._client = Client()
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
 
 
 def askpass_wanted(ctx: Context) -> bool:
@@ -95,38 +92,6 @@ def open_input(path: str | None) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
-
-
-class StdoutSink:
-    """Output to stdout: written in place (the agent gets fd 1)."""
-
-    fd = 1
-
-    def __enter__(self) -> StdoutSink:
-        sys.stdout.flush()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-    def reset(self) -> None:
-        """Nothing to undo: retries happen only after header errors, before any output."""
-
-    def size(self) -> int | None:
-        st = os.fstat(self.fd)
-        return st.st_size if stat.S_ISREG(st.st_mode) else None
-
-    def write(self, data: bytes) -> None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-
-    def commit(self) -> None:
-        return None
 
 
 Sink = AtomicOutput | StdoutSink | SpecialOutput

@@ -31,7 +31,22 @@ def _tmp_name(directory: str, base: str) -> str:
     return os.path.join(directory, f".{base}.{os.urandom(6).hex()}.tmp")
 
 
-class AtomicOutput:
+class _Output:
+    """What every output shares: leaving its ``with`` block closes it."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AtomicOutput(_Output):
     """An output file that appears only complete.
 
     The data goes to an unnamed file (``O_TMPFILE``) in the target's directory, so a killed
@@ -162,12 +177,8 @@ class AtomicOutput:
         finally:
             os.close(dfd)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """Close the file; without a commit, remove the named temporary file."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -202,7 +213,7 @@ def is_special(path: str) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
-class SpecialOutput:
+class SpecialOutput(_Output):
     """Output into an existing device or FIFO (or an fd we hold), like age: opened for
     writing, never created, renamed or truncated to a regular file. What was written before
     an error stays written: such a target cannot be replaced as a whole."""
@@ -222,12 +233,8 @@ class SpecialOutput:
             sys.stdout.flush()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """Close the fd if this output opened it (an fd we were given stays open)."""
         if self._own and self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -247,6 +254,18 @@ class SpecialOutput:
 
     def commit(self) -> None:
         return None
+
+
+class StdoutSink(SpecialOutput):
+    """Output to stdout: written in place (the agent gets fd 1), through ``sys.stdout`` so
+    it stays in order with anything printed there."""
+
+    def __init__(self) -> None:
+        super().__init__(fd=1)
+
+    def write(self, data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
 
 
 def input_size(fd: int) -> int | None:

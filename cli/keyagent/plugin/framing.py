@@ -9,6 +9,7 @@ spec's ``error`` command where the protocol still allows one.
 from __future__ import annotations
 
 import binascii
+from collections.abc import Iterator
 from typing import BinaryIO, Final, NamedTuple
 
 COLUMNS: Final = 64
@@ -113,6 +114,11 @@ class Channel:
             raise ProtocolError("The age client closed the plugin conversation early.")
         return stanza
 
+    def phase1(self) -> Iterator[Stanza]:
+        """Phase 1: the client's commands, up to (not including) its ``done``."""
+        while (stanza := self.receive()).type != "done":
+            yield stanza
+
     def command(self, kind: str, *args: str, body: bytes = b"") -> Stanza:
         """Phase 2: send a command and return the client's response (ok, fail, unsupported)."""
         self.send(kind, *args, body=body)
@@ -120,3 +126,10 @@ class Channel:
         if reply.type not in ("ok", "fail", "unsupported"):
             raise ProtocolError(f"The age client answered {kind!r} with {reply.type[:40]!r}.")
         return reply
+
+
+def only_arg(stanza: Stanza) -> str:
+    """The one argument of a command that takes exactly one (``add-identity``, ...)."""
+    if len(stanza.args) != 1:
+        raise ProtocolError(f"The age client sent a malformed {stanza.type} command.")
+    return stanza.args[0]

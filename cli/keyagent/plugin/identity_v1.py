@@ -13,9 +13,15 @@ import contextlib
 import os
 
 from keyagent.plugin.encoding import BadIdentity, decode_identity
-from keyagent.plugin.framing import Channel, ProtocolError
-from keyagent.plugin.session import AgentSession, PluginFailure, RawStanza, failure_from
-from keyagent.protocol import KeyAgentError, NoMatch, NoSuchKey
+from keyagent.plugin.framing import Channel, ProtocolError, only_arg
+from keyagent.plugin.session import (
+    AgentSession,
+    PluginFailure,
+    RawStanza,
+    failure_from,
+    identity_failure,
+)
+from keyagent.protocol import KeyAgentError, NoMatch
 
 NO_KEY = "no key in the agent opens this file"
 
@@ -30,18 +36,14 @@ class Request:
 
 def read_phase1(chan: Channel) -> Request:
     req = Request()
-    while True:
-        s = chan.receive()
-        if s.type == "done":
-            return req
+    for s in chan.phase1():
         if s.type == "add-identity":
-            if len(s.args) != 1:
-                raise ProtocolError("The age client sent a malformed add-identity command.")
-            req.identities.append(s.args[0])
+            req.identities.append(only_arg(s))
         elif s.type == "recipient-stanza":
             if len(s.args) < 2 or not s.args[0].isdigit():
                 raise ProtocolError("The age client sent a malformed recipient-stanza command.")
             req.files.setdefault(int(s.args[0]), []).append((s.args[1], s.args[2:], s.body))
+    return req
 
 
 def grease(chan: Channel) -> None:
@@ -57,7 +59,7 @@ def run(chan: Channel) -> int:
         try:
             names.append(decode_identity(text))
         except BadIdentity as exc:
-            return fail(chan, PluginFailure(("identity", str(i)), str(exc).rstrip(".")))
+            return fail(chan, identity_failure(i, str(exc).rstrip(".")))
     session = AgentSession(chan)
     try:
         for index in sorted(req.files):
@@ -79,12 +81,8 @@ def unwrap_file(session: AgentSession, names: list[str], stanzas: list[RawStanza
             return session.unwrap(stanzas, name or None)[0]
         except NoMatch:
             continue
-        except NoSuchKey:
-            raise PluginFailure(
-                ("identity", str(i)), f"there is no key named '{name}' in the agent"
-            ) from None
         except KeyAgentError as exc:
-            raise failure_from(exc) from None
+            raise failure_from(exc, identity=i, name=name) from None
     raise PluginFailure(("internal",), NO_KEY)
 
 

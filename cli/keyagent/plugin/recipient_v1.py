@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from keyagent.plugin.encoding import BadIdentity, decode_identity
-from keyagent.plugin.framing import Channel, ProtocolError
+from keyagent.plugin.framing import Channel, only_arg
 from keyagent.plugin.identity_v1 import fail, grease
-from keyagent.plugin.session import AgentSession, PluginFailure, failure_from
+from keyagent.plugin.session import AgentSession, PluginFailure, failure_from, identity_failure
 from keyagent.plugin.wrap import wrap
-from keyagent.protocol import KeyAgentError, NoSuchKey
+from keyagent.protocol import KeyAgentError
 
 
 @dataclass
@@ -30,18 +30,14 @@ class Request:
 
 def read_phase1(chan: Channel) -> Request:
     req = Request()
-    while True:
-        s = chan.receive()
-        if s.type == "done":
-            return req
+    for s in chan.phase1():
         if s.type in ("add-recipient", "add-identity"):
-            if len(s.args) != 1:
-                raise ProtocolError(f"The age client sent a malformed {s.type} command.")
-            (req.recipients if s.type == "add-recipient" else req.identities).append(s.args[0])
+            (req.recipients if s.type == "add-recipient" else req.identities).append(only_arg(s))
         elif s.type == "wrap-file-key":
             req.file_keys.append(s.body)
         elif s.type == "extension-labels":
             req.labels = True
+    return req
 
 
 def run(chan: Channel) -> int:
@@ -77,17 +73,13 @@ def _recipient(session: AgentSession, index: int, text: str) -> str:
     try:
         name = decode_identity(text)
     except BadIdentity as exc:
-        raise PluginFailure(("identity", str(index)), str(exc).rstrip(".")) from None
+        raise identity_failure(index, str(exc).rstrip(".")) from None
     if not name:
         message = (
             "AGE-PLUGIN-KEYAGENT-1 without a key name only decrypts: use `keyagent identity NAME`"
         )
-        raise PluginFailure(("identity", str(index)), message)
+        raise identity_failure(index, message)
     try:
-        return session.client.key(name).recipient
-    except NoSuchKey:
-        raise PluginFailure(
-            ("identity", str(index)), f"there is no key named '{name}' in the agent"
-        ) from None
+        return session.client().key(name).recipient
     except KeyAgentError as exc:
-        raise failure_from(exc) from None
+        raise failure_from(exc, identity=index, name=name) from None

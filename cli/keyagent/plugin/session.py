@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
+from keyagent.lazy_client import LazyClient
 from keyagent.plugin.framing import Channel
-from keyagent.protocol import BadPassphrase, Failed, KeyAgentError, Locked
-
-if TYPE_CHECKING:
-    from keyagent.client import Client
+from keyagent.protocol import BadPassphrase, Failed, KeyAgentError, Locked, NoSuchKey
 
 RawStanza = tuple[str, Sequence[str], bytes]
 PASSPHRASE_TRIES: Final = 3
@@ -48,31 +46,20 @@ def unlock_hint(name: str) -> str:
     return f"key '{name}' is locked: run `keyagent unlock {name}`, then try again"
 
 
-class AgentSession:
-    """One connection to the agent for the plugin's lifetime (opened on first use)."""
+class AgentSession(LazyClient):
+    """One connection to the agent for the plugin's lifetime (opened on first use, after
+    phase 1: age is not kept waiting for the import)."""
 
     def __init__(self, chan: Channel) -> None:
+        super().__init__()
         self.chan = chan
-        self._client: Client | None = None
-
-    @property
-    def client(self) -> Client:
-        if self._client is None:
-            from keyagent.client import Client  # after phase 1: age is not kept waiting
-
-            self._client = Client()
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
 
     def unwrap(self, stanzas: Sequence[RawStanza], pin: str | None) -> tuple[bytes, str]:
         """UnwrapFileKey, unlocking the locked candidates one by one as the agent names them."""
         asked: set[str] = set()
         while True:
             try:
-                return self.client.unwrap_file_key(stanzas, key=pin, timeout=PERSON_TIMEOUT)
+                return self.client().unwrap_file_key(stanzas, key=pin, timeout=PERSON_TIMEOUT)
             except Locked as exc:
                 todo = [n for n in exc.names if n not in asked] or ([pin] if pin else [])
                 if not todo or todo[0] in asked:
@@ -86,7 +73,7 @@ class AgentSession:
         self, stanzas: Sequence[RawStanza], pin: str | None, name: str
     ) -> tuple[bytes, str]:
         try:
-            return self.client.unwrap_file_key(stanzas, key=pin, askpass=True)
+            return self.client().unwrap_file_key(stanzas, key=pin, askpass=True)
         except BadPassphrase as exc:
             raise PluginFailure(
                 ("internal",), f"key '{name}' was not unlocked: {exc.message.rstrip('.')}"
@@ -108,7 +95,7 @@ class AgentSession:
             except UnicodeDecodeError:
                 continue
             try:
-                self.client.unlock_with_pipe(name, passphrase)
+                self.client().unlock_with_pipe(name, passphrase)
                 return
             except BadPassphrase:
                 continue
@@ -119,6 +106,14 @@ class AgentSession:
         )
 
 
-def failure_from(exc: KeyAgentError) -> PluginFailure:
-    """Any other agent error: its own sentence, for the age client to print."""
+def identity_failure(index: int, message: str) -> PluginFailure:
+    """An ``error`` that blames the client's identity number ``index``."""
+    return PluginFailure(("identity", str(index)), message)
+
+
+def failure_from(exc: KeyAgentError, *, identity: int, name: str) -> PluginFailure:
+    """An agent error on identity ``identity`` (key ``name``): a missing key blames that
+    identity; any other error is the agent's own sentence, for the age client to print."""
+    if isinstance(exc, NoSuchKey):
+        return identity_failure(identity, f"there is no key named '{name}' in the agent")
     return PluginFailure(("internal",), exc.message.rstrip("."))
