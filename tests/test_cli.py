@@ -77,7 +77,8 @@ def test_unlock_errors(private_bus: PrivateBus) -> None:
     assert r.returncode == 2
     assert error_line(r) == (
         "keyagent: error: Key 'k' is locked and there is no askpass program to ask for its "
-        "passphrase: set $KEYAGENT_ASKPASS or askpass in config.toml."
+        "passphrase: run 'keyagent unlock k' on a terminal, or set $KEYAGENT_ASKPASS or "
+        "askpass in config.toml."
     )
     assert b"--passphrase-fd" in r.stderr
     r = ka(bus, "unlock", "--no-askpass", "k")
@@ -137,7 +138,8 @@ def test_encrypt_decrypt_files_and_armor(private_bus: PrivateBus, files: Path) -
     assert r.returncode == 1  # the agent would ask at the desktop, but has no askpass program
     assert error_line(r) == (
         "keyagent: error: Key 'k' is locked and there is no askpass program to ask for its "
-        "passphrase: set $KEYAGENT_ASKPASS or askpass in config.toml."
+        "passphrase: run 'keyagent unlock k' on a terminal, or set $KEYAGENT_ASKPASS or "
+        "askpass in config.toml."
     )
     assert not out.exists()
     r = ka(bus, "decrypt", "--no-askpass", "-o", str(out), str(enc))

@@ -187,7 +187,8 @@ class Keys:
         if askpass.find_askpass(self.user.askpass) is None:
             raise Failed(
                 f"Key '{name}' is locked and there is no askpass program to ask for its "
-                "passphrase: set $KEYAGENT_ASKPASS or askpass in config.toml."
+                f"passphrase: run 'keyagent unlock {name}' on a terminal, or set "
+                "$KEYAGENT_ASKPASS or askpass in config.toml."
             )
         retry = False
         for attempt in range(ASKPASS_TRIES):
