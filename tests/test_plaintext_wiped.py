@@ -18,21 +18,7 @@ from test_hardening_memory import find_in_memory
 
 
 @requires_root
-@pytest.mark.parametrize(
-    "size",
-    [
-        20_000,
-        300_000,
-        pytest.param(
-            300,
-            marks=pytest.mark.xfail(
-                reason="a fragment of a ~300-byte plaintext is still found in a 1 MiB "
-                "anonymous mapping after lock; not traced to its owner yet (issue 13)",
-                strict=True,
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("size", [300, 20_000, 300_000])
 def test_decrypted_plaintext_is_wiped(bus_factory: BusFactory, size: int) -> None:
     bus = bus_factory(agent_args=FAST_ARGS)
     sizes = {"plain": size}

@@ -176,3 +176,27 @@ def test_scrub_bytes() -> None:
     one = bytes([7])  # a shared singleton: left alone
     scrub_bytes(one)
     assert one == b"\x07"
+
+
+def test_plaintext_is_copied_without_a_temporary() -> None:
+    """`PlainBuffer` and `put` copy straight into the agent's buffer: a bytearray slice
+    assignment first copies the source into a temporary bytearray, freed unwiped (issue 13;
+    the ~300-byte plaintext found in a pymalloc arena after lock)."""
+    import tracemalloc
+
+    from keyagentd.secrets import PlainBuffer, put
+
+    size = 30_000
+    plain = memoryview(bytearray(os.urandom(size)))
+    out, target = PlainBuffer(size), bytearray(size + 8)
+    tracemalloc.start()
+    try:
+        for copy in (lambda: out.write(plain), lambda: put(target, 4, plain)):
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            copy()
+            extra = tracemalloc.get_traced_memory()[1] - before
+            assert extra < size // 10, f"a temporary of {extra} bytes"
+    finally:
+        tracemalloc.stop()
+    assert out.view() == plain and target[4 : 4 + size] == plain

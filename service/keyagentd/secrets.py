@@ -19,6 +19,15 @@ def wipe(buf: bytearray | memoryview) -> None:
     view.release()
 
 
+def put(dst: bytearray, offset: int, data: bytes | bytearray | memoryview) -> None:
+    """Copy ``data`` into ``dst`` at ``offset`` with no copy in between (same length: no
+    realloc). ``dst[a:b] = data`` would not do: CPython's bytearray slice assignment first
+    copies any source that is not a bytearray into a new bytearray (bytearray_ass_subscript
+    in Objects/bytearrayobject.c) and frees it unwiped. A memoryview assigns in place."""
+    with memoryview(dst) as view:
+        view[offset : offset + len(data)] = data
+
+
 # Our own prototype, so the process-wide ``ctypes.pythonapi`` attributes are left alone.
 _bytes_buffer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object)(
     ("PyBytes_AsString", ctypes.pythonapi)
@@ -53,7 +62,7 @@ class PlainBuffer:
         n = len(data)
         if self._n + n > len(self.buf):
             raise ValueError("PlainBuffer is full")
-        self.buf[self._n : self._n + n] = data
+        put(self.buf, self._n, data)  # not a slice assignment: that leaves a copy behind
         self._n += n
         return n
 

@@ -60,7 +60,7 @@ from dbus_fast.aio import message_bus as _aio
 from dbus_fast.message_bus import BaseMessageBus
 from dbus_fast.service import ServiceInterface
 
-from keyagentd.secrets import wipe
+from keyagentd.secrets import put, wipe
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ class PatientWriter(_aio._MessageWriter):
         order: Literal["little", "big"] = "little" if buf[0:1] == b"l" else "big"
         start = len(buf) - int.from_bytes(buf[4:8], order)  # the body follows the header
         assert int.from_bytes(buf[start : start + 4], order) == len(plain)
-        buf[start + 4 : start + 4 + len(plain)] = plain
+        put(buf, start + 4, plain)  # in place: a slice assignment would copy it first
         fds = msg.unix_fds
         self.messages.append((buf, list(fds) if fds else None, future))
 
