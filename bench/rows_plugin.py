@@ -8,7 +8,6 @@ import os
 import shutil
 from collections.abc import Callable
 
-from bench import ROOT
 from bench.context import SMALL, Context
 from bench.report import Goal, Row, failed
 from bench.rows_bus import _run
@@ -19,8 +18,7 @@ def _install_plugin(ctx: Context) -> dict[str, str]:
     """The plugin as meson installs it (bin/wrapper.in), first on PATH; returns the env."""
     bindir = ctx.h.workdir / "plugin-bin"
     bindir.mkdir(exist_ok=True)
-    text = (ROOT / "bin" / "wrapper.in").read_text()
-    text = text.replace("@PYTHON@", ctx.python()).replace("@MODULE@", "keyagent.plugin.main")
+    text = ctx.h.conftest.render_wrapper("keyagent.plugin.main", python=ctx.python())
     path = bindir / "age-plugin-keyagent"
     path.write_text(text)
     path.chmod(0o755)

@@ -70,6 +70,12 @@ class PrivateBus:
         return False
 
 
+def render_wrapper(module: str, *, python: str = sys.executable, flags: str = "") -> str:
+    """bin/wrapper.in as meson's configure_file renders it for ``module`` (``flags``: " -I")."""
+    text = (ROOT / "bin" / "wrapper.in").read_text()
+    return text.replace("@PYTHON@", python).replace("@PYFLAGS@", flags).replace("@MODULE@", module)
+
+
 def name_owner_pid(env: dict[str, str], name: str) -> int | None:
     """The pid of the process owning bus ``name`` on ``env``'s session bus, or None."""
     out = subprocess.run(

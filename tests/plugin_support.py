@@ -6,7 +6,6 @@ import fcntl
 import os
 import shutil
 import subprocess
-import sys
 import termios
 from collections import deque
 from pathlib import Path
@@ -17,7 +16,7 @@ from jeepney.bus_messages import message_bus
 from jeepney.io.blocking import DBusConnection, open_dbus_connection
 
 from cli_support import FAST_AGENT_ARGS, TtyRun, create_key, ka_pw
-from conftest import ROOT, BusFactory, PrivateBus
+from conftest import BusFactory, PrivateBus, render_wrapper
 from keyagent.protocol import MANAGER_INTERFACE, MANAGER_PATH
 
 PLUGIN = "age-plugin-keyagent"
@@ -26,9 +25,7 @@ PLUGIN = "age-plugin-keyagent"
 def install_plugin(bus: PrivateBus) -> Path:
     """bin/wrapper.in as meson installs it (a Python script named age-plugin-keyagent, as
     pip's console script is), on this bus's PATH."""
-    text = (ROOT / "bin" / "wrapper.in").read_text()
-    text = text.replace("@PYTHON@", sys.executable).replace("@PYFLAGS@", "")
-    text = text.replace("@MODULE@", "keyagent.plugin.main")
+    text = render_wrapper("keyagent.plugin.main")
     path = bus.bindir / PLUGIN
     path.write_text(text)
     path.chmod(0o755)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, BusFactory
+from conftest import ROOT, BusFactory, render_wrapper
 
 VERSION_CALL = [
     "gdbus", "call", "--session", "--dest", "org.example.KeyAgent",
@@ -54,12 +54,7 @@ def test_activation_ignores_the_python_environment(bus_factory: BusFactory, tmp_
 
 def test_meson_wrapper_starts_isolated(tmp_path: Path) -> None:
     wrapper = tmp_path / "keyagentd"
-    template = (ROOT / "bin" / "wrapper.in").read_text()
-    wrapper.write_text(
-        template.replace("@PYTHON@", sys.executable)
-        .replace("@PYFLAGS@", " -I")
-        .replace("@MODULE@", "keyagentd.__main__")
-    )
+    wrapper.write_text(render_wrapper("keyagentd.__main__", flags=" -I"))
     wrapper.chmod(0o755)
     evil, marker = _evil_site(tmp_path)
     r = subprocess.run(
