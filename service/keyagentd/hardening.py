@@ -15,8 +15,9 @@ import resource
 import socket
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 PR_SET_DUMPABLE: Final = 4
 PR_GET_DUMPABLE: Final = 3
@@ -27,6 +28,8 @@ MCL_FUTURE: Final = 2
 MCL_ONFAULT: Final = 4
 CAP_IPC_LOCK: Final = 14
 _UCRED: Final = struct.Struct("3i")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,9 @@ def _lock_memory() -> str:
     return "hardening: memory locked (mlockall, pages stay out of swap)"
 
 
-def peer_credentials(fd: int) -> PeerCredentials | None:
-    """SO_PEERCRED of ``fd`` when it is a connected unix socket, else None."""
+def _inspect_socket(fd: int, look: Callable[[socket.socket], T], unreadable: T) -> T | None:
+    """``look`` at a dup of socket ``fd``: None when ``fd`` is not a socket, ``unreadable`` when
+    it is one Python cannot wrap."""
     try:
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):
             return None
@@ -111,35 +115,33 @@ def peer_credentials(fd: int) -> PeerCredentials | None:
         sock = socket.socket(fileno=dup)
     except OSError:
         os.close(dup)
-        return None
+        return unreadable
     with sock:
-        if sock.family != socket.AF_UNIX:
-            return None
-        try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-        except OSError:
-            return None
+        return look(sock)
+
+
+def _unix_peer(sock: socket.socket) -> PeerCredentials | None:
+    if sock.family != socket.AF_UNIX:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    except OSError:
+        return None
     pid, uid, gid = _UCRED.unpack(raw)
     if uid < 0 or pid <= 0:  # not connected: the kernel reports uid -1 (overflow) and pid 0
         return None
     return PeerCredentials(pid, uid, gid)
 
 
+def peer_credentials(fd: int) -> PeerCredentials | None:
+    """SO_PEERCRED of ``fd`` when it is a connected unix socket, else None."""
+    return _inspect_socket(fd, _unix_peer, None)
+
+
 def socket_family(fd: int) -> int | None:
-    """The address family of socket ``fd`` (AF_UNIX, AF_INET...), None when not a socket."""
-    try:
-        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-            return None
-    except OSError:
-        return None
-    dup = os.dup(fd)
-    try:
-        sock = socket.socket(fileno=dup)
-    except OSError:
-        os.close(dup)
-        return -1  # a socket Python cannot look at: treat as foreign
-    with sock:
-        return int(sock.family)
+    """The address family of socket ``fd`` (AF_UNIX, AF_INET...), None when not a socket;
+    -1 for a socket Python cannot look at (treated as foreign)."""
+    return _inspect_socket(fd, lambda sock: int(sock.family), -1)
 
 
 def peer_uid_of_socket(fd: int) -> int | None:
