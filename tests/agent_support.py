@@ -186,3 +186,13 @@ def module_bus(tmp: Path, **kw: Any) -> Iterator[PrivateBus]:
         yield bus
     finally:
         stop_private_bus(bus)
+
+
+@contextmanager
+def module_bus_with_key(tmp: Path, name: str, **kw: Any) -> Iterator[PrivateBus]:
+    """`module_bus` whose agent holds key ``name``, created and unlocked with the defaults."""
+    with module_bus(tmp, **kw) as bus:
+        with Client(bus.address) as c:
+            c.create(name)
+            c.unlock(name)
+        yield bus

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -16,7 +16,7 @@ from agent_support import (
     Client,
     agent_pid,
     fd_count,
-    module_bus,
+    module_bus_with_key,
     settle_fds,
 )
 from conftest import PrivateBus, as_other_user, requires_root
@@ -26,11 +26,32 @@ from keyagentd.streams import check_fd_peers
 
 @pytest.fixture(scope="module")
 def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBus]:
-    with module_bus(tmp_path_factory.mktemp("peercred"), agent_args=FAST_ARGS) as b:
-        with Client(b.address) as c:
-            c.create("s")
-            c.unlock("s")
+    with module_bus_with_key(tmp_path_factory.mktemp("peercred"), "s", agent_args=FAST_ARGS) as b:
         yield b
+
+
+def assert_every_fd_call_refuses(
+    c: Client, fd: int, reason: str, *more: Callable[[], object]
+) -> None:
+    """EncryptFd (``fd`` as input and as output), DecryptFd and UnlockFromFd of key "s",
+    and ``more``, each answer AccessDenied naming ``reason``."""
+    out_r, out_w = os.pipe()
+    try:
+        calls = [
+            lambda: c.m("EncryptFd", "ashha{sv}", ["s"], fd, out_w, {}),
+            lambda: c.m("EncryptFd", "ashha{sv}", ["s"], out_r, fd, {}),  # as output
+            lambda: c.m("DecryptFd", "hha{sv}", fd, out_w, {}),
+            lambda: c.k("s", "UnlockFromFd", "ha{sv}", fd, {}),
+            *more,
+        ]
+        for call in calls:
+            with pytest.raises(CallError) as e:
+                call()
+            assert e.value.name == protocol.ACCESS_DENIED
+            assert reason in e.value.text
+    finally:
+        os.close(out_r)
+        os.close(out_w)
 
 
 @pytest.fixture
@@ -75,22 +96,7 @@ def test_a_socket_to_another_user_is_refused(
         c.prop(protocol.MANAGER_PATH, protocol.MANAGER_INTERFACE, "Version")
         pid = agent_pid(bus)
         base = fd_count(pid)
-        out_r, out_w = os.pipe()
-        try:
-            calls = [
-                lambda: c.m("EncryptFd", "ashha{sv}", ["s"], fd, out_w, {}),
-                lambda: c.m("EncryptFd", "ashha{sv}", ["s"], out_r, fd, {}),  # as output
-                lambda: c.m("DecryptFd", "hha{sv}", fd, out_w, {}),
-                lambda: c.k("s", "UnlockFromFd", "ha{sv}", fd, {}),
-            ]
-            for call in calls:
-                with pytest.raises(CallError) as e:
-                    call()
-                assert e.value.name == protocol.ACCESS_DENIED
-                assert "another user" in e.value.text
-        finally:
-            os.close(out_r)
-            os.close(out_w)
+        assert_every_fd_call_refuses(c, fd, "another user")
         assert settle_fds(pid, base) <= base  # every passed fd was closed
 
 
@@ -132,27 +138,15 @@ def test_a_network_socket_is_refused(bus: PrivateBus) -> None:
         base = fd_count(pid)
         tcp = socket.create_connection(server.getsockname())
         peer, _ = server.accept()
-        out_r, out_w = os.pipe()
         with tcp, peer:
             fd = tcp.fileno()
             peer.sendall(b"plaintext from the network")
             peer.shutdown(socket.SHUT_WR)
-            try:
-                calls = [
-                    lambda: c.m("EncryptFd", "ashha{sv}", ["s"], fd, out_w, {}),
-                    lambda: c.m("EncryptFd", "ashha{sv}", ["s"], out_r, fd, {}),
-                    lambda: c.m("DecryptFd", "hha{sv}", fd, out_w, {}),
-                    lambda: c.k("s", "UnlockFromFd", "ha{sv}", fd, {}),
-                    lambda: c.encrypt([], b"x", **{"passphrase-fd": ("h", fd)}),
-                ]
-                for call in calls:
-                    with pytest.raises(CallError) as e:
-                        call()
-                    assert e.value.name == protocol.ACCESS_DENIED
-                    assert "network socket" in e.value.text
-            finally:
-                os.close(out_r)
-                os.close(out_w)
+
+            def as_passphrase_fd() -> object:
+                return c.encrypt([], b"x", **{"passphrase-fd": ("h", fd)})
+
+            assert_every_fd_call_refuses(c, fd, "network socket", as_passphrase_fd)
             peer.setblocking(False)
             with pytest.raises(BlockingIOError):
                 peer.recv(1)  # nothing was written to the network

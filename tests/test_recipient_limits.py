@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pyrage
 import pytest
 
-from agent_support import FAST_ARGS, CallError, Client, module_bus
+from agent_support import FAST_ARGS, CallError, Client, module_bus_with_key
 from conftest import PrivateBus
 from keyagentd import age
 from keyagentd.age.format import MAX_STANZAS
@@ -18,10 +18,7 @@ from keyagentd.age.format import MAX_STANZAS
 
 @pytest.fixture(scope="module")
 def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBus]:
-    with module_bus(tmp_path_factory.mktemp("limits"), agent_args=FAST_ARGS) as b:
-        with Client(b.address) as c:
-            c.create("k")
-            c.unlock("k")
+    with module_bus_with_key(tmp_path_factory.mktemp("limits"), "k", agent_args=FAST_ARGS) as b:
         yield b
 
 
