@@ -113,35 +113,6 @@ def parse_options(options: Mapping[str, Variant], schema: Mapping[str, str]) -> 
     return Options(values)
 
 
-async def _read_secret(parsed: Options, key: str, fds: ReceivedFds, caller: Caller) -> str:
-    fd = fds.get(parsed.number(key))
-    check_fd_peers([fd], caller.uid)
-    return await read_passphrase_async(fd)
-
-
-async def secret_option(parsed: Options, name: str, fds: ReceivedFds, caller: Caller) -> str | None:
-    """The secret option ``name``, or what its ``-fd`` option's fd holds (not both)."""
-    key = name + FD_SUFFIX
-    if key not in parsed:
-        return parsed.text(name)
-    if name in parsed:
-        raise InvalidArgs(f"Give the {name} or the {key} option, not both.")
-    return await _read_secret(parsed, key, fds, caller)
-
-
-async def secret_arg(
-    parsed: Options, name: str, inline: str, fds: ReceivedFds, caller: Caller
-) -> str:
-    """The secret argument ``name`` (``inline``), or its ``-fd`` option's (then ``inline``
-    must be empty)."""
-    key = name + FD_SUFFIX
-    if key not in parsed:
-        return inline
-    if inline:
-        raise InvalidArgs(f"Give the {name} argument or the {key} option, not both.")
-    return await _read_secret(parsed, key, fds, caller)
-
-
 # --- the handlers --------------------------------------------------------------------------
 
 OPTIONS: Final = ("options", "a{sv}")
@@ -176,7 +147,7 @@ class Handlers:
         if key_type not in KEY_TYPES:
             raise Unsupported(f"Unknown key type {shown(key_type)}: use {' or '.join(KEY_TYPES)}.")
         label = parsed.text("label", "") or ""
-        passphrase = await secret_arg(parsed, "passphrase", passphrase, fds, caller)
+        passphrase = await self.secret_arg(parsed, "passphrase", passphrase, fds, caller)
         record = await self.keys.create(name, age.generate_identity(key_type), passphrase, label)
         return Reply((key_path(name), record.recipient), key=name)
 
@@ -185,9 +156,9 @@ class Handlers:
         parsed = parse_options(options, IMPORT_KEY)
         label = parsed.text("label", "") or ""
         self.keys.check_new(name)
-        identity = await secret_arg(parsed, "identity", identity, fds, caller)
-        passphrase = await secret_arg(parsed, "passphrase", passphrase, fds, caller)
-        ssh_passphrase = await secret_option(parsed, "ssh-passphrase", fds, caller)
+        identity = await self.secret_arg(parsed, "identity", identity, fds, caller)
+        passphrase = await self.secret_arg(parsed, "passphrase", passphrase, fds, caller)
+        ssh_passphrase = await self.secret_option(parsed, "ssh-passphrase", fds, caller)
         secret = None if ssh_passphrase is None else ssh_passphrase.encode("utf-8")
         # In a worker thread: an RSA key's full check takes ~100-300 ms, a protected OpenSSH
         # key's bcrypt KDF about as long (age/sshload.py).
@@ -198,7 +169,7 @@ class Handlers:
     async def delete_key(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         name, options = args
         parsed = parse_options(options, DELETE_KEY)
-        passphrase = await secret_option(parsed, "passphrase", fds, caller)
+        passphrase = await self.secret_option(parsed, "passphrase", fds, caller)
         await self.keys.delete(name, passphrase, pid_of(caller))
         return Reply()
 
@@ -213,7 +184,7 @@ class Handlers:
         recipients, plaintext, options = args
         parsed = parse_options(options, ENCRYPT)
         armor = parsed.flag("armor")
-        passphrase = await secret_option(parsed, "passphrase", fds, caller)
+        passphrase = await self.secret_option(parsed, "passphrase", fds, caller)
         data = await self.crypt.encrypt(recipients, plaintext, armor=armor, passphrase=passphrase)
         return Reply((data,))
 
@@ -223,7 +194,7 @@ class Handlers:
         plaintext, name = await self.crypt.decrypt(
             ciphertext,
             pin=parsed.text("key"),
-            passphrase=await secret_option(parsed, "passphrase", fds, caller),
+            passphrase=await self.secret_option(parsed, "passphrase", fds, caller),
             askpass=parsed.flag("askpass"),
             pid=pid_of(caller),
         )
@@ -249,7 +220,7 @@ class Handlers:
     async def encrypt_fd(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         recipients, input_, output, options = args
         parsed = parse_options(options, ENCRYPT)
-        passphrase = await secret_option(parsed, "passphrase", fds, caller)
+        passphrase = await self.secret_option(parsed, "passphrase", fds, caller)
         bind = self.crypt.encrypt_job(recipients, armor=parsed.flag("armor"), passphrase=passphrase)
         check_fd_peers([fds.get(input_), fds.get(output)], caller.uid)
         streams = [fds.take(input_), fds.take(output)]  # the stream closes them
@@ -260,7 +231,7 @@ class Handlers:
         parsed = parse_options(options, DECRYPT_OPTIONS)
         bind = self.crypt.decrypt_job(
             pin=parsed.text("key"),
-            passphrase=await secret_option(parsed, "passphrase", fds, caller),
+            passphrase=await self.secret_option(parsed, "passphrase", fds, caller),
             askpass=parsed.flag("askpass"),
             pid=pid_of(caller),
         )
@@ -269,6 +240,37 @@ class Handlers:
         name, written = await self.work.stream(caller.sender, streams, bind(*streams))
         self.used(name)
         return Reply((name, written), key=name)
+
+    # --- secrets passed through fds (`<secret>-fd` options, UnlockFromFd) -----------------
+
+    async def read_secret_fd(self, caller: Caller, fd: int) -> str:
+        """A secret (passphrase, identity) from a pipe the caller passed: read on the loop,
+        never in a stream thread (so it never queues behind streams), counted as running."""
+        check_fd_peers([fd], caller.uid)
+        return await self.work.track(read_passphrase_async(fd))
+
+    async def secret_option(
+        self, parsed: Options, name: str, fds: ReceivedFds, caller: Caller
+    ) -> str | None:
+        """The secret option ``name``, or what its ``-fd`` option's fd holds (not both)."""
+        key = name + FD_SUFFIX
+        if key not in parsed:
+            return parsed.text(name)
+        if name in parsed:
+            raise InvalidArgs(f"Give the {name} or the {key} option, not both.")
+        return await self.read_secret_fd(caller, fds.get(parsed.number(key)))
+
+    async def secret_arg(
+        self, parsed: Options, name: str, inline: str, fds: ReceivedFds, caller: Caller
+    ) -> str:
+        """The secret argument ``name`` (``inline``), or its ``-fd`` option's (then ``inline``
+        must be empty)."""
+        key = name + FD_SUFFIX
+        if key not in parsed:
+            return inline
+        if inline:
+            raise InvalidArgs(f"Give the {name} argument or the {key} option, not both.")
+        return await self.read_secret_fd(caller, fds.get(parsed.number(key)))
 
     # --- key objects ---------------------------------------------------------------------
 
@@ -281,16 +283,14 @@ class Handlers:
                 raise InvalidArgs("Give a passphrase or the askpass option, not both.")
             await self.keys.unlock_by_askpass(name, pid_of(caller), idle, maximum)
         else:
-            passphrase = await secret_arg(parsed, "passphrase", passphrase, fds, caller)
+            passphrase = await self.secret_arg(parsed, "passphrase", passphrase, fds, caller)
             await self.keys.unlock(name, passphrase, idle, maximum)
         return Reply()
 
     async def unlock_from_fd(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         name, index, options = args
         parsed = parse_options(options, UNLOCK)
-        check_fd_peers([fds.get(index)], caller.uid)
-        # Read on the loop (not a stream thread): unlocks never queue behind streams.
-        passphrase = await self.work.track(read_passphrase_async(fds.get(index)))
+        passphrase = await self.read_secret_fd(caller, fds.get(index))
         idle, maximum = parsed.number("idle-timeout"), parsed.number("max-timeout")
         await self.keys.unlock(name, passphrase, idle, maximum)
         return Reply()
@@ -311,8 +311,8 @@ class Handlers:
         name, old, new, options = args
         parsed = parse_options(options, CHANGE_PASSPHRASE)
         self.keys.require(name)
-        old = await secret_arg(parsed, "old-passphrase", old, fds, caller)
-        new = await secret_arg(parsed, "new-passphrase", new, fds, caller)
+        old = await self.secret_arg(parsed, "old-passphrase", old, fds, caller)
+        new = await self.secret_arg(parsed, "new-passphrase", new, fds, caller)
         await self.keys.change_passphrase(name, old, new)
         return Reply()
 
@@ -329,7 +329,7 @@ class Handlers:
         if "output-fd" in parsed:
             output = fds.get(parsed.number("output-fd"))
             check_fd_peers([output], caller.uid)
-        passphrase = await secret_arg(parsed, "passphrase", passphrase, fds, caller)
+        passphrase = await self.secret_arg(parsed, "passphrase", passphrase, fds, caller)
         data = await self.keys.export(name, passphrase, self.crypt.work_factor)
         if output is None:
             return Reply((data,))
