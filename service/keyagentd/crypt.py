@@ -31,7 +31,7 @@ import functools
 import io
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, BinaryIO, Final, Protocol, TypedDict, cast
+from typing import Any, BinaryIO, Final, Protocol, TypedDict, TypeVar, cast
 
 from keyagent.protocol import (
     AccessDenied,
@@ -53,6 +53,8 @@ from keyagentd.overlap import OverlappedOutput
 from keyagentd.recipients import VerifiedRecipients
 from keyagentd.secrets import PlainBuffer, wipe
 from keyagentd.streams import Cancelled, FdSink, FdSource
+
+T = TypeVar("T")
 
 SCRYPT: Final = "scrypt"
 #: How much of a bad recipient an error shows (an age1pq1 one has 1,959 characters).
@@ -333,24 +335,27 @@ class Crypt:
         self, ciphertext: bytes, pin: str | None, passphrase: str | None, pid: int
     ) -> tuple[str, memoryview]:
         keys = self.keys
-        tried: Tried = {}
+        limit = 0
         # A confirmation dialog may wait for minutes: never on the event loop.
         if runs_inline(len(ciphertext), passphrase) and not policy.may_prompt(self.user):
             dec = age.Decryptor(io.BytesIO(ciphertext))
-            # Hundreds of bogus stanzas x several keys must not hold the loop either: the
-            # first few keys are tried here, any further ones in a worker.
+            # Hundreds of bogus stanzas x several keys must not hold the loop either.
             limit = inline_keys(dec)
-            if limit:
-                try:
-                    args = (dec, keys.cache, keys.records, pin, passphrase, self.user, pid)
-                    return _finish_decrypt(*args, len(ciphertext), tried, limit)
-                except Deferred:
-                    pass
         else:
             dec = await keys.work.blocking(age.Decryptor, io.BytesIO(ciphertext))
-        # A worker must not see the records change under it: its own copy.
-        args = (dec, keys.cache, dict(keys.records), pin, passphrase, self.user, pid)
-        return await keys.work.blocking(_finish_decrypt, *args, len(ciphertext), tried)
+
+        return await loop_then_pool(
+            keys,
+            limit,
+            _finish_decrypt,
+            dec=dec,
+            cache=keys.cache,
+            pin=pin,
+            passphrase=passphrase,
+            user=self.user,
+            pid=pid,
+            size=len(ciphertext),
+        )
 
     def encrypt_job(
         self, recipients: Sequence[str], *, armor: bool, passphrase: str | None
@@ -447,6 +452,20 @@ def inline_keys(dec: Unwrapper) -> int:
 
 def _may_open(record: KeyRecord | None, dec: Unwrapper) -> bool:
     return record is not None and age.may_open(record.key_type, record.recipient, dec.stanzas)
+
+
+async def loop_then_pool(keys: Keys, limit: int, trial: Callable[..., T], **kwargs: Any) -> T:
+    """Run a key ``trial`` (`_finish_decrypt`, `unwrap.unwrap_file_key`: it takes ``records``,
+    ``tried`` and ``limit`` besides ``kwargs``) on the event loop for its first ``limit`` keys
+    (0: none); if keys remain, in the pool, skipping the keys already tried, on a copy of the
+    records (a worker must not see them change under it)."""
+    tried: Tried = {}
+    if limit:
+        try:
+            return trial(records=keys.records, tried=tried, limit=limit, **kwargs)
+        except Deferred:
+            pass
+    return await keys.work.blocking(trial, records=dict(keys.records), tried=tried, **kwargs)
 
 
 def _finish_decrypt(

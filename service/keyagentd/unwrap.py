@@ -19,7 +19,7 @@ from keyagentd import age, policy
 from keyagentd.age.format import FILE_KEY_SIZE, MAX_STANZAS, Stanza, is_valid_arg
 from keyagentd.cache import KeyCache
 from keyagentd.config import Config
-from keyagentd.crypt import SCRYPT, Crypt, Deferred, Tried, inline_keys, key_rules
+from keyagentd.crypt import SCRYPT, Crypt, Tried, inline_keys, key_rules, loop_then_pool
 from keyagentd.crypt import unwrap as try_keys
 from keyagentd.keystore import KeyRecord
 
@@ -123,16 +123,18 @@ async def _file_key(
     crypt: Crypt, stanzas: tuple[Stanza, ...], pin: str | None, pid: int, via: str
 ) -> tuple[bytes, str]:
     keys = crypt.keys
-    tried: Tried = {}
-    # As Decrypt: the first few trials inline, any further ones (or a possible dialog) in
-    # the pool, which skips the keys already tried.
-    limit = inline_keys(StanzaUnwrapper(stanzas))
-    if limit and not policy.may_prompt(crypt.user):
-        try:
-            args = (stanzas, keys.cache, keys.records, pin, crypt.user, pid, via)
-            return unwrap_file_key(*args, tried, limit)
-        except Deferred:
-            pass
-    # A worker must not see the records change under it: its own copy.
-    args = (stanzas, keys.cache, dict(keys.records), pin, crypt.user, pid, via)
-    return await keys.work.blocking(unwrap_file_key, *args, tried)
+    # As Decrypt: the first few trials on the loop, any further ones (or a possible dialog)
+    # in the pool.
+    limit = 0 if policy.may_prompt(crypt.user) else inline_keys(StanzaUnwrapper(stanzas))
+
+    return await loop_then_pool(
+        keys,
+        limit,
+        unwrap_file_key,
+        stanzas=stanzas,
+        cache=keys.cache,
+        pin=pin,
+        user=crypt.user,
+        pid=pid,
+        via=via,
+    )
