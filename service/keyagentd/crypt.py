@@ -30,7 +30,7 @@ import concurrent.futures
 import functools
 import io
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, Final, Protocol, TypedDict, TypeVar, cast
 
 from keyagent.protocol import (
@@ -322,13 +322,8 @@ class Crypt:
         plaintext is a view of a buffer of the agent's own: the caller wipes it once the
         reply is sent (`Reply.wipe`)."""
         _check_size(ciphertext, ciphertext_limit(self.max_payload))
-        try:
-            name, plaintext = await self._decrypt(ciphertext, pin, passphrase, pid)
-        except Locked as exc:
-            if not askpass or not exc.names:
-                raise
-            await self.keys.unlock_by_askpass(exc.names[0], pid)
-            name, plaintext = await self._decrypt(ciphertext, pin, passphrase, pid)
+        attempt = functools.partial(self._decrypt, ciphertext, pin, passphrase, pid)
+        name, plaintext = await retry_after_askpass(self.keys, askpass, pid, attempt)
         return plaintext, name
 
     async def _decrypt(
@@ -452,6 +447,20 @@ def inline_keys(dec: Unwrapper) -> int:
 
 def _may_open(record: KeyRecord | None, dec: Unwrapper) -> bool:
     return record is not None and age.may_open(record.key_type, record.recipient, dec.stanzas)
+
+
+async def retry_after_askpass(
+    keys: Keys, askpass: bool, pid: int, attempt: Callable[[], Awaitable[T]]
+) -> T:
+    """``attempt()``; with ``askpass``, a `Locked` answer has the first locked candidate
+    unlocked at the desktop, then one more ``attempt()`` (the data is all in hand)."""
+    try:
+        return await attempt()
+    except Locked as exc:
+        if not askpass or not exc.names:
+            raise
+        await keys.unlock_by_askpass(exc.names[0], pid)
+        return await attempt()
 
 
 async def loop_then_pool(keys: Keys, limit: int, trial: Callable[..., T], **kwargs: Any) -> T:

@@ -11,15 +11,24 @@ behalf of the same caller anyway, never an identity.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from keyagent.protocol import Locked, Malformed, NoMatch
+from keyagent.protocol import Malformed, NoMatch
 from keyagentd import age, policy
 from keyagentd.age.format import FILE_KEY_SIZE, MAX_STANZAS, Stanza, is_valid_arg
 from keyagentd.cache import KeyCache
 from keyagentd.config import Config
-from keyagentd.crypt import SCRYPT, Crypt, Tried, inline_keys, key_rules, loop_then_pool
+from keyagentd.crypt import (
+    SCRYPT,
+    Crypt,
+    Tried,
+    inline_keys,
+    key_rules,
+    loop_then_pool,
+    retry_after_askpass,
+)
 from keyagentd.crypt import unwrap as try_keys
 from keyagentd.keystore import KeyRecord
 
@@ -110,13 +119,8 @@ async def file_key(
     """UnwrapFileKey, as `Crypt.decrypt` does Decrypt: with ``askpass`` a locked candidate is
     unlocked at the desktop and the stanzas tried again. ``pid``/``via``: the judged caller."""
     stanzas = parse_stanzas(raw)
-    try:
-        return await _file_key(crypt, stanzas, pin, pid, via)
-    except Locked as exc:
-        if not askpass or not exc.names:
-            raise
-        await crypt.keys.unlock_by_askpass(exc.names[0], pid)
-        return await _file_key(crypt, stanzas, pin, pid, via)
+    attempt = functools.partial(_file_key, crypt, stanzas, pin, pid, via)
+    return await retry_after_askpass(crypt.keys, askpass, pid, attempt)
 
 
 async def _file_key(
