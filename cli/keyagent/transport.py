@@ -28,7 +28,7 @@ from keyagent.wirecall import method_call
 TYPE_CHECKING = False  # `typing` costs milliseconds at every start of the command
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import Final, Self
+    from typing import Any, Final, Self
 
 BUS_DAEMON: Final = "org.freedesktop.DBus"
 BUS_PATH: Final = "/org/freedesktop/DBus"
@@ -196,6 +196,24 @@ class BusSocket:
                 self._have += self._recv_into(view[self._have :], deadline)
         msg, self._msg = parse_message(self._msg), None
         return msg
+
+    def call(
+        self,
+        destination: str,
+        path: str,
+        interface: str | None,
+        member: str,
+        signature: str = "",
+        body: Sequence[Any] = (),
+        *,
+        timeout: float | None,
+    ) -> Message:
+        """One method call and its reply (a return or an error), signals skipped."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        serial = self.next_serial()
+        data, fds = method_call(serial, destination, path, interface, member, signature, body)
+        self.send(data, fds, deadline)
+        return self.receive_reply(serial, deadline)
 
     def receive_reply(self, serial: int, deadline: float | None) -> Message:
         while True:
