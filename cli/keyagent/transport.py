@@ -35,6 +35,7 @@ BUS_PATH: Final = "/org/freedesktop/DBus"
 #: How many fds one received message may carry (dbus-daemon's default limit is 16).
 MAX_RECEIVED_FDS: Final = 64
 _CHUNK: Final = 65536
+_COPY_UP_TO: Final = 1 << 20
 _FD: Final = Struct("i")
 
 
@@ -182,10 +183,10 @@ class BusSocket:
                 self._fill(deadline)
             total = message_length(self._buf)
             if len(self._buf) >= total:
-                with memoryview(self._buf) as whole, whole[:total] as view:
-                    msg = parse_message(view)
+                with memoryview(self._buf) as whole:
+                    data = bytes(whole[:total])
                 del self._buf[:total]
-                return msg
+                return parse_message(data)
             # A long message: read the rest straight into one buffer (a 16 MiB reply: no
             # chunks joined, no byte past the message read).
             self._msg, self._have = bytearray(total), len(self._buf)
@@ -194,7 +195,10 @@ class BusSocket:
         with memoryview(self._msg) as view:
             while self._have < len(view):
                 self._have += self._recv_into(view[self._have :], deadline)
-        msg, self._msg = parse_message(self._msg), None
+            # Many small values parse faster from bytes; a large payload is copied only once
+            # from a view.
+            msg = parse_message(bytes(view) if len(view) <= _COPY_UP_TO else view)
+        self._msg = None
         return msg
 
     def call(

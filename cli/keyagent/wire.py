@@ -236,48 +236,56 @@ def _fixed_reader(code: str, st: Struct) -> Reader:
     size, unpack = st.size, st.unpack_from
 
     def read(buf: bytes | bytearray | memoryview, pos: int, end: int, depth: int) -> Any:
-        pos = _pad(buf, pos, size, end)
+        if pos % size:
+            pos = _pad(buf, pos, size, end)
         if pos + size > end:
             raise WireError("message truncated")
-        (value,) = unpack(buf, pos)
-        if code == "b":
-            if value > 1:
-                raise WireError("boolean neither 0 nor 1")
-            value = bool(value)
-        return value, pos + size
+        return unpack(buf, pos)[0], pos + size
 
-    return read
+    def read_bool(buf: bytes | bytearray | memoryview, pos: int, end: int, depth: int) -> Any:
+        value, pos = read(buf, pos, end, depth)
+        if value > 1:
+            raise WireError("boolean neither 0 nor 1")
+        return value == 1, pos
+
+    return read_bool if code == "b" else read
+
+
+def _text(buf: bytes | bytearray | memoryview, pos: int, n: int, end: int) -> str:
+    """The n bytes at pos as text: UTF-8, no nul inside, a nul right after."""
+    if pos + n >= end or buf[pos + n] != 0:
+        raise WireError("string truncated or not nul-terminated")
+    try:
+        text = str(buf[pos : pos + n], "utf-8")
+    except UnicodeDecodeError:
+        raise WireError("string is not UTF-8") from None
+    if "\0" in text:
+        raise WireError("nul inside a string")
+    return text
 
 
 def _string_reader(code: str, endian: str) -> Reader:
     u32 = _U32[endian].unpack_from
 
     def read(buf: bytes | bytearray | memoryview, pos: int, end: int, depth: int) -> Any:
-        if code == "g":
-            if pos >= end:
-                raise WireError("message truncated")
-            n, pos = buf[pos], pos + 1
-        else:
+        if pos % 4:
             pos = _pad(buf, pos, 4, end)
-            if pos + 4 > end:
-                raise WireError("message truncated")
-            (n,) = u32(buf, pos)
-            pos += 4
-        if pos + n >= end or buf[pos + n] != 0:
-            raise WireError("string truncated or not nul-terminated")
-        try:
-            text = bytes(buf[pos : pos + n]).decode()
-        except UnicodeDecodeError:
-            raise WireError("string is not UTF-8") from None
-        if "\0" in text:
-            raise WireError("nul inside a string")
+        if pos + 4 > end:
+            raise WireError("message truncated")
+        n = u32(buf, pos)[0]
+        text = _text(buf, pos + 4, n, end)
         if code == "o" and not is_object_path(text):
             raise WireError("invalid object path")
-        if code == "g":
-            parse_signature(text)
-        return text, pos + n + 1
+        return text, pos + n + 5
 
-    return read
+    def read_signature(buf: bytes | bytearray | memoryview, pos: int, end: int, depth: int) -> Any:
+        if pos >= end:
+            raise WireError("message truncated")
+        text = _text(buf, pos + 1, buf[pos], end)
+        parse_signature(text)
+        return text, pos + len(text) + 2
+
+    return read_signature if code == "g" else read
 
 
 def _array_reader(item: Any, endian: str) -> Reader:
@@ -290,13 +298,16 @@ def _array_reader(item: Any, endian: str) -> Reader:
     def read(buf: bytes | bytearray | memoryview, pos: int, end: int, depth: int) -> Any:
         if depth >= MAX_DEPTH:
             raise WireError("containers nested too deep")
-        pos = _pad(buf, pos, 4, end)
+        if pos % 4:
+            pos = _pad(buf, pos, 4, end)
         if pos + 4 > end:
             raise WireError("message truncated")
-        (n,) = u32(buf, pos)
+        n = u32(buf, pos)[0]
         if n > MAX_ARRAY:
             raise WireError("array longer than 64 MiB")
-        pos = _pad(buf, pos + 4, align, end)
+        pos += 4
+        if pos % align:
+            pos = _pad(buf, pos, align, end)
         stop = pos + n
         if stop > end:
             raise WireError("array runs past the message")
@@ -315,7 +326,8 @@ def _struct_reader(fields: list[Reader]) -> Reader:
     def read(buf: bytes | bytearray | memoryview, pos: int, end: int, depth: int) -> Any:
         if depth >= MAX_DEPTH:
             raise WireError("containers nested too deep")
-        pos = _pad(buf, pos, 8, end)
+        if pos % 8:
+            pos = _pad(buf, pos, 8, end)
         values = []
         for field in fields:
             value, pos = field(buf, pos, end, depth + 1)
@@ -326,13 +338,26 @@ def _struct_reader(fields: list[Reader]) -> Reader:
 
 
 def _variant_reader(endian: str) -> Reader:
-    read_sig = _string_reader("g", endian)
+    # A reply of many variants (GetManagedObjects) has few distinct signatures: each is
+    # checked and its reader made once.
+    known: dict[bytes, tuple[str, Reader]] = {}
 
     def read(buf: bytes | bytearray | memoryview, pos: int, end: int, depth: int) -> Any:
         if depth >= MAX_DEPTH:
             raise WireError("containers nested too deep")
-        sig, pos = read_sig(buf, pos, end, depth)
-        value, pos = reader(single_type(sig), endian)(buf, pos, end, depth + 1)
+        if pos >= end:
+            raise WireError("message truncated")
+        stop = pos + 1 + buf[pos]
+        found = known.get(bytes(buf[pos + 1 : stop]))
+        if found is None:
+            sig = _text(buf, pos + 1, buf[pos], end)
+            found = (sig, reader(single_type(sig), endian))
+            if len(known) < 256:
+                known[sig.encode()] = found
+        elif stop >= end or buf[stop] != 0:
+            raise WireError("string truncated or not nul-terminated")
+        sig, read_value = found
+        value, pos = read_value(buf, stop + 1, end, depth + 1)
         return (sig, value), pos
 
     return read
