@@ -16,7 +16,7 @@ from jeepney.wrappers import DBusAddress
 from conftest import PrivateBus
 from keyagent.connection import AgentConnection, AgentUnavailable
 from keyagent.transport import BUS_DAEMON, BUS_PATH, BusSocket, ConnectFailed, socket_targets
-from keyagent.wire import ERROR, METHOD_RETURN
+from keyagent.wire import ERROR, METHOD_RETURN, WireError
 from keyagent.wirecall import method_call
 
 IFACE = "org.example.Test"
@@ -174,3 +174,17 @@ def test_runtime_addresses_and_escapes(
     monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS", raising=False)
     with pytest.raises(AgentUnavailable, match="DBUS_SESSION_BUS_ADDRESS is not set"):
         AgentConnection()
+
+
+def test_a_value_that_cannot_be_sent_is_the_callers_error(
+    private_bus: PrivateBus, peer: DBusConnection
+) -> None:
+    """Marshalling fails before anything is sent: WireError, and the connection still works."""
+    conn = AgentConnection(private_bus.address, timeout=30)
+    try:
+        conn._owner = peer.unique_name
+        with pytest.raises(WireError, match="out of range"):
+            conn._call("/t", IFACE, "Bad", "y", (300,))
+        assert conn.agent_running() is False  # the next call goes through (no agent yet)
+    finally:
+        conn.close()

@@ -167,8 +167,9 @@ class AgentConnection:
         """Send every call at once, then wait for every reply (a BusError for an error)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: dict[int, Message] = {}
+        serials, messages = self._marshal(calls)
         try:
-            serials = self._send_all(calls, deadline)
+            self._write(messages, deadline)
             while len(replies) < len(serials):
                 wait = None if progress is None else time.monotonic() + POLL_INTERVAL
                 if deadline is not None:
@@ -192,23 +193,29 @@ class AgentConnection:
             raise AgentUnavailable("The connection to the session bus was lost.") from e
         return [_unpack(replies[serial]) for serial in serials]
 
-    def _send_all(self, calls: Sequence[Call], deadline: float | None) -> list[int]:
+    def _marshal(self, calls: Sequence[Call]) -> tuple[list[int], list[tuple[bytes, list[int]]]]:
+        """Serials and bytes, before anything is sent: a value that cannot go out is the
+        caller's error (WireError), not a lost connection."""
+        serials = [self._conn.next_serial() for _ in calls]
+        return serials, [method_call(n, *call) for n, call in zip(serials, calls, strict=True)]
+
+    def _write(self, messages: list[tuple[bytes, list[int]]], deadline: float | None) -> None:
         """One write for calls without fds (the owner check's three); fds go one call a write,
         so each message's fds arrive with it."""
-        serials, pending = [], b""
-        for call in calls:
-            serials.append(serial := self._conn.next_serial())
-            data, fds = method_call(serial, *call)
-            if fds:
-                if pending:
-                    self._conn.send(pending, (), deadline)
-                    pending = b""
-                self._conn.send(data, fds, deadline)
-            else:
-                pending += data
-        if pending:
-            self._conn.send(pending, (), deadline)
-        return serials
+        try:
+            pending = b""
+            for data, fds in messages:
+                if fds:
+                    if pending:
+                        self._conn.send(pending, (), deadline)
+                        pending = b""
+                    self._conn.send(data, fds, deadline)
+                else:
+                    pending += data
+            if pending:
+                self._conn.send(pending, (), deadline)
+        except ConnectFailed as e:  # the bus refused fd passing at authentication
+            raise AgentUnavailable(f"Cannot call the agent: {e.reason}.") from None
 
     def _call(
         self,
