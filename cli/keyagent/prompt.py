@@ -8,7 +8,6 @@ stdout carry data. Without a terminal and without a passphrase fd, reading fails
 from __future__ import annotations
 
 import os
-import termios
 
 TYPE_CHECKING = False  # `typing` costs milliseconds at every start of the command
 if TYPE_CHECKING:
@@ -128,6 +127,8 @@ def _read_fd_lines(fd: int) -> list[str]:
 
 def read_tty(prompt: str, tty_path: str = "/dev/tty") -> str:
     """Prompt on the terminal and read one line with echo off."""
+    import termios  # here: a shared library to load, on every start of the command otherwise
+
     try:
         fd = os.open(tty_path, os.O_RDWR | os.O_NOCTTY)
     except OSError:
