@@ -299,7 +299,8 @@ def _copy_readable(src: Path, dst: Path) -> None:
 @pytest.fixture(scope="session")
 def other_user_pythonpath() -> Iterator[str]:
     """A PYTHONPATH that uid 65534 can read, wherever the checkout and the venv live (a 0700
-    home, a `mktemp -d` folder): copies of our packages and jeepney in a world-readable dir."""
+    home, a `mktemp -d` folder): copies of our packages in a world-readable dir, and of jeepney,
+    which the command no longer needs but some tests use as the other uid's own client."""
     import jeepney
 
     top = Path(tempfile.mkdtemp(prefix="keyagent-other-uid-"))

@@ -446,3 +446,38 @@ def test_kill_9_mid_stream_leaves_only_the_old_output(private_bus: PrivateBus, f
     r = ka(bus, "decrypt", "-o", str(out), input=enc)  # and the command still works
     assert r.returncode == 0, r.stderr
     assert os.listdir(files) == ["out"] and stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+#: What jeepney (the command's former D-Bus library) brought with it: milliseconds per start.
+NOT_ON_THE_HOT_PATH = ("jeepney", "typing", "enum", "socket", "selectors", "re", "dataclasses")
+
+
+def test_decrypt_and_status_load_none_of_jeepneys_chain(
+    private_bus: PrivateBus, files: Path
+) -> None:
+    """A real `decrypt` and `status` through the agent, then a look at `sys.modules`: the
+    command's own D-Bus code did the work, none of jeepney's import chain was loaded."""
+    recipient = create_key(private_bus, "lean")
+    assert ka_pw(private_bus, [PASSPHRASE], "unlock", "lean").returncode == 0
+    src = files / "in.age"
+    src.write_bytes(pyrage.encrypt(b"lean", [pyrage.x25519.Recipient.from_str(recipient)]))
+    probe = (
+        "import sys; from keyagent.cli import main; code = main(sys.argv[1:]);"
+        f" bad = [m for m in sys.modules if m.split('.')[0] in {NOT_ON_THE_HOT_PATH!r}];"
+        " sys.stderr.write(f'LOADED {bad} {\"keyagent.transport\" in sys.modules}\\n');"
+        " sys.exit(code)"
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [KEYAGENT[0], "-c", probe, *args], env=private_bus.env, capture_output=True, check=False
+        )
+
+    out = files / "out"
+    r = run("decrypt", "-o", str(out), str(src))
+    assert r.returncode == 0, r.stderr.decode()
+    assert out.read_bytes() == b"lean"
+    assert b"LOADED [] True" in r.stderr
+    r = run("status")
+    assert r.returncode == 0 and b"key lean: unlocked" in r.stdout, r.stderr.decode()
+    assert b"LOADED [] True" in r.stderr

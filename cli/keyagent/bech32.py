@@ -7,9 +7,11 @@ as specified. The checksum is always computed over the lowercase string.
 
 from __future__ import annotations
 
-from typing import Final
-
 from keyagent.protocol import Malformed
+
+TYPE_CHECKING = False  # `typing` costs milliseconds at every start of the plugin
+if TYPE_CHECKING:
+    from typing import Final
 
 _CHARSET: Final = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 _REV: Final = {c: i for i, c in enumerate(_CHARSET)}

@@ -6,18 +6,12 @@ from __future__ import annotations
 import os
 import sys
 
-from keyagent.fastargs import parse_fast
-from keyagent.grammar import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_USAGE,
-    Args,
-)
-
 TYPE_CHECKING = False  # `typing` costs milliseconds at every start
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Final
+
+    from keyagent.grammar import Args
 
 REPORT_TO: Final = "the keyagent issue tracker"
 
@@ -29,6 +23,10 @@ def parse_args(argv: Sequence[str]) -> Args:
 
         sys.stdout.write(f"keyagent {__version__}\n")
         raise SystemExit(0)
+    # Imported after --version, which needs neither the grammar nor the fast reader.
+    from keyagent.fastargs import parse_fast
+    from keyagent.grammar import Args
+
     args = parse_fast(argv)
     if args is not None:
         return args
@@ -48,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     args = parse_args(argv)
+    from keyagent.grammar import EXIT_FAILED, EXIT_INTERRUPTED
+
     if not hasattr(args, "quiet"):
         vars(args)["quiet"] = False  # the commands without -q are quiet
     debug = bool(getattr(args, "debug", False))
@@ -84,6 +84,7 @@ def _silence_stdout() -> None:
 def _run(args: Args) -> int:
     # Imports here, not at the top: `keyagent --version` and `--help` need none of them.
     from keyagent.context import CommandError, Context, UsageError
+    from keyagent.grammar import EXIT_FAILED, EXIT_USAGE
     from keyagent.output import OutputError
     from keyagent.prompt import (
         NoPassphraseSource,

@@ -1,16 +1,14 @@
 """`keyagent.Client`: a small synchronous client of the keyagent D-Bus service.
 
-Built on jeepney's blocking I/O so that the short-lived `keyagent` command starts fast (no
-asyncio). Every call has a timeout; streaming calls can poll a progress callback while they run.
-The connection, and the check that the agent runs as our own uid before any secret is sent,
-are in connection.py.
+Built on the package's own small D-Bus code (wire.py, transport.py) so that the short-lived
+`keyagent` command starts fast (no asyncio, no jeepney, no `typing`). Every call has a timeout;
+streaming calls can poll a progress callback while they run. The connection, and the check
+that the agent runs as our own uid before any secret is sent, are in connection.py.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
 
 from keyagent import protocol
 from keyagent.connection import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
@@ -18,7 +16,11 @@ from keyagent.connection import AgentConnection
 from keyagent.connection import AgentUnavailable as AgentUnavailable
 from keyagent.protocol import key_name_from_path, key_path
 
+TYPE_CHECKING = False  # `typing` costs milliseconds at every start of the command
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from typing import Any, Final
+
     from keyagent.keyinfo import KeyInfo as KeyInfo
 
 
@@ -36,8 +38,6 @@ ASKPASS_TIMEOUT: Final = 400.0
 
 _PROPS = "org.freedesktop.DBus.Properties"
 _OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
-
-Options = Mapping[str, tuple[str, Any]]
 
 
 class Client(AgentConnection):

@@ -3,7 +3,6 @@ list, status, install, uninstall."""
 
 from __future__ import annotations
 
-import base64
 import sys
 import time
 
@@ -27,6 +26,8 @@ _ARMOR_END = "-----END AGE ENCRYPTED FILE-----"
 
 def armor(data: bytes) -> bytes:
     """age's ASCII armor (strict PEM: 64-column base64 lines)."""
+    import base64  # here: it imports `re`, milliseconds at every start of `status`
+
     b64 = base64.b64encode(data).decode()
     lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
     return ("\n".join([_ARMOR_BEGIN, *lines, _ARMOR_END]) + "\n").encode()
@@ -34,6 +35,8 @@ def armor(data: bytes) -> bytes:
 
 def dearmor(data: bytes) -> bytes:
     """The binary age file inside armor made by `armor` (what the agent's Export returns)."""
+    import base64
+
     lines = data.decode("ascii").strip().split("\n")
     if len(lines) < 2 or lines[0] != _ARMOR_BEGIN or lines[-1] != _ARMOR_END:
         raise CommandError("The agent's export is not an armored age file.")

@@ -1,4 +1,5 @@
-"""The client's connection to the agent: jeepney blocking I/O, timeouts, and the owner check.
+"""The client's connection to the agent: the bus socket (transport.py), timeouts, and the
+owner check.
 
 Before the first call that carries a passphrase or data, the connection checks that the owner
 of `org.example.KeyAgent` runs as our own uid, and from then on addresses that owner by its
@@ -10,14 +11,20 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Final, Self
-
-from jeepney import DBusAddress, HeaderFields, Message, MessageType, new_method_call
-from jeepney.io.blocking import DBusConnection, open_dbus_connection
 
 from keyagent import protocol
 from keyagent.errormap import NOT_DELIVERED, AgentUnavailable, BusError, NotYourAgent, error_for
+from keyagent.transport import BUS_DAEMON, BUS_PATH, BusSocket, ConnectFailed, NoAddress
+from keyagent.wire import ERROR, METHOD_RETURN, Message, WireError
+from keyagent.wirecall import method_call
+
+TYPE_CHECKING = False  # `typing` costs milliseconds at every start of the command
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, Final, Self
+
+    #: A call not yet sent: destination, path, interface, member, signature, body.
+    Call = tuple[str, str, str | None, str, str, Sequence[Any]]
 
 __all__ = ["ACTIVATION_TIMEOUT", "DEFAULT_TIMEOUT", "AgentConnection", "AgentUnavailable"]
 
@@ -27,7 +34,9 @@ ACTIVATION_TIMEOUT: Final = 60.0
 #: How often a streaming call wakes up to report progress.
 POLL_INTERVAL: Final = 0.2
 
-_DBUS = DBusAddress("/org/freedesktop/DBus", "org.freedesktop.DBus", "org.freedesktop.DBus")
+
+def _bus_daemon(member: str, signature: str, *args: Any) -> Call:
+    return (BUS_DAEMON, BUS_PATH, BUS_DAEMON, member, signature, args)
 
 
 class AgentConnection:
@@ -41,12 +50,11 @@ class AgentConnection:
         self.timeout = timeout
         self._owner: str | None = None
         try:
-            self._conn: DBusConnection = open_dbus_connection(bus=bus, enable_fds=True)
-        except KeyError as e:  # jeepney: no DBUS_SESSION_BUS_ADDRESS
+            self._conn = BusSocket(None if bus == "SESSION" else bus, timeout=timeout)
+        except NoAddress as e:
             raise AgentUnavailable("No session bus: DBUS_SESSION_BUS_ADDRESS is not set.") from e
-        except (OSError, TimeoutError, ValueError, RuntimeError) as e:
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
-            raise AgentUnavailable(f"Cannot connect to the session bus: {reason}.") from e
+        except (ConnectFailed, OSError, WireError) as e:
+            raise AgentUnavailable(f"Cannot connect to the session bus: {_reason(e)}.") from e
 
     def __enter__(self) -> Self:
         return self
@@ -68,8 +76,8 @@ class AgentConnection:
     def _bus_call(
         self, member: str, signature: str, *args: Any, timeout: float | None = None
     ) -> Any:
-        msg = new_method_call(_DBUS, member, signature, args)
-        return self._send(msg, timeout=self.timeout if timeout is None else timeout)
+        call = _bus_daemon(member, signature, *args)
+        return self._send(call, timeout=self.timeout if timeout is None else timeout)
 
     def _resolve_owner(self) -> str:
         # One round trip: the owner, the uid of the name's owner, the owner again. The bus
@@ -77,9 +85,9 @@ class AgentConnection:
         name = protocol.BUS_NAME
         first, uid_reply, last = self._exchange(
             [
-                new_method_call(_DBUS, "GetNameOwner", "s", (name,)),
-                new_method_call(_DBUS, "GetConnectionUnixUser", "s", (name,)),
-                new_method_call(_DBUS, "GetNameOwner", "s", (name,)),
+                _bus_daemon("GetNameOwner", "s", name),
+                _bus_daemon("GetConnectionUnixUser", "s", name),
+                _bus_daemon("GetNameOwner", "s", name),
             ],
             timeout=self.timeout,
         )
@@ -138,60 +146,76 @@ class AgentConnection:
 
     def _send(
         self,
-        msg: Message,
+        call: Call,
         *,
         timeout: float | None,
         progress: Callable[[], None] | None = None,
     ) -> tuple[Any, ...]:
         """Send and wait for the reply; raise BusError for an error reply."""
-        (reply,) = self._exchange([msg], timeout=timeout, progress=progress)
+        (reply,) = self._exchange([call], timeout=timeout, progress=progress)
         if isinstance(reply, BusError):
             raise reply
         return reply
 
     def _exchange(
         self,
-        msgs: Sequence[Message],
+        calls: Sequence[Call],
         *,
         timeout: float | None,
         progress: Callable[[], None] | None = None,
     ) -> list[tuple[Any, ...] | BusError]:
-        """Send every message at once, then wait for every reply (a BusError for an error)."""
+        """Send every call at once, then wait for every reply (a BusError for an error)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: dict[int, Message] = {}
+        serials, messages = self._marshal(calls)
         try:
-            serials = []
-            for msg in msgs:
-                serial = next(self._conn.outgoing_serial)
-                self._conn.send(msg, serial=serial)
-                serials.append(serial)
+            self._write(messages, deadline)
             while len(replies) < len(serials):
-                wait = POLL_INTERVAL if progress is not None else None
+                wait = None if progress is None else time.monotonic() + POLL_INTERVAL
                 if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError
-                    wait = left if wait is None else min(wait, left)
+                    wait = deadline if wait is None else min(wait, deadline)
                 try:
-                    reply = self._conn.receive(timeout=wait)
+                    reply = self._conn.receive(wait)
                 except TimeoutError:
                     if deadline is not None and time.monotonic() >= deadline:
                         raise
                     if progress is not None:
                         progress()
                     continue
-                serial = reply.header.fields.get(HeaderFields.reply_serial, 0)
-                if serial not in serials or serial in replies:
-                    _close_fds(reply)  # signals and strays: nothing of ours
-                    continue
-                replies[serial] = reply
+                serial = reply.reply_serial if reply.kind in (METHOD_RETURN, ERROR) else 0
+                if serial in serials and serial not in replies:
+                    replies[serial] = reply  # anything else: signals and strays, not ours
         except TimeoutError:
             raise AgentUnavailable(
                 f"The key agent did not answer within {timeout:g} seconds."
             ) from None
-        except (OSError, RuntimeError) as e:
+        except (OSError, WireError) as e:
             raise AgentUnavailable("The connection to the session bus was lost.") from e
         return [_unpack(replies[serial]) for serial in serials]
+
+    def _marshal(self, calls: Sequence[Call]) -> tuple[list[int], list[tuple[bytes, list[int]]]]:
+        """Serials and bytes, before anything is sent: a value that cannot go out is the
+        caller's error (WireError), not a lost connection."""
+        serials = [self._conn.next_serial() for _ in calls]
+        return serials, [method_call(n, *call) for n, call in zip(serials, calls, strict=True)]
+
+    def _write(self, messages: list[tuple[bytes, list[int]]], deadline: float | None) -> None:
+        """One write for calls without fds (the owner check's three); fds go one call a write,
+        so each message's fds arrive with it."""
+        try:
+            pending = b""
+            for data, fds in messages:
+                if fds:
+                    if pending:
+                        self._conn.send(pending, (), deadline)
+                        pending = b""
+                    self._conn.send(data, fds, deadline)
+                else:
+                    pending += data
+            if pending:
+                self._conn.send(pending, (), deadline)
+        except ConnectFailed as e:  # the bus refused fd passing at authentication
+            raise AgentUnavailable(f"Cannot call the agent: {e.reason}.") from None
 
     def _call(
         self,
@@ -210,10 +234,9 @@ class AgentConnection:
         """
         t = self.timeout if timeout is not None and timeout < 0 else timeout
         for attempt in (1, 2):
-            addr = DBusAddress(path, self.owner(), interface)
-            msg = new_method_call(addr, member, signature, tuple(args))
+            call = (self.owner(), path, interface, member, signature or "", args)
             try:
-                return self._send(msg, timeout=t, progress=progress)
+                return self._send(call, timeout=t, progress=progress)
             except BusError as e:
                 if e.name in NOT_DELIVERED and attempt == 1:
                     # The agent exited (idle) between our check and the call: restart it.
@@ -229,21 +252,12 @@ def _is_key(path: str) -> bool:
 
 
 def _unpack(reply: Message) -> tuple[Any, ...] | BusError:
-    if reply.header.message_type == MessageType.error:
-        fields = reply.header.fields
-        name = str(fields.get(HeaderFields.error_name, ""))
-        return BusError(name, str(fields.get(HeaderFields.sender, "")), tuple(reply.body))
-    return tuple(reply.body)
+    if reply.kind == ERROR:
+        return BusError(reply.error_name, reply.sender, reply.body)
+    return reply.body
 
 
-def _close_fds(msg: Message) -> None:
-    """Close any file descriptors an unexpected message carried."""
-    stack: list[Any] = list(msg.body)
-    while stack:
-        item = stack.pop()
-        if hasattr(item, "to_raw_fd") and hasattr(item, "close"):
-            item.close()
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            stack.extend(item.values())
+def _reason(e: Exception) -> str:
+    if isinstance(e, ConnectFailed):
+        return e.reason
+    return e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__

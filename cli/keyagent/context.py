@@ -3,14 +3,10 @@ two error kinds of the command line itself (usage mistakes and failed operations
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import sys
-from collections.abc import Iterator
 
-from keyagent.client import Client
-from keyagent.grammar import Args
 from keyagent.lazy_client import LazyClient
 from keyagent.output import (
     AtomicOutput,
@@ -22,6 +18,11 @@ from keyagent.output import (
 )
 from keyagent.prompt import Passphrases
 from keyagent.protocol import is_valid_key_name
+
+TYPE_CHECKING = False  # `typing` costs milliseconds at every start of the command
+if TYPE_CHECKING:
+    from keyagent.client import Client
+    from keyagent.grammar import Args
 
 
 class UsageError(Exception):
@@ -76,22 +77,34 @@ def key_name(name: str) -> str:
     return name
 
 
-@contextlib.contextmanager
-def open_input(path: str | None) -> Iterator[int]:
+class open_input:  # a class, not @contextmanager: `contextlib` costs milliseconds
     """A readable fd for a file, or stdin for None and '-'. Only opened files are closed."""
-    if path is None or path == "-":
-        yield sys.stdin.fileno()
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise CommandError(f"Cannot open '{path}': {e.strerror}.") from None
-    try:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise CommandError(f"Cannot read '{path}': it is a directory.")
-        yield fd
-    finally:
-        os.close(fd)
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path
+        self._opened: int | None = None
+
+    def __enter__(self) -> int:
+        path = self._path
+        if path is None or path == "-":
+            return sys.stdin.fileno()
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise CommandError(f"Cannot open '{path}': {e.strerror}.") from None
+        try:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                raise CommandError(f"Cannot read '{path}': it is a directory.")
+        except BaseException:
+            os.close(fd)
+            raise
+        self._opened = fd
+        return fd
+
+    def __exit__(self, *exc: object) -> None:
+        if self._opened is not None:
+            os.close(self._opened)
+            self._opened = None
 
 
 Sink = AtomicOutput | StdoutSink | SpecialOutput

@@ -12,8 +12,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
 
 from keyagent.context import (
     CommandError,
@@ -30,10 +28,15 @@ from keyagent.output import PROGRESS_THRESHOLD, Progress, fd_position, input_siz
 from keyagent.prompt import NoPassphraseSource
 from keyagent.protocol import BadPassphrase, Locked
 
+TYPE_CHECKING = False  # `typing` costs milliseconds at every start of the command
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
     from keyagent.replay import ReplayableInput
 
-T = TypeVar("T")
+    T = TypeVar("T")
+
 #: Tries for a passphrase typed at the terminal (the agent also slows down guessing).
 TTY_TRIES = 3
 

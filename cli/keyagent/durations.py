@@ -3,21 +3,24 @@ format of sshd_config(5), which `ssh-add -t` users type)."""
 
 from __future__ import annotations
 
-import re
-from typing import Final
+TYPE_CHECKING = False  # `typing` and `re` cost milliseconds at every start of `status`
+if TYPE_CHECKING:
+    from typing import Final
 
 _UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_PART: Final = re.compile(r"(\d+)([smhdw]?)")
 #: The agent takes timeouts as uint32 seconds.
 MAX_SECONDS: Final = 2**32 - 1
 
 
 def parse_duration(text: str) -> int:
     """Seconds for a duration; a bare number is seconds. Raises ValueError with a clear text."""
+    import re  # only for durations typed on the command line
+
+    part = re.compile(r"(\d+)([smhdw]?)")
     value = text.strip().lower()
     pos, total = 0, 0
     while pos < len(value):
-        m = _PART.match(value, pos)
+        m = part.match(value, pos)
         if m is None:
             break
         total += int(m.group(1)) * _UNITS[m.group(2)]

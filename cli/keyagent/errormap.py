@@ -7,8 +7,6 @@ what it knows about the call (starting the agent, or addressing a key).
 
 from __future__ import annotations
 
-from typing import Any, Final
-
 from keyagent.protocol import (
     ACCESS_DENIED,
     ERRORS,
@@ -18,6 +16,10 @@ from keyagent.protocol import (
     Locked,
     NoSuchKey,
 )
+
+TYPE_CHECKING = False  # `typing` costs milliseconds at every start of the command
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 BUS_DAEMON: Final = "org.freedesktop.DBus"
 _DBUS_ERR: Final = "org.freedesktop.DBus.Error."

@@ -15,11 +15,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from jeepney import MessageType
-from jeepney.bus_messages import message_bus
-from jeepney.io.blocking import open_dbus_connection
-
 from keyagent.protocol import BUS_NAME
+from keyagent.transport import BUS_DAEMON, BUS_PATH, BusSocket, ConnectFailed, NoAddress
+from keyagent.wire import ERROR, WireError
 
 RELOAD_TIMEOUT = 10.0  # seconds; a bus daemon re-reads its configuration in milliseconds
 
@@ -98,14 +96,18 @@ def _write_atomically(path: Path, text: str) -> None:
 def reload_session_bus(bus: str = "SESSION") -> str | None:
     """org.freedesktop.DBus.ReloadConfig on the session bus; None, or why it did not happen."""
     try:
-        with open_dbus_connection(bus=bus) as conn:
-            reply = conn.send_and_get_reply(message_bus.ReloadConfig(), timeout=RELOAD_TIMEOUT)
-    except KeyError:  # jeepney: no DBUS_SESSION_BUS_ADDRESS
+        with BusSocket(None if bus == "SESSION" else bus, timeout=RELOAD_TIMEOUT) as conn:
+            reply = conn.call(
+                BUS_DAEMON, BUS_PATH, BUS_DAEMON, "ReloadConfig", timeout=RELOAD_TIMEOUT
+            )
+    except NoAddress:
         return "no session bus (DBUS_SESSION_BUS_ADDRESS is not set)"
-    except (OSError, TimeoutError, ValueError, RuntimeError) as e:
+    except ConnectFailed as e:
+        return f"cannot connect to the session bus: {e.reason}"
+    except (OSError, WireError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
         return f"cannot connect to the session bus: {reason}"
-    if reply.header.message_type is MessageType.error:
+    if reply.kind == ERROR:
         return f"the session bus refused to reload: {reply.body[0] if reply.body else 'error'}"
     return None
 

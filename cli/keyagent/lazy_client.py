@@ -1,13 +1,12 @@
 """A connection to the agent that is opened on first use and kept until `LazyClient.close`.
 
-The command and the plugin share it; it imports `keyagent.client` (jeepney) only when the
+The command and the plugin share it; it imports `keyagent.client` (and the bus code) only when the
 connection is opened, so the plugin answers age's phase 1 without waiting for that import.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False  # `typing` costs milliseconds at every start of the command
 if TYPE_CHECKING:
     from keyagent.client import Client
 

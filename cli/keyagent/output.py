@@ -12,9 +12,12 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Callable
-from types import TracebackType
-from typing import Final, TextIO
+
+TYPE_CHECKING = False  # `typing` costs milliseconds at every start of the command
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+    from typing import Final, TextIO
 
 #: Inputs larger than this (or of unknown size) get a progress bar on a terminal.
 PROGRESS_THRESHOLD: Final = 16 * 1024 * 1024

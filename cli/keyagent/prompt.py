@@ -7,10 +7,11 @@ stdout carry data. Without a terminal and without a passphrase fd, reading fails
 
 from __future__ import annotations
 
-import contextlib
 import os
-import termios
-from typing import Final
+
+TYPE_CHECKING = False  # `typing` costs milliseconds at every start of the command
+if TYPE_CHECKING:
+    from typing import Final
 
 #: A passphrase fd is read whole once; more than this is not a passphrase.
 MAX_FD_READ: Final = 64 * 1024
@@ -126,11 +127,13 @@ def _read_fd_lines(fd: int) -> list[str]:
 
 def read_tty(prompt: str, tty_path: str = "/dev/tty") -> str:
     """Prompt on the terminal and read one line with echo off."""
+    import termios  # here: a shared library to load, on every start of the command otherwise
+
     try:
         fd = os.open(tty_path, os.O_RDWR | os.O_NOCTTY)
     except OSError:
         raise NoPassphraseSource("No terminal to ask for a passphrase.") from None
-    with contextlib.closing(open(fd, "r+b", buffering=0)) as tty:
+    with open(fd, "r+b", buffering=0) as tty:
         old = termios.tcgetattr(fd)
         new = termios.tcgetattr(fd)
         new[3] &= ~termios.ECHO
@@ -170,7 +173,7 @@ def ask_yes_no(question: str, tty_path: str = "/dev/tty") -> bool:
         fd = os.open(tty_path, os.O_RDWR | os.O_NOCTTY)
     except OSError:
         raise NoPassphraseSource("No terminal to ask for confirmation.") from None
-    with contextlib.closing(open(fd, "r+b", buffering=0)) as tty:
+    with open(fd, "r+b", buffering=0) as tty:
         tty.write(question.encode())
         try:
             answer = _read_line(fd)

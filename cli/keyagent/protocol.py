@@ -7,8 +7,9 @@ This module is deliberately light (no I/O, no third-party imports): the
 
 from __future__ import annotations
 
-import re
-from typing import Any, Final
+TYPE_CHECKING = False  # `typing` and `re` cost milliseconds at every start of the command
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 BUS_NAME: Final = "org.example.KeyAgent"
 MANAGER_PATH: Final = "/org/example/KeyAgent"
@@ -35,12 +36,13 @@ DEFAULT_MAX_PAYLOAD: Final = 16 * 1024 * 1024
 #: A passphrase or identity passed in an fd (`<secret>-fd` options) is at most this long.
 MAX_SECRET_BYTES: Final = 16 * 1024  # an 8192-bit RSA key's OpenSSH file is ~6.7 KB
 
-_NAME_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NAME_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_HEX: Final = frozenset("0123456789abcdef")
 
 
 def is_valid_key_name(name: str) -> bool:
     """Key names are 1-64 of [A-Za-z0-9_-], so a name is its own object path element."""
-    return _NAME_RE.fullmatch(name) is not None
+    return 0 < len(name) <= 64 and _NAME_CHARS.issuperset(name)
 
 
 def key_path(name: str) -> str:
@@ -55,17 +57,30 @@ def key_path(name: str) -> str:
     return KEYS_PATH_PREFIX + "".join(c if c.isalnum() else f"_{ord(c):02x}" for c in name)
 
 
-_ESCAPE_RE: Final = re.compile(r"_([0-9a-f]{2})")
-
-
 def key_name_from_path(path: str) -> str:
     """The key name a key object path stands for (the inverse of `key_path`)."""
     if not path.startswith(KEYS_PATH_PREFIX):
         raise ValueError(f"not a key object path: {path}")
-    name = _ESCAPE_RE.sub(lambda m: chr(int(m.group(1), 16)), path[len(KEYS_PATH_PREFIX) :])
+    name = _unescape(path[len(KEYS_PATH_PREFIX) :])
     if not is_valid_key_name(name) or key_path(name) != path:
         raise ValueError(f"not a key object path: {path}")
     return name
+
+
+def _unescape(element: str) -> str:
+    """Every `_` and two lowercase hex digits as the character they stand for."""
+    out, i = [], 0
+    while (j := element.find("_", i)) >= 0:
+        out.append(element[i:j])
+        code = element[j + 1 : j + 3]
+        if len(code) == 2 and _HEX.issuperset(code):
+            out.append(chr(int(code, 16)))
+            i = j + 3
+        else:
+            out.append("_")
+            i = j + 1
+    out.append(element[i:])
+    return "".join(out)
 
 
 class KeyAgentError(Exception):
@@ -235,9 +250,6 @@ def error_from_wire(name: str, message: str, *data: object) -> KeyAgentError:
     return cls(message)
 
 
-_LOCKED_RE: Final = re.compile(r"'([A-Za-z0-9_-]{1,64})'")
-
-
 def locked_message(names: tuple[str, ...]) -> str:
     if not names:
         return "The key for this file is locked."
@@ -249,4 +261,14 @@ def locked_message(names: tuple[str, ...]) -> str:
 
 def parse_locked_names(message: str) -> tuple[str, ...]:
     """The key names a ``Locked`` error's text names (its quoted words)."""
-    return tuple(_LOCKED_RE.findall(message))
+    names, start = [], message.find("'")
+    while start >= 0:
+        end = start + 1
+        while end < len(message) and message[end] in _NAME_CHARS:
+            end += 1
+        if 0 < end - start - 1 <= 64 and message[end : end + 1] == "'":
+            names.append(message[start + 1 : end])
+            start = message.find("'", end + 1)
+        else:
+            start = message.find("'", start + 1)
+    return tuple(names)

@@ -7,11 +7,15 @@ changes only when a field changes meaning or goes away. New fields may be added.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any, Final
 
 from keyagent.durations import format_duration
-from keyagent.keyinfo import KeyInfo
+
+TYPE_CHECKING = False  # `typing` costs milliseconds at every start of the command
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any, Final
+
+    from keyagent.keyinfo import KeyInfo
 
 #: Version of the status JSON document.
 STATUS_JSON_VERSION: Final = 1

@@ -6,10 +6,12 @@ name only, never a secret: the key stays in the agent.
 
 from __future__ import annotations
 
-from typing import Final
-
 from keyagent import bech32
 from keyagent.protocol import KeyAgentError, is_valid_key_name
+
+TYPE_CHECKING = False  # `typing` costs milliseconds at every start of the plugin
+if TYPE_CHECKING:
+    from typing import Final
 
 PLUGIN_NAME: Final = "keyagent"
 HRP: Final = "age-plugin-keyagent-"

@@ -9,8 +9,11 @@ spec's ``error`` command where the protocol still allows one.
 from __future__ import annotations
 
 import binascii
-from collections.abc import Iterator
-from typing import BinaryIO, Final, NamedTuple
+
+TYPE_CHECKING = False  # `typing` costs milliseconds at every start of the plugin
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import BinaryIO, Final
 
 COLUMNS: Final = 64
 #: Bounds against a runaway peer: no real command comes near them.
@@ -28,12 +31,26 @@ class ProtocolError(Exception):
     """The other side broke the plugin protocol (the text is for a person, one line)."""
 
 
-class Stanza(NamedTuple):
-    """One stanza (a NamedTuple: `dataclasses` costs ~8 ms at start, on every decrypt)."""
+class Stanza(tuple[str, tuple[str, ...], bytes]):
+    """One stanza: a tuple with named fields, not a NamedTuple or a dataclass (`typing` and
+    `dataclasses` cost milliseconds at start, on every decrypt)."""
 
-    type: str
-    args: tuple[str, ...] = ()
-    body: bytes = b""
+    __slots__ = ()
+
+    def __new__(cls, type: str, args: tuple[str, ...] = (), body: bytes = b"") -> Stanza:
+        return tuple.__new__(cls, (type, args, body))
+
+    @property
+    def type(self) -> str:
+        return self[0]
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        return self[1]
+
+    @property
+    def body(self) -> bytes:
+        return self[2]
 
     def __repr__(self) -> str:  # a file key travels in a body: never show one
         return f"Stanza({self.type!r}, {self.args!r}, <{len(self.body)} bytes>)"

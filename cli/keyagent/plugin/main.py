@@ -6,11 +6,16 @@ person should read goes through the protocol's ``error`` and ``msg`` commands.
 
 from __future__ import annotations
 
-import signal
 import sys
-from typing import BinaryIO, Final
 
 from keyagent.plugin.framing import Channel, ProtocolError
+
+TYPE_CHECKING = False  # `typing` costs milliseconds at every start of the plugin
+if TYPE_CHECKING:
+    import signal as _signal
+    from typing import BinaryIO, Final
+else:
+    import _signal  # the C module: `signal` imports enum, milliseconds at every start
 
 USAGE: Final = """usage: age-plugin-keyagent --age-plugin=identity-v1|recipient-v1
 
@@ -27,7 +32,7 @@ DRAIN_LINES: Final = 100_000
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     # age sends SIGINT once the conversation is over: end quietly, not with a traceback.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
     if args in (["--age-plugin=identity-v1"], ["--age-plugin=recipient-v1"]):
         machine = args[0].split("=", 1)[1]
         return converse(machine, sys.stdin.buffer, sys.stdout.buffer)

@@ -10,14 +10,18 @@ else the answer is one line naming the key and ``keyagent unlock NAME``.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Final
 
 from keyagent.lazy_client import LazyClient
 from keyagent.plugin.framing import Channel
 from keyagent.protocol import BadPassphrase, Failed, KeyAgentError, Locked, NoSuchKey
 
-RawStanza = tuple[str, Sequence[str], bytes]
+TYPE_CHECKING = False  # `typing` costs milliseconds at every start of the plugin
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Final
+
+    RawStanza = tuple[str, Sequence[str], bytes]
+
 PASSPHRASE_TRIES: Final = 3
 #: An UnwrapFileKey may wait for a person (a key's `confirm` question): as long as askpass.
 PERSON_TIMEOUT: Final = 400.0

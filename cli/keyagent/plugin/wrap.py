@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import binascii
 import os
-from typing import Final
 
 from keyagent import bech32
 from keyagent.plugin.framing import Stanza
 from keyagent.protocol import Malformed
+
+TYPE_CHECKING = False  # `typing` costs milliseconds at every start of the plugin
+if TYPE_CHECKING:
+    from typing import Final
 
 _X25519_INFO: Final = b"age-encryption.org/v1/X25519"
 _PQ_INFO: Final = b"age-encryption.org/mlkem768x25519"

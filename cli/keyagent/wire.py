@@ -1,0 +1,436 @@
+"""D-Bus messages to and from bytes, with no I/O (the sockets are transport.py's).
+
+The `keyagent` command starts on every use, so this module imports only C-level modules:
+jeepney's import chain (typing, enum, re, socket, selectors...) was most of the command's
+start-up. Values follow jeepney's conventions, which `keyagent.Client` was written against: a
+variant is a ``(signature, value)`` tuple, ``a{..}`` a dict, any other array a list, ``ay``
+bytes, a struct a tuple, ``h`` an int fd on the way out (its index in the message on the way
+in: the client closes every fd it receives at once).
+
+Out: little-endian method calls. In: method returns, errors and signals of either byte order,
+checked strictly (padding, lengths, type codes, nesting and size limits of the specification):
+anything else raises `WireError`, never loops and never recurses past the limits.
+"""
+
+from __future__ import annotations
+
+from struct import Struct
+
+TYPE_CHECKING = False  # importing `typing` costs milliseconds at every start of the command
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Final
+
+    Reader = Callable[[bytes | bytearray | memoryview, int, int, int], tuple[Any, int]]
+
+METHOD_CALL: Final = 1
+METHOD_RETURN: Final = 2
+ERROR: Final = 3
+SIGNAL: Final = 4
+
+#: Header field codes (the specification's table).
+PATH: Final = 1
+INTERFACE: Final = 2
+MEMBER: Final = 3
+ERROR_NAME: Final = 4
+REPLY_SERIAL: Final = 5
+DESTINATION: Final = 6
+SENDER: Final = 7
+SIGNATURE: Final = 8
+UNIX_FDS: Final = 9
+_FIELD_TYPES: Final = {
+    PATH: "o",
+    INTERFACE: "s",
+    MEMBER: "s",
+    ERROR_NAME: "s",
+    REPLY_SERIAL: "u",
+    DESTINATION: "s",
+    SENDER: "s",
+    SIGNATURE: "g",
+    UNIX_FDS: "u",
+}
+_REQUIRED: Final = {
+    METHOD_CALL: (PATH, MEMBER),
+    METHOD_RETURN: (REPLY_SERIAL,),
+    ERROR: (ERROR_NAME, REPLY_SERIAL),
+    SIGNAL: (PATH, INTERFACE, MEMBER),
+}
+
+MAX_MESSAGE: Final = 1 << 27  # 128 MiB
+MAX_ARRAY: Final = 1 << 26  # 64 MiB
+MAX_SIGNATURE: Final = 255
+MAX_ARRAY_DEPTH: Final = 32
+MAX_STRUCT_DEPTH: Final = 32
+#: Containers nested in one message, variants included (the reference library's limit).
+MAX_DEPTH: Final = 64
+#: The fixed part of every header: endianness, type, flags, version, body length, serial,
+#: and the header fields array's length.
+FIXED_HEADER: Final = 16
+
+_FIXED: Final = {
+    "y": "B",
+    "b": "I",
+    "n": "h",
+    "q": "H",
+    "i": "i",
+    "u": "I",
+    "x": "q",
+    "t": "Q",
+    "d": "d",
+    "h": "I",
+}
+_STRINGS: Final = frozenset("sog")
+_BASIC: Final = frozenset(_FIXED) | _STRINGS
+
+
+class WireError(ValueError):
+    """A message that breaks the D-Bus specification (or a value that cannot be sent)."""
+
+
+class Message:
+    """One received message. A plain class: `dataclasses` costs milliseconds at start-up."""
+
+    __slots__ = ("body", "fields", "flags", "kind", "serial")
+
+    def __init__(
+        self, kind: int, flags: int, serial: int, fields: dict[int, Any], body: tuple[Any, ...]
+    ) -> None:
+        self.kind = kind
+        self.flags = flags
+        self.serial = serial
+        self.fields = fields
+        self.body = body
+
+    @property
+    def reply_serial(self) -> int:
+        return int(self.fields.get(REPLY_SERIAL, 0))
+
+    @property
+    def error_name(self) -> str:
+        return str(self.fields.get(ERROR_NAME, ""))
+
+    @property
+    def sender(self) -> str:
+        return str(self.fields.get(SENDER, ""))
+
+    @property
+    def unix_fds(self) -> int:
+        return int(self.fields.get(UNIX_FDS, 0))
+
+
+# -- signatures -------------------------------------------------------------------------------
+
+
+def parse_signature(sig: str) -> list[Any]:
+    """The complete types of a signature, checked against the specification's grammar: each
+    a basic code or "v", ("a", item), ("(", fields) or ("{", key, value)."""
+    if len(sig) > MAX_SIGNATURE:
+        raise WireError("signature longer than 255")
+    types: list[Any] = []
+    pos = 0
+    while pos < len(sig):
+        t, pos = _one_type(sig, pos, 0, 0)
+        types.append(t)
+    return types
+
+
+def _one_type(sig: str, pos: int, arrays: int, structs: int) -> tuple[Any, int]:
+    code = sig[pos] if pos < len(sig) else ""
+    if code in _BASIC or code == "v":
+        return code, pos + 1
+    if code == "a":
+        if arrays >= MAX_ARRAY_DEPTH:
+            raise WireError("arrays nested too deep")
+        if sig.startswith("{", pos + 1):
+            entry, pos = _dict_entry(sig, pos + 2, arrays + 1, structs)
+            return ("a", entry), pos
+        item, pos = _one_type(sig, pos + 1, arrays + 1, structs)
+        return ("a", item), pos
+    if code == "(":
+        if structs >= MAX_STRUCT_DEPTH:
+            raise WireError("structs nested too deep")
+        fields: list[Any] = []
+        pos += 1
+        while sig[pos : pos + 1] != ")":
+            if pos >= len(sig):
+                raise WireError(f"unclosed struct in signature {sig!r}")
+            t, pos = _one_type(sig, pos, arrays, structs + 1)
+            fields.append(t)
+        if not fields:
+            raise WireError("empty struct in signature")
+        return ("(", tuple(fields)), pos + 1
+    raise WireError(f"bad type code {code!r} in signature {sig!r}")
+
+
+def _dict_entry(sig: str, pos: int, arrays: int, structs: int) -> tuple[Any, int]:
+    if structs >= MAX_STRUCT_DEPTH:
+        raise WireError("structs nested too deep")
+    key = sig[pos : pos + 1]
+    if key not in _BASIC:
+        raise WireError(f"dict key must be a basic type in signature {sig!r}")
+    value, pos = _one_type(sig, pos + 1, arrays, structs + 1)
+    if sig[pos : pos + 1] != "}":
+        raise WireError(f"bad dict entry in signature {sig!r}")
+    return ("{", key, value), pos + 1
+
+
+def single_type(sig: str) -> Any:
+    types = parse_signature(sig)
+    if len(types) != 1:
+        raise WireError(f"a variant needs one complete type, not {sig!r}")
+    return types[0]
+
+
+def alignment(t: Any) -> int:
+    if isinstance(t, tuple):
+        return 4 if t[0] == "a" else 8
+    if t in _FIXED:
+        return _STRUCTS["<"][t].size
+    return 1 if t in ("g", "v") else 4
+
+
+_STRUCTS: Final = {e: {c: Struct(e + f) for c, f in _FIXED.items()} for e in "<>"}
+_U32: Final = {e: Struct(e + "I") for e in "<>"}
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+_readers: dict[tuple[Any, str], Reader] = {}
+
+
+def reader(t: Any, endian: str) -> Reader:
+    """The (cached) function that reads one value of type ``t``: (buf, pos, end, depth) ->
+    (value, new pos). ``endian`` is "<" or ">"."""
+    found = _readers.get((t, endian))
+    if found is None:
+        found = _make_reader(t, endian)
+        if len(_readers) < 256:  # signatures come from peers too: keep the cache bounded
+            _readers[(t, endian)] = found
+    return found
+
+
+def _pad(buf: bytes | bytearray | memoryview, pos: int, step: int, end: int) -> int:
+    new = (pos + step - 1) & -step
+    if new > end:
+        raise WireError("message truncated")
+    if new != pos and any(buf[pos:new]):
+        raise WireError("non-zero alignment padding")
+    return new
+
+
+def _make_reader(t: Any, endian: str) -> Reader:
+    if isinstance(t, tuple):
+        if t[0] == "a":
+            return _array_reader(t[1], endian)
+        if t[0] == "(":
+            return _struct_reader([reader(f, endian) for f in t[1]])
+        return _struct_reader([reader(t[1], endian), reader(t[2], endian)])
+    if t in _FIXED:
+        return _fixed_reader(t, _STRUCTS[endian][t])
+    if t == "v":
+        return _variant_reader(endian)
+    return _string_reader(t, endian)
+
+
+def _fixed_reader(code: str, st: Struct) -> Reader:
+    size, unpack = st.size, st.unpack_from
+
+    def read(buf: bytes | bytearray | memoryview, pos: int, end: int, depth: int) -> Any:
+        if pos % size:
+            pos = _pad(buf, pos, size, end)
+        if pos + size > end:
+            raise WireError("message truncated")
+        return unpack(buf, pos)[0], pos + size
+
+    def read_bool(buf: bytes | bytearray | memoryview, pos: int, end: int, depth: int) -> Any:
+        value, pos = read(buf, pos, end, depth)
+        if value > 1:
+            raise WireError("boolean neither 0 nor 1")
+        return value == 1, pos
+
+    return read_bool if code == "b" else read
+
+
+def _text(buf: bytes | bytearray | memoryview, pos: int, n: int, end: int) -> str:
+    """The n bytes at pos as text: UTF-8, no nul inside, a nul right after."""
+    if pos + n >= end or buf[pos + n] != 0:
+        raise WireError("string truncated or not nul-terminated")
+    try:
+        text = str(buf[pos : pos + n], "utf-8")
+    except UnicodeDecodeError:
+        raise WireError("string is not UTF-8") from None
+    if "\0" in text:
+        raise WireError("nul inside a string")
+    return text
+
+
+def _string_reader(code: str, endian: str) -> Reader:
+    u32 = _U32[endian].unpack_from
+
+    def read(buf: bytes | bytearray | memoryview, pos: int, end: int, depth: int) -> Any:
+        if pos % 4:
+            pos = _pad(buf, pos, 4, end)
+        if pos + 4 > end:
+            raise WireError("message truncated")
+        n = u32(buf, pos)[0]
+        text = _text(buf, pos + 4, n, end)
+        if code == "o" and not is_object_path(text):
+            raise WireError("invalid object path")
+        return text, pos + n + 5
+
+    def read_signature(buf: bytes | bytearray | memoryview, pos: int, end: int, depth: int) -> Any:
+        if pos >= end:
+            raise WireError("message truncated")
+        text = _text(buf, pos + 1, buf[pos], end)
+        parse_signature(text)
+        return text, pos + len(text) + 2
+
+    return read_signature if code == "g" else read
+
+
+def _array_reader(item: Any, endian: str) -> Reader:
+    u32 = _U32[endian].unpack_from
+    align = alignment(item)
+    is_bytes = item == "y"
+    is_dict = isinstance(item, tuple) and item[0] == "{"
+    read_item = None if is_bytes else reader(item, endian)
+
+    def read(buf: bytes | bytearray | memoryview, pos: int, end: int, depth: int) -> Any:
+        if depth >= MAX_DEPTH:
+            raise WireError("containers nested too deep")
+        if pos % 4:
+            pos = _pad(buf, pos, 4, end)
+        if pos + 4 > end:
+            raise WireError("message truncated")
+        n = u32(buf, pos)[0]
+        if n > MAX_ARRAY:
+            raise WireError("array longer than 64 MiB")
+        pos += 4
+        if pos % align:
+            pos = _pad(buf, pos, align, end)
+        stop = pos + n
+        if stop > end:
+            raise WireError("array runs past the message")
+        if read_item is None:
+            return bytes(buf[pos:stop]), stop
+        items = []
+        while pos < stop:
+            value, pos = read_item(buf, pos, stop, depth + 1)
+            items.append(value)
+        return (dict(items) if is_dict else items), pos
+
+    return read
+
+
+def _struct_reader(fields: list[Reader]) -> Reader:
+    def read(buf: bytes | bytearray | memoryview, pos: int, end: int, depth: int) -> Any:
+        if depth >= MAX_DEPTH:
+            raise WireError("containers nested too deep")
+        if pos % 8:
+            pos = _pad(buf, pos, 8, end)
+        values = []
+        for field in fields:
+            value, pos = field(buf, pos, end, depth + 1)
+            values.append(value)
+        return tuple(values), pos
+
+    return read
+
+
+def _variant_reader(endian: str) -> Reader:
+    # A reply of many variants (GetManagedObjects) has few distinct signatures: each is
+    # checked and its reader made once.
+    known: dict[bytes, tuple[str, Reader]] = {}
+
+    def read(buf: bytes | bytearray | memoryview, pos: int, end: int, depth: int) -> Any:
+        if depth >= MAX_DEPTH:
+            raise WireError("containers nested too deep")
+        if pos >= end:
+            raise WireError("message truncated")
+        stop = pos + 1 + buf[pos]
+        found = known.get(bytes(buf[pos + 1 : stop]))
+        if found is None:
+            sig = _text(buf, pos + 1, buf[pos], end)
+            found = (sig, reader(single_type(sig), endian))
+            if len(known) < 256:
+                known[sig.encode()] = found
+        elif stop >= end or buf[stop] != 0:
+            raise WireError("string truncated or not nul-terminated")
+        sig, read_value = found
+        value, pos = read_value(buf, stop + 1, end, depth + 1)
+        return (sig, value), pos
+
+    return read
+
+
+def is_object_path(path: str) -> bool:
+    if path == "/":
+        return True
+    if not path.startswith("/") or path.endswith("/"):
+        return False
+    return all(part and _is_path_element(part) for part in path[1:].split("/"))
+
+
+def _is_path_element(part: str) -> bool:
+    return part.isascii() and (part.isalnum() or part.replace("_", "a").isalnum())
+
+
+def message_length(head: bytes | bytearray | memoryview) -> int:
+    """The whole length of the message whose first 16 bytes are ``head``."""
+    endian = _endian(head[0])
+    if head[3] != 1:
+        raise WireError("unknown protocol version")
+    (body,) = _U32[endian].unpack_from(head, 4)
+    (fields,) = _U32[endian].unpack_from(head, 12)
+    if fields > MAX_ARRAY:
+        raise WireError("header fields longer than 64 MiB")
+    total: int = ((FIXED_HEADER + fields + 7) & -8) + body
+    if total > MAX_MESSAGE:
+        raise WireError("message larger than 128 MiB")
+    return total
+
+
+def _endian(code: int) -> str:
+    if code == ord("l"):
+        return "<"
+    if code == ord("B"):
+        return ">"
+    raise WireError("unknown byte order")
+
+
+def parse_message(buf: bytes | bytearray | memoryview) -> Message:
+    """One whole message (``len(buf) == message_length(buf)``)."""
+    if len(buf) < FIXED_HEADER or len(buf) != message_length(buf):
+        raise WireError("message length does not match its header")
+    endian = _endian(buf[0])
+    kind, flags = buf[1], buf[2]
+    (body_len,) = _U32[endian].unpack_from(buf, 4)
+    (serial,) = _U32[endian].unpack_from(buf, 8)
+    if serial == 0:
+        raise WireError("serial 0")
+    start = len(buf) - body_len
+    raw, pos = reader(("a", ("(", ("y", "v"))), endian)(buf, 12, start, 0)
+    _pad(buf, pos, 8, start)
+    fields = _header_fields(raw)
+    if kind in _REQUIRED and any(code not in fields for code in _REQUIRED[kind]):
+        raise WireError("a required header field is missing")
+    body: list[Any] = []
+    pos = start
+    for t in parse_signature(fields.get(SIGNATURE, "")):
+        value, pos = reader(t, endian)(buf, pos, len(buf), 0)
+        body.append(value)
+    if pos != len(buf):
+        raise WireError("body length does not match its signature")
+    return Message(kind, flags, serial, fields, tuple(body))
+
+
+def _header_fields(raw: list[tuple[int, tuple[str, Any]]]) -> dict[int, Any]:
+    fields: dict[int, Any] = {}
+    for code, (sig, value) in raw:
+        expected = _FIELD_TYPES.get(code)
+        if expected is None:
+            continue  # unknown fields are ignored, as the specification says
+        if sig != expected:
+            raise WireError(f"header field {code} has type {sig!r}")
+        fields[code] = value
+    return fields
