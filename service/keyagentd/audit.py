@@ -71,11 +71,16 @@ class Audit:
 
     def record(self, operation: str, key: str, caller: Caller | None, outcome: str) -> AccessRecord:
         """``outcome``: "ok", an error's short name, or "error" for an unexpected exception
-        (the caller saw Failed)."""
+        (the caller saw Failed). The record, handed to ``emit``, and its log line."""
+        record = self.access(operation, key, caller, outcome)
+        self.log(record, outcome)
+        return record
+
+    def access(self, operation: str, key: str, caller: Caller | None, outcome: str) -> AccessRecord:
+        """The record alone (handed to ``emit``): the dispatcher sends it with the reply and
+        writes the log line (`log`) once both are on their way."""
         pid = caller.pid if caller is not None and caller.pid is not None else 0
         key = sanitize(key, 4096)  # names are checked before; whatever is logged is escaped
-        if ops_log.isEnabledFor(logging.INFO):
-            ops_log.info("%s pid=%s key=%s: %s", operation, pid or "-", key or "-", outcome)
         sender = caller.sender if caller is not None else ""
         exe = self.executables.get(sender, pid) if pid else ""
         if caller is not None and caller.via:
@@ -88,6 +93,13 @@ class Audit:
             except Exception:  # a log signal must never break an operation or the loop
                 log.exception("could not send the AccessLog signal")
         return record
+
+    @staticmethod
+    def log(record: AccessRecord, outcome: str) -> None:
+        """The operations log line of ``record`` (``outcome`` as `record` takes it)."""
+        if ops_log.isEnabledFor(logging.INFO):
+            pid, key = record.pid or "-", record.key or "-"
+            ops_log.info("%s pid=%s key=%s: %s", record.operation, pid, key, outcome)
 
     def forget(self, sender: str) -> None:
         """``sender`` left the bus."""
