@@ -18,6 +18,7 @@ from typing import Final
 
 from keyagentd.auth import Caller
 from keyagentd.hardening import caller_executable, sanitize
+from keyagentd.log import info_line
 from keyagentd.policy import AccessRecord, access_record
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class Audit:
         """The operations log line of ``record`` (``outcome`` as `record` takes it)."""
         if ops_log.isEnabledFor(logging.INFO):
             pid, key = record.pid or "-", record.key or "-"
-            ops_log.info("%s pid=%s key=%s: %s", record.operation, pid, key, outcome)
+            info_line(ops_log, f"{record.operation} pid={pid} key={key}: {outcome}")
 
     def forget(self, sender: str) -> None:
         """``sender`` left the bus."""
