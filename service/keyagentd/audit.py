@@ -1,7 +1,8 @@
 """The audit record of each operation: one log line and one `AccessLog` signal, never a secret.
 
-The dispatcher (bus/dispatch.py) calls `Audit.record` as each operation's reply has gone
-out, with the checked caller. The signal carries the operation, the key ("" when none), the
+The dispatcher (bus/dispatch.py) builds the record (`Audit.access`) as each operation's
+reply has gone out, with the checked caller, sends the signal, then writes the line
+(`Audit.log`, through `log.info_line`: no LogRecord per operation). The signal carries the operation, the key ("" when none), the
 caller's pid as the bus daemon reported it, the caller's executable (``/proc/PID/exe``) and
 the result (``ok`` or the error's short name). No D-Bus types here: ``emit`` sends it.
 
@@ -63,8 +64,8 @@ class ExecutableCache:
 
 class Audit:
     """One record per finished operation: a log line, and `AccessRecord` to ``emit`` (the
-    AccessLog signal). The dispatcher calls `record` right after the reply went out, with
-    the caller it checked: nothing here is ambient."""
+    AccessLog signal). The dispatcher calls `access` right after the reply went out, with
+    the caller it checked (nothing here is ambient), and `log` once the signal is sent too."""
 
     def __init__(self, emit: Emit | None = None, cache: ExecutableCache | None = None) -> None:
         self._emit = emit
@@ -78,8 +79,7 @@ class Audit:
         return record
 
     def access(self, operation: str, key: str, caller: Caller | None, outcome: str) -> AccessRecord:
-        """The record alone (handed to ``emit``): the dispatcher sends it with the reply and
-        writes the log line (`log`) once both are on their way."""
+        """The record alone (handed to ``emit``), without its log line (`log`)."""
         pid = caller.pid if caller is not None and caller.pid is not None else 0
         key = sanitize(key, 4096)  # names are checked before; whatever is logged is escaped
         sender = caller.sender if caller is not None else ""
