@@ -2,9 +2,10 @@
 
 The dispatcher (bus/dispatch.py) builds the record (`Audit.access`) as each operation's
 reply has gone out, with the checked caller, sends the signal, then writes the line
-(`Audit.log`, through `log.info_line`: no LogRecord per operation). The signal carries the operation, the key ("" when none), the
-caller's pid as the bus daemon reported it, the caller's executable (``/proc/PID/exe``) and
-the result (``ok`` or the error's short name). No D-Bus types here: ``emit`` sends it.
+(`Audit.log`, through `log.info_line`: no LogRecord per operation). The signal carries the
+operation, the key ("" when none), the caller's pid as the bus daemon reported it, the
+caller's executable (``/proc/PID/exe``) and the result (``ok`` or the error's short name).
+No D-Bus types here: ``emit`` sends it.
 
 The executable is read once per caller: a unique bus name is never reused and belongs to one
 process, so it is cached per name (a small LRU, also dropped when the name leaves the bus).
