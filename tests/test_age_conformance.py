@@ -24,6 +24,7 @@ def test_finds_all_vectors() -> None:
 def test_vector(path: Path) -> None:
     vector = testkit.parse_vector(path.name, path.read_bytes())
     assert testkit.run_vector(vector) is None
+    assert testkit.run_vector(vector, whole=True) is None  # in memory, as Decrypt reads it
 
 
 def _run(*dirs: Path) -> subprocess.CompletedProcess[str]:

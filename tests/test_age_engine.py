@@ -333,6 +333,31 @@ def test_header_size_is_bounded() -> None:
     assert src.served < 4 * 1024 * 1024
 
 
+def test_a_file_in_memory_is_parsed_as_a_stream_is() -> None:
+    """`Decryptor(bytes)` parses in place (Decrypt's path): the same file, the same answer;
+    a header line must end within MAX_HEADER there too; armored input still works."""
+    ident = age.X25519Identity(bytes(range(32)))
+    data = age.encrypt_bytes([ident.recipient()], b"in memory", armor=False)
+    for form in (data, age.encrypt_bytes([ident.recipient()], b"in memory", armor=True)):
+        dec = age.Decryptor(form)
+        dec.unwrap([ident])
+        out = io.BytesIO()
+        dec.decrypt_to(out)
+        assert out.getvalue() == b"in memory" and dec.armored == form.startswith(b"-")
+    from keyagentd.age.format import MAX_HEADER
+
+    huge = b"age-encryption.org/v1\n-> x " + b"a" * MAX_HEADER + b"\n"
+    for src in (huge, io.BytesIO(huge)):
+        with pytest.raises(age.ParseError, match="cut short"):
+            age.Decryptor(src)
+    for cut in (b"", data[:30]):
+        with pytest.raises(age.ParseError) as whole:
+            age.Decryptor(cut)
+        with pytest.raises(age.ParseError) as streamed:
+            age.Decryptor(io.BytesIO(cut))
+        assert str(whole.value) == str(streamed.value)
+
+
 class Trickle(io.RawIOBase):
     """A pipe-like source returning 1-7 bytes per read."""
 

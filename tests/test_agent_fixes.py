@@ -375,6 +375,44 @@ def test_managed_objects_reply_is_byte_for_byte_the_stock_marshalling() -> None:
     assert empty.body == [{}]
 
 
+# --- fix 9: a fixed signal's header marshalled once -------------------------------------
+
+
+def test_a_premarshalled_signal_is_byte_for_byte_the_stock_marshalling() -> None:
+    sender = fixes.SignalSender(
+        SimpleNamespace(), "/org/example/KeyAgent", "org.example.KeyAgent", "AccessLog",  # type: ignore[arg-type]
+        "ssuss", ["", "", 0, "", ""],
+    )  # fmt: skip
+    for serial, body in enumerate(
+        [["Decrypt", "k", 42, "/usr/bin/python3", "ok"], ["LockAll", "", 0, "", "ok"],
+         ["Encrypt", "a,b" * 40, 2**32 - 1, "/bin/é via /x", "BadPassphrase"]], start=1
+    ):  # fmt: skip
+        stock = Message.new_signal(
+            "/org/example/KeyAgent", "org.example.KeyAgent", "AccessLog", "ssuss", body
+        )
+        stock.serial = serial * 1000
+        assert bytes(sender.message(body, serial * 1000)) == bytes(stock._marshall(False))
+
+
+async def _premarshalled_onto_a_dying_bus(address: str) -> str:
+    bus = await FixedMessageBus(address).connect()
+    sender = fixes.SignalSender(bus, "/t", "test.T", "Sig", "s", [""])
+    sender.send(["before"])  # a working bus: queued and sent
+    cast(socket.socket, bus._sock).shutdown(socket.SHUT_WR)
+    try:
+        sender.send(["fails"])  # the send fails: the bus finalizes on the next turn
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(bus.wait_for_disconnect(), 5)  # type: ignore[no-untyped-call]
+        sender.send(["after"])  # a closed bus drops it
+        return ""
+    except Exception as exc:
+        return repr(exc)
+
+
+def test_a_premarshalled_signal_onto_a_dying_bus_raises_nothing(private_bus: PrivateBus) -> None:
+    assert asyncio.run(_premarshalled_onto_a_dying_bus(private_bus.address)) == ""
+
+
 # --- the seam: every private dbus-fast name lives in fixes.py and is checked at import ----
 
 

@@ -20,7 +20,7 @@ from conftest import PrivateBus
 from keyagent.protocol import INVALID_ARGS, NoSuchKey, TooLarge
 from keyagentd.audit import Audit, ExecutableCache
 from keyagentd.auth import Caller
-from keyagentd.bus.dispatch import SIZE_SLACK, Dispatcher, Method, Reply
+from keyagentd.bus.dispatch import SIZE_SLACK, Dispatcher, Method, Reply, in_task
 from keyagentd.bus.fixes import FixedMessageBus
 from keyagentd.bus.gate import Gate
 from keyagentd.fds import ReceivedFds
@@ -52,6 +52,27 @@ class Recorder:
         self.kept.append(fds.take(args[0]))
         return Reply([len(fds)])
 
+    async def eager(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
+        """``Method.eager``: where each part of it ran (None: outside any task)."""
+        (how,) = args
+        self.events.append(("started in", asyncio.current_task()))
+        if how == "raise":
+            raise NoSuchKey("There is no key named 'x'.")
+        if how == "wait":
+            fut = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(fut.set_exception, OSError("thrown in"))
+            try:
+                await fut  # the exception reaches the handler through the task
+            except OSError as exc:
+                how = str(exc)
+            self.events.append(("went on in", asyncio.current_task()))
+        if how == "in task":
+            await in_task()
+            async with asyncio.timeout(5):  # needs a task
+                await asyncio.sleep(0)
+            self.events.append(("went on in", asyncio.current_task()))
+        return Reply([how])
+
 
 async def _serve(
     address: str, test: Callable[[MessageBus, Recorder, list[AccessRecord]], Awaitable[None]]
@@ -73,6 +94,7 @@ async def _serve(
         methods=[
             Method(IFACE, "Echo", (("text", "s"),), (("text", "s"),), rec.echo),
             Method(IFACE, "Keep", (("fd", "h"),), (("count", "u"),), rec.keep),
+            Method(IFACE, "Eager", (("how", "s"),), (("how", "s"),), rec.eager, eager=True),
         ],
         targets={IFACE: lambda path: [] if path == PATH else None},
     )
@@ -147,6 +169,34 @@ def test_a_handler_owns_the_fds_it_takes(private_bus: PrivateBus) -> None:
         finally:
             os.close(r)
             os.close(w)
+
+    run(private_bus, test)
+
+
+def test_an_eager_handler_runs_outside_a_task_until_it_waits(private_bus: PrivateBus) -> None:
+    """`Method.eager`: a handler that never waits is answered without a task; one that waits
+    goes on in a task (exceptions of what it awaits reach it there); `in_task` gives the
+    rest of one a task (asyncio.timeout needs it); an early error is an error reply."""
+
+    async def test(client: MessageBus, rec: Recorder, audited: list[AccessRecord]) -> None:
+        dest = await _server_name(client)
+        where = [
+            ("now", ["now"]),
+            ("wait", ["thrown in"]),
+            ("in task", ["in task"]),
+        ]
+        for how, body in where:
+            rec.events.clear()
+            reply = await _to(client, dest, "Eager", "s", [how])
+            assert reply.body == body
+            assert rec.events[0] == ("started in", None)
+            assert audited[-1].body()[0::4] == ["Eager", "ok"]
+            if how != "now":
+                assert rec.events[1][0] == "went on in"
+                assert isinstance(rec.events[1][1], asyncio.Task)
+        reply = await _to(client, dest, "Eager", "s", ["raise"])
+        assert reply.error_name == NoSuchKey.wire_name()
+        assert audited[-1].result == "NoSuchKey"
 
     run(private_bus, test)
 

@@ -62,3 +62,47 @@ def test_a_running_agent_logs_with_priorities(private_bus: PrivateBus, tmp_path:
     text = run_agent(private_bus, tmp_path, journal=True, args=("--idle-exit", "0.1"))
     assert "<6>serving org.example.KeyAgent with 0 key(s)" in text
     assert all(line[:3] in {"<3>", "<4>", "<6>"} for line in text.splitlines()), text
+
+
+def test_the_operations_line_reads_as_logging_writes_it(tmp_path: Path) -> None:
+    """`info_line` (the per-operation line, without a LogRecord) writes what ``logger.info``
+    writes, under both formats; with another handler or a filter it goes through logging."""
+    import io
+    import logging
+
+    from keyagentd import log
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, log._handler)
+    ops = logging.getLogger("keyagentd.ops")
+    try:
+        for journal in (False, True):
+            stream = open(tmp_path / f"err-{journal}", "w+")  # noqa: SIM115 - closed below
+            env = {"JOURNAL_STREAM": "{}:{}".format(*_dev_ino(stream))} if journal else {}
+            log.setup(stream, verbose=False, env=env)
+            log.info_line(ops, "Decrypt pid=7 key=k: ok")
+            ops.info("%s", "Decrypt pid=7 key=k: ok")
+            stream.seek(0)
+            fast, slow = stream.read().splitlines()
+            assert (
+                fast
+                == slow
+                == ("<6>" if journal else "keyagentd: info: ") + ("Decrypt pid=7 key=k: ok")
+            )
+            stream.close()
+        seen = io.StringIO()
+        root.addHandler(logging.StreamHandler(seen))  # someone else listens: through logging
+        log.info_line(ops, "Lock pid=7 key=k: ok")
+        assert seen.getvalue() == "Lock pid=7 key=k: ok\n"
+        ops.setLevel(logging.WARNING)
+        log.info_line(ops, "Lock pid=8 key=k: ok")
+        assert "pid=8" not in seen.getvalue()
+    finally:
+        ops.setLevel(logging.NOTSET)
+        root.handlers[:], level, log._handler = saved
+        root.setLevel(level)
+
+
+def _dev_ino(stream: object) -> tuple[int, int]:
+    st = os.fstat(stream.fileno())  # type: ignore[attr-defined]
+    return st.st_dev, st.st_ino

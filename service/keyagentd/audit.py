@@ -1,9 +1,11 @@
 """The audit record of each operation: one log line and one `AccessLog` signal, never a secret.
 
-The dispatcher (bus/dispatch.py) calls `Audit.record` as each operation's reply has gone
-out, with the checked caller. The signal carries the operation, the key ("" when none), the
-caller's pid as the bus daemon reported it, the caller's executable (``/proc/PID/exe``) and
-the result (``ok`` or the error's short name). No D-Bus types here: ``emit`` sends it.
+The dispatcher (bus/dispatch.py) builds the record (`Audit.access`) as each operation's
+reply has gone out, with the checked caller, sends the signal, then writes the line
+(`Audit.log`, through `log.info_line`: no LogRecord per operation). The signal carries the
+operation, the key ("" when none), the caller's pid as the bus daemon reported it, the
+caller's executable (``/proc/PID/exe``) and the result (``ok`` or the error's short name).
+No D-Bus types here: ``emit`` sends it.
 
 The executable is read once per caller: a unique bus name is never reused and belongs to one
 process, so it is cached per name (a small LRU, also dropped when the name leaves the bus).
@@ -18,6 +20,7 @@ from typing import Final
 
 from keyagentd.auth import Caller
 from keyagentd.hardening import caller_executable, sanitize
+from keyagentd.log import info_line
 from keyagentd.policy import AccessRecord, access_record
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,8 @@ class ExecutableCache:
 
 class Audit:
     """One record per finished operation: a log line, and `AccessRecord` to ``emit`` (the
-    AccessLog signal). The dispatcher calls `record` right after the reply went out, with
-    the caller it checked: nothing here is ambient."""
+    AccessLog signal). The dispatcher calls `access` right after the reply went out, with
+    the caller it checked (nothing here is ambient), and `log` once the signal is sent too."""
 
     def __init__(self, emit: Emit | None = None, cache: ExecutableCache | None = None) -> None:
         self._emit = emit
@@ -71,11 +74,15 @@ class Audit:
 
     def record(self, operation: str, key: str, caller: Caller | None, outcome: str) -> AccessRecord:
         """``outcome``: "ok", an error's short name, or "error" for an unexpected exception
-        (the caller saw Failed)."""
+        (the caller saw Failed). The record, handed to ``emit``, and its log line."""
+        record = self.access(operation, key, caller, outcome)
+        self.log(record, outcome)
+        return record
+
+    def access(self, operation: str, key: str, caller: Caller | None, outcome: str) -> AccessRecord:
+        """The record alone (handed to ``emit``), without its log line (`log`)."""
         pid = caller.pid if caller is not None and caller.pid is not None else 0
         key = sanitize(key, 4096)  # names are checked before; whatever is logged is escaped
-        if ops_log.isEnabledFor(logging.INFO):
-            ops_log.info("%s pid=%s key=%s: %s", operation, pid or "-", key or "-", outcome)
         sender = caller.sender if caller is not None else ""
         exe = self.executables.get(sender, pid) if pid else ""
         if caller is not None and caller.via:
@@ -88,6 +95,13 @@ class Audit:
             except Exception:  # a log signal must never break an operation or the loop
                 log.exception("could not send the AccessLog signal")
         return record
+
+    @staticmethod
+    def log(record: AccessRecord, outcome: str) -> None:
+        """The operations log line of ``record`` (``outcome`` as `record` takes it)."""
+        if ops_log.isEnabledFor(logging.INFO):
+            pid, key = record.pid or "-", record.key or "-"
+            info_line(ops_log, f"{record.operation} pid={pid} key={key}: {outcome}")
 
     def forget(self, sender: str) -> None:
         """``sender`` left the bus."""

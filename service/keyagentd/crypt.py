@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import io
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, Final, Protocol, TypedDict, TypeVar, cast
@@ -333,11 +332,11 @@ class Crypt:
         limit = 0
         # A confirmation dialog may wait for minutes: never on the event loop.
         if runs_inline(len(ciphertext), passphrase) and not policy.may_prompt(self.user):
-            dec = age.Decryptor(io.BytesIO(ciphertext))
+            dec = age.Decryptor(ciphertext)
             # Hundreds of bogus stanzas x several keys must not hold the loop either.
             limit = inline_keys(dec)
         else:
-            dec = await keys.work.blocking(age.Decryptor, io.BytesIO(ciphertext))
+            dec = await keys.work.blocking(age.Decryptor, ciphertext)
 
         return await loop_then_pool(
             keys,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import io
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, Final
@@ -18,6 +19,7 @@ from .format import (
     encode_header,
     header_mac,
     parse_header,
+    parse_header_bytes,
 )
 from .keys import Identity, Recipient
 from .source import PrefixedSource, RawSource, Readable, read_full, write_all
@@ -97,10 +99,19 @@ class Decryptor:
     with candidate identities, then ``decrypt_to``.
 
     ``stanza_types`` tells which key types could open the file before any key
-    is chosen. Armor is detected unless ``armor`` says otherwise.
+    is chosen. Armor is detected unless ``armor`` says otherwise. ``src`` may be the whole
+    file as ``bytes`` (a Decrypt's): a binary one is then parsed in place, no reads.
     """
 
-    def __init__(self, src: BinaryIO, *, armor: bool | None = None) -> None:
+    def __init__(self, src: BinaryIO | bytes, *, armor: bool | None = None) -> None:
+        if isinstance(src, bytes):
+            head = src[: MAX_WHITESPACE + 64]  # what `_peek_start` reads of it first
+            if not armor and not (armor is None and looks_armored(head)):
+                self.armored = False
+                header, start = parse_header_bytes(src)
+                self._init(header, PrefixedSource(memoryview(src)[start:], _NOTHING))
+                return
+            src = io.BytesIO(src)
         raw: Readable = RawSource(src)
         head = _peek_start(raw)
         source: Readable = PrefixedSource(head, raw)
@@ -108,8 +119,11 @@ class Decryptor:
             source = ArmorReader(source)
         self.armored = isinstance(source, ArmorReader)
         header, rest = parse_header(source)
+        self._init(header, PrefixedSource(rest, source))
+
+    def _init(self, header: Header, payload: Readable) -> None:
         self._header: Header = header
-        self._source: Readable = PrefixedSource(rest, source)
+        self._source: Readable = payload
         self.stanza_types: frozenset[str] = frozenset(s.type for s in header.stanzas)
         if _SCRYPT in self.stanza_types and len(header.stanzas) != 1:
             raise ParseError("A passphrase-encrypted file must have exactly one recipient stanza.")
@@ -184,6 +198,16 @@ class Decryptor:
             raise RuntimeError("This file was already decrypted.")
         self._done = True
         return decrypt_payload(self._payload_key, self._source, dst, progress, output=output)
+
+
+class _Nothing:
+    """An empty source (what follows a file given whole)."""
+
+    def readinto(self, buf: memoryview, /) -> int:
+        return 0
+
+
+_NOTHING: Final = _Nothing()
 
 
 def _peek_start(src: Readable) -> bytes:

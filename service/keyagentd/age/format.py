@@ -123,17 +123,18 @@ class _LineReader:
     whole header usually arrives in the first read.
     """
 
-    def __init__(self, src: Readable) -> None:
+    def __init__(self, src: Readable | None, data: bytes = b"") -> None:
+        """``src`` None: ``data`` is all there is (a whole file in memory, read in place)."""
         self._src = src
-        self._buf = b""
+        self._buf = data
         self._pos = 0
         self._consumed = 0
-        self._eof = False
+        self._eof = src is None
 
     def line(self) -> bytes:
         """The next line including its LF; raises ParseError at EOF or past the limit."""
         end = self._buf.find(b"\n", self._pos)
-        if end < 0:
+        if end < 0 or (self._src is None and end >= MAX_HEADER):
             end = self._fill()
         line = self._buf[self._pos : end + 1]
         self._consumed += end + 1 - self._pos
@@ -146,6 +147,10 @@ class _LineReader:
         Accumulates in a ``bytearray`` (amortised appends), so a long line fed in tiny
         reads still costs linear time.
         """
+        if self._src is None:  # nothing more to read: the header is cut short (or too big)
+            if self._consumed == 0 and not self._buf:
+                raise ParseError("The input is empty, not an age file.")
+            raise ParseError("The input is not an age file, or its header is cut short.")
         acc = bytearray(self._buf[self._pos :])
         chunk = bytearray(8192)
         view = memoryview(chunk)
@@ -168,6 +173,11 @@ class _LineReader:
     def rest(self) -> bytes:
         """Bytes read past the last returned line (the start of the payload)."""
         return self._buf[self._pos :]
+
+    @property
+    def offset(self) -> int:
+        """Where the next line starts, in what was given (the data, in memory)."""
+        return self._pos
 
 
 def _parse_stanza(first: bytes, lines: _LineReader, raw: list[bytes]) -> Stanza:
@@ -194,6 +204,18 @@ def _parse_stanza(first: bytes, lines: _LineReader, raw: list[bytes]) -> Stanza:
 def parse_header(src: Readable) -> tuple[Header, bytes]:
     """Parse the header from ``src``; return it and the bytes already read past it."""
     lines = _LineReader(src)
+    return _parse(lines), lines.rest()
+
+
+def parse_header_bytes(data: bytes) -> tuple[Header, int]:
+    """Parse the header at the start of ``data`` (a whole file) in place; return it and
+    where the payload starts. The same rules and errors as `parse_header`; a header line
+    must end within the first `MAX_HEADER` bytes."""
+    lines = _LineReader(None, data)
+    return _parse(lines), lines.offset
+
+
+def _parse(lines: _LineReader) -> Header:
     intro = lines.line()
     if intro != INTRO:
         if intro.startswith(VERSION_PREFIX) and _VCHARS.fullmatch(intro[len(VERSION_PREFIX) : -1]):
@@ -220,4 +242,4 @@ def parse_header(src: Readable) -> tuple[Header, bytes]:
     if not stanzas:
         raise ParseError("The age header has no recipient stanza.")
     mac_input.append(FOOTER_PREFIX)
-    return Header(tuple(stanzas), b"".join(mac_input), mac), lines.rest()
+    return Header(tuple(stanzas), b"".join(mac_input), mac)

@@ -41,7 +41,7 @@ class RawSource:
 class PrefixedSource:
     """Serves ``prefix`` first, then ``inner``."""
 
-    def __init__(self, prefix: bytes, inner: Readable) -> None:
+    def __init__(self, prefix: bytes | memoryview, inner: Readable) -> None:
         self._prefix = memoryview(prefix)
         self._inner = inner
 

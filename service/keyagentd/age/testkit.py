@@ -91,8 +91,9 @@ def parse_vector(name: str, data: bytes) -> Vector:
     )
 
 
-def run_vector(v: Vector) -> str | None:
-    """None if the engine reaches exactly the expected outcome, else why not."""
+def run_vector(v: Vector, *, whole: bool = False) -> str | None:
+    """None if the engine reaches exactly the expected outcome, else why not. ``whole``: the
+    file is given as ``bytes`` (as Decrypt does), else read as a stream."""
     identities: list[Identity] = [parse_identity(s) for s in v.identities]
     identities += [ScryptIdentity(p) for p in v.passphrases]
     out = io.BytesIO()
@@ -100,7 +101,7 @@ def run_vector(v: Vector) -> str | None:
     decryptor = None
     in_payload = False
     try:
-        decryptor = Decryptor(io.BytesIO(v.body))
+        decryptor = Decryptor(v.body if whole else io.BytesIO(v.body))
         decryptor.unwrap(identities)
         in_payload = True
         decryptor.decrypt_to(out)

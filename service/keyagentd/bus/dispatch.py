@@ -8,9 +8,10 @@ One function, in the style of ssh-agent's ``process_message`` (`Dispatcher.handl
    the first time is queued there and replayed once its credentials are known;
 3. lookup by (interface, member), then the signature (``InvalidArgs`` if it differs);
 4. ``handler(caller, args, fds)``: the caller explicit, the call's fds in one `ReceivedFds`
-   (closed when the handler ends, unless it took them);
+   (closed when the handler ends, unless it took them); an `eager` handler's coroutine runs
+   at once up to its first wait (a small Decrypt never waits: no task, no loop turns);
 5. the reply (or the error reply: protocol errors by name, anything else ``Failed``);
-6. the audit record (log line and AccessLog signal), right after the reply.
+6. the audit record: the AccessLog signal right after the reply, then the log line.
 
 Adding a method is one `Method` entry in the table (methods.py) and a core function.
 Calls it does not own (Properties, Introspectable, Peer, ObjectManager, unknown members)
@@ -21,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from dbus_fast import Message, MessageFlag, MessageType, Variant
 
@@ -77,6 +79,10 @@ class Method:
     #: Runs even when its sender left before the gate could read its uid: only for calls
     #: that can take access away and never grant or reveal anything (LockAll).
     orphan_safe: bool = False
+    #: The handler's coroutine runs at once, up to its first wait, outside any task (a small
+    #: Decrypt never waits: no task, no loop turns); what needs a task (``asyncio.timeout``)
+    #: must come after an ``await in_task()``.
+    eager: bool = False
 
     @property
     def in_signature(self) -> str:
@@ -201,9 +207,11 @@ class Dispatcher:
         key = method.audit_key(args)
         try:
             result = method.handler(caller, args, fds)
-        except Exception as exc:
+            if method.eager and isinstance(result, types.CoroutineType):
+                result = _started(result)
+        except (Exception, asyncio.CancelledError) as exc:
             fds.close()
-            self._finish(method, caller, msg, key, exc)
+            self._finish(method, caller, msg, key, _cancelled(exc))
             return
         if isinstance(result, Reply):
             fds.close()
@@ -216,7 +224,7 @@ class Dispatcher:
             self._tasks.discard(t)
             fds.close()
             if t.cancelled():
-                self._finish(method, caller, msg, key, Failed("The operation was cancelled."))
+                self._finish(method, caller, msg, key, _cancelled(asyncio.CancelledError()))
             else:
                 exc = t.exception()
                 self._finish(method, caller, msg, key, exc if exc is not None else t.result())
@@ -231,7 +239,7 @@ class Dispatcher:
         key: str,
         outcome: Reply | BaseException,
     ) -> None:
-        """Send the reply, then the audit record."""
+        """Send the reply, then the AccessLog signal, then write the log line."""
         if isinstance(outcome, Reply):
             reply = Message.new_method_return(msg, method.out_signature, list(outcome.body))
             key, short = outcome.key if outcome.key is not None else key, "ok"
@@ -249,11 +257,73 @@ class Dispatcher:
         finally:
             if isinstance(outcome, Reply) and outcome.wipe is not None:
                 wipe(outcome.wipe)
-        record = self._audit.record(method.member, key, caller, short)
+        record = self._audit.access(method.member, key, caller, short)
         try:
             self._announce(record)  # the AccessLog signal, after the reply
         except Exception:  # a log signal must never break an operation or the loop
             log.exception("could not send the AccessLog signal")
+        self._audit.log(record, short)  # once both are on their way: off the reply's path
 
     def _answer(self, msg: Message, exc: KeyAgentError) -> Message | bool:
         return True if no_reply(msg) else error_reply(msg, exc)
+
+
+@types.coroutine
+def in_task() -> Generator[None, None, None]:
+    """``await in_task()``: makes sure what follows runs in a task (`Method.eager` handlers
+    start outside one; a bare yield hands the rest to a task, one loop turn later)."""
+    if asyncio.current_task() is None:
+        yield
+
+
+def _started(coro: Coroutine[Any, Any, Reply]) -> Reply | Awaitable[Reply]:
+    """Run a handler coroutine here up to its first wait: an inline Decrypt/Encrypt never
+    waits, and is answered without a task and the two loop turns one costs. Raises what
+    the handler raised; one that waits goes on in a task (`_resumed`)."""
+    try:
+        waited_on = coro.send(None)
+    except StopIteration as stop:
+        return cast(Reply, stop.value)
+    return _resumed(coro, waited_on)
+
+
+def _cancelled(exc: BaseException) -> BaseException:
+    """What a call's caller is told when its handler was cancelled (else ``exc`` itself)."""
+    if isinstance(exc, asyncio.CancelledError):
+        return Failed("The operation was cancelled.")
+    return exc
+
+
+async def _resumed(coro: Coroutine[Any, Any, Reply], waited_on: Any) -> Reply:
+    """The rest of a handler coroutine that `Dispatcher._run` started and that now waits on
+    ``waited_on``, as a coroutine a task can run (the task waits on it, then goes on)."""
+    return await _Resume(coro, waited_on)
+
+
+class _Resume:
+    """Awaiting it hands ``waited_on`` to the task, then relays between the task and
+    ``coro`` as ``yield from coro`` would (values sent, exceptions thrown, the result)."""
+
+    __slots__ = ("_coro", "_waited_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, Reply], waited_on: Any) -> None:
+        self._coro, self._waited_on = coro, waited_on
+
+    def __await__(self) -> Generator[Any, Any, Reply]:
+        coro, value = self._coro, self._waited_on
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # thrown in by the task: a cancellation
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return cast(Reply, stop.value)
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return cast(Reply, stop.value)

@@ -32,6 +32,8 @@ Stock behaviour -> ours (upstream report):
    and takes an interface's ready values (`property_values()`, cached by the key objects);
    each object's entry is marshalled once per set of values (8 ms of 1,000 keys' 9,000
    variants otherwise) and the reply's body put together from them (`_Premarshalled`).
+9. A signal is a `Message` marshalled whole on every send -> `SignalSender` marshals a fixed
+   signal's header once and each body alone (the AccessLog signal, one per operation).
 
 Method calls to our own interfaces never reach dbus-fast's method dispatch: the dispatcher
 (dispatch.py) answers them from a user message handler (`add_message_handler`, public), and
@@ -299,6 +301,42 @@ class PatientWriter(_aio._MessageWriter):
         # While waiting for the socket, the writer callback will send this in order.
         if self.bus.unique_name and not self._waiting:
             self.write_callback()
+
+
+class SignalSender:
+    """One signal (path, interface, member, signature fixed) whose header is marshalled once:
+    a send marshals only the body and queues the bytes (no `Message`, no future). For the
+    AccessLog signal, one per operation: ~2.5x cheaper than `MessageBus.send`."""
+
+    def __init__(
+        self, bus: MessageBus, path: str, interface: str, member: str, signature: str,
+        sample: list[Any],
+    ) -> None:  # fmt: skip
+        """``sample``: any body of ``signature`` (the header does not depend on it)."""
+        self._bus, self._signature = bus, signature
+        probe = Message.new_signal(path, interface, member, signature, sample)
+        full = probe._marshall(False)
+        if full[0] != ord("l"):
+            raise RuntimeError("dbus-fast marshalled a message unlike the one expected")
+        self._header = bytes(full[: len(full) - int.from_bytes(full[4:8], "little")])
+
+    def message(self, body: list[Any], serial: int) -> bytearray:
+        """The marshalled signal with ``body`` and ``serial`` (what `send` queues)."""
+        data = Marshaller(self._signature, body).marshall()
+        out = bytearray(self._header)
+        out += data
+        out[4:8] = len(data).to_bytes(4, "little")
+        out[8:12] = serial.to_bytes(4, "little")
+        return out
+
+    def send(self, body: list[Any]) -> None:
+        """Queue the signal with ``body`` (dropped quietly if the bus is closed)."""
+        bus = self._bus
+        writer = bus._writer
+        if bus._disconnected or not isinstance(writer, PatientWriter) or writer._failed:
+            return
+        writer.messages.append((self.message(body, bus.next_serial()), None, None))
+        writer.schedule_write()
 
 
 def _fail_quietly(fut: Any, exc: BaseException) -> None:

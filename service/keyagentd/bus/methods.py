@@ -38,7 +38,7 @@ from keyagent.protocol import (
 from keyagent.protocol import MANAGER_INTERFACE as MI
 from keyagentd import age, unwrap
 from keyagentd.auth import Caller
-from keyagentd.bus.dispatch import Method, Reply
+from keyagentd.bus.dispatch import Method, Reply, in_task
 from keyagentd.crypt import Crypt
 from keyagentd.fds import ReceivedFds
 from keyagentd.keys import Keys
@@ -247,6 +247,7 @@ class Handlers:
         """A secret (passphrase, identity) from a pipe the caller passed: read on the loop,
         never in a stream thread (so it never queues behind streams), counted as running."""
         check_fd_peers([fd], caller.uid)
+        await in_task()  # an eager handler's (Decrypt's) first part runs outside one
         return await self.work.track(read_passphrase_async(fd))
 
     async def secret_option(
@@ -368,11 +369,11 @@ def method_table(
         Method(MI, "DeleteKey", (("name", "s"), OPTIONS), (), h.delete_key, _first),
         Method(MI, "LockAll", (), (), h.lock_all, orphan_safe=True),
         Method(MI, "Encrypt", (("recipients", "as"), ("plaintext", "ay"), OPTIONS),
-               (("ciphertext", "ay"),), h.encrypt, h.known_recipients),
+               (("ciphertext", "ay"),), h.encrypt, h.known_recipients, eager=True),
         Method(MI, "Decrypt", (("ciphertext", "ay"), OPTIONS),
-               (("plaintext", "ay"), ("key", "s")), h.decrypt),
+               (("plaintext", "ay"), ("key", "s")), h.decrypt, eager=True),
         Method(MI, "UnwrapFileKey", (("stanzas", "a(sasay)"), OPTIONS),
-               (("file_key", "ay"), ("key", "s")), h.unwrap_file_key),
+               (("file_key", "ay"), ("key", "s")), h.unwrap_file_key, eager=True),
         Method(MI, "EncryptFd", (("recipients", "as"), ("input", "h"), ("output", "h"), OPTIONS),
                (("written", "t"),), h.encrypt_fd, h.known_recipients),
         Method(MI, "DecryptFd", (("input", "h"), ("output", "h"), OPTIONS),

@@ -33,7 +33,7 @@ from keyagent.protocol import (
 from keyagentd.audit import Audit
 from keyagentd.auth import check_bus_peer
 from keyagentd.bus.dispatch import Dispatcher, Method
-from keyagentd.bus.fixes import FixedMessageBus, bus_socket
+from keyagentd.bus.fixes import FixedMessageBus, SignalSender, bus_socket
 from keyagentd.bus.gate import Gate
 from keyagentd.bus.manager import Manager
 from keyagentd.bus.methods import manager_target, method_table
@@ -124,6 +124,11 @@ class Agent:
             on_call=self.work.touch,
             announce=self._send_access,
         )
+        # One per operation: its header is marshalled once (fixes.py).
+        self._access_log = SignalSender(
+            bus, MANAGER_PATH, MANAGER_INTERFACE, "AccessLog", AccessRecord.SIGNATURE,
+            AccessRecord("", "", 0, "", "").body(),
+        )  # fmt: skip
 
     # The bus objects list the method table in their introspection, read when asked.
     def _table(self) -> list[Method]:
@@ -133,10 +138,7 @@ class Agent:
         return self.objects.key_paths()
 
     def _send_access(self, record: AccessRecord) -> None:
-        signal = Message.new_signal(
-            MANAGER_PATH, MANAGER_INTERFACE, "AccessLog", record.SIGNATURE, record.body()
-        )
-        self.bus.send(signal)  # a closed bus drops it quietly
+        self._access_log.send(record.body())  # a closed bus drops it quietly
 
     # --- lifecycle -----------------------------------------------------------------------
 
