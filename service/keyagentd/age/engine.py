@@ -124,7 +124,7 @@ class Decryptor:
     def _init(self, header: Header, payload: Readable) -> None:
         self._header: Header = header
         self._source: Readable = payload
-        self.stanza_types: frozenset[str] = frozenset(s.type for s in header.stanzas)
+        self.stanza_types: frozenset[str] = frozenset([s.type for s in header.stanzas])
         if _SCRYPT in self.stanza_types and len(header.stanzas) != 1:
             raise ParseError("A passphrase-encrypted file must have exactly one recipient stanza.")
         self._file_key: bytes | None = None

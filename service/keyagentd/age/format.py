@@ -8,7 +8,6 @@ bytes as read.
 from __future__ import annotations
 
 import binascii
-import hashlib
 import hmac
 import re
 from collections.abc import Sequence
@@ -86,7 +85,7 @@ def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
 
 def header_mac(file_key: bytes, mac_input: bytes) -> bytes:
     key = hkdf(file_key, b"", b"header")
-    return hmac.new(key, mac_input, hashlib.sha256).digest()
+    return hmac.digest(key, mac_input, "sha256")  # OpenSSL's one-shot HMAC
 
 
 def is_valid_arg(arg: str) -> bool:
