@@ -203,7 +203,8 @@ class PatientWriter(_aio._MessageWriter):
             while True:
                 if self.buf is None:
                     if not self.messages:
-                        self._stop_waiting()
+                        if self._waiting:
+                            self._stop_waiting()
                         return
                     buf, unix_fds, fut = self.messages.popleft()
                     self.unix_fds = unix_fds
