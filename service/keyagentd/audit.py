@@ -103,6 +103,12 @@ class Audit:
             pid, key = record.pid or "-", record.key or "-"
             info_line(ops_log, f"{record.operation} pid={pid} key={key}: {outcome}")
 
+    def known(self, caller: Caller) -> None:
+        """A new caller: its executable read now, not after its first reply (a short-lived
+        caller, gdbus or dbus-send, may have exited by then and be logged without one)."""
+        if caller.pid:
+            self.executables.get(caller.sender, caller.pid)
+
     def forget(self, sender: str) -> None:
         """``sender`` left the bus."""
         self.executables.forget(sender)

@@ -115,10 +115,15 @@ def _check_timeout(value: int, what: str) -> int:
 def _default_identity_factory(
     key_type: str, seed: bytearray, public: bytes | None = None
 ) -> Identity:
-    # Imported on first use: the cache does not need age to load.
-    from keyagentd.age import identity_from_seed
+    global _identity_from_seed
+    if _identity_from_seed is None:  # imported on first use: the cache does not need age
+        from keyagentd.age import identity_from_seed
 
-    return identity_from_seed(key_type, seed, public)
+        _identity_from_seed = identity_from_seed  # not an import statement per use
+    return _identity_from_seed(key_type, seed, public)
+
+
+_identity_from_seed: Callable[[str, bytearray, bytes | None], Identity] | None = None
 
 
 def _public_of(key_type: str, seed: bytearray) -> bytes | None:

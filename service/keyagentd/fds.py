@@ -45,6 +45,8 @@ class ReceivedFds:
 
     def close(self) -> None:
         """Close every fd not taken (idempotent)."""
+        if not self._fds:
+            return  # most calls carry none
         rest = {fd for i, fd in enumerate(self._fds) if i not in self._taken}
         self._fds, self._taken = [], set()
         close_fds(rest)

@@ -64,6 +64,8 @@ class PlainFormatter(logging.Formatter):
 
 #: The handler `setup` installed, while the logging setup is still its own.
 _handler: logging.StreamHandler[TextIO] | None = None
+#: A formatter and its INFO prefix (`info_line`'s, remembered).
+_info_prefix: tuple[logging.Formatter | None, str] = (None, "")
 
 
 def info_line(logger: logging.Logger, line: str) -> None:
@@ -88,18 +90,22 @@ def info_line(logger: logging.Logger, line: str) -> None:
     ):
         logger.info("%s", line)
         return
-    formatter = handler.formatter
-    assert isinstance(formatter, JournalFormatter | PlainFormatter)
-    text = formatter.prefix(logging.INFO) + line + handler.terminator
-    handler.acquire()
-    try:
-        handler.stream.write(text)
-        handler.stream.flush()
-        written = True
-    except Exception:  # logging reports its own errors its own way: below
-        written = False
-    finally:
-        handler.release()
+    global _info_prefix
+    formatter, prefix = handler.formatter, _info_prefix[1]
+    if _info_prefix[0] is not formatter:  # worked out once per formatter, not per line
+        assert isinstance(formatter, JournalFormatter | PlainFormatter)
+        prefix = formatter.prefix(logging.INFO)
+        _info_prefix = (formatter, prefix)
+    text = prefix + line + handler.terminator
+    lock = handler.lock  # what handler.acquire() takes, without its two calls
+    assert lock is not None
+    with lock:
+        try:
+            handler.stream.write(text)
+            handler.stream.flush()
+            written = True
+        except Exception:  # logging reports its own errors its own way: below
+            written = False
     if not written:
         logger.info("%s", line)
 

@@ -40,7 +40,7 @@ def is_restricted(key_name: str, config: Config) -> bool:
 def may_prompt(config: Config) -> bool:
     """True when some key has ``confirm``: ``check()`` may then wait for a person, so the
     agent must not run it on the event loop (small decryptions it would run inline)."""
-    return any(policy.confirm for policy in config.keys.values())
+    return any([policy.confirm for policy in config.keys.values()])  # per call: no generator
 
 
 def check(

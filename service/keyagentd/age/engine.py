@@ -123,17 +123,15 @@ class Decryptor:
 
     def _init(self, header: Header, payload: Readable) -> None:
         self._header: Header = header
+        #: The header's stanzas (an attribute, not a property: read per key tried).
+        self.stanzas: tuple[Any, ...] = header.stanzas
         self._source: Readable = payload
-        self.stanza_types: frozenset[str] = frozenset(s.type for s in header.stanzas)
+        self.stanza_types: frozenset[str] = frozenset([s.type for s in header.stanzas])
         if _SCRYPT in self.stanza_types and len(header.stanzas) != 1:
             raise ParseError("A passphrase-encrypted file must have exactly one recipient stanza.")
         self._file_key: bytes | None = None
         self._payload_key = b""
         self._done = False
-
-    @property
-    def stanzas(self) -> tuple[Any, ...]:
-        return self._header.stanzas
 
     def unwrap(self, identities: Sequence[Identity]) -> Identity:
         """Find the file key and check the header MAC; returns the identity that matched.

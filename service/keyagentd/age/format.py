@@ -8,10 +8,9 @@ bytes as read.
 from __future__ import annotations
 
 import binascii
-import hashlib
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -86,7 +85,7 @@ def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
 
 def header_mac(file_key: bytes, mac_input: bytes) -> bytes:
     key = hkdf(file_key, b"", b"header")
-    return hmac.new(key, mac_input, hashlib.sha256).digest()
+    return hmac.digest(key, mac_input, "sha256")  # OpenSSL's one-shot HMAC
 
 
 def is_valid_arg(arg: str) -> bool:
@@ -132,11 +131,11 @@ class _LineReader:
         self._eof = src is None
 
     def line(self) -> bytes:
-        """The next line including its LF; raises ParseError at EOF or past the limit."""
+        """The next line without its LF; raises ParseError at EOF or past the limit."""
         end = self._buf.find(b"\n", self._pos)
         if end < 0 or (self._src is None and end >= MAX_HEADER):
             end = self._fill()
-        line = self._buf[self._pos : end + 1]
+        line = self._buf[self._pos : end]
         self._consumed += end + 1 - self._pos
         self._pos = end + 1
         return line
@@ -180,8 +179,8 @@ class _LineReader:
         return self._pos
 
 
-def _parse_stanza(first: bytes, lines: _LineReader, raw: list[bytes]) -> Stanza:
-    parts = first[:-1].split(b" ")
+def _parse_stanza(first: bytes, next_line: Callable[[], bytes], raw: list[bytes]) -> Stanza:
+    parts = first.split(b" ")
     if parts[0] != b"->" or len(parts) < 2:
         raise ParseError("The age header has a malformed recipient stanza.")
     for a in parts[1:]:
@@ -189,36 +188,47 @@ def _parse_stanza(first: bytes, lines: _LineReader, raw: list[bytes]) -> Stanza:
             raise ParseError("The age header has a malformed stanza argument.")
     body = b""
     while True:
-        line = lines.line()
+        line = next_line()
         raw.append(line)
-        decoded = b64decode(line[:-1])
+        decoded = b64decode(line)
         if decoded is None or len(decoded) > BYTES_PER_LINE:
             raise ParseError("The age header has a malformed stanza body.")
         body += decoded
         if len(decoded) < BYTES_PER_LINE:
             # ASCII-only (checked above), so this decode cannot fail.
-            args = first[3:-1].decode("ascii").split(" ")
+            args = first[3:].decode("ascii").split(" ")
             return Stanza(args[0], tuple(args[1:]), body)
 
 
 def parse_header(src: Readable) -> tuple[Header, bytes]:
     """Parse the header from ``src``; return it and the bytes already read past it."""
     lines = _LineReader(src)
-    return _parse(lines), lines.rest()
+    return _parse(lines.line), lines.rest()
 
 
 def parse_header_bytes(data: bytes) -> tuple[Header, int]:
     """Parse the header at the start of ``data`` (a whole file) in place; return it and
     where the payload starts. The same rules and errors as `parse_header`; a header line
     must end within the first `MAX_HEADER` bytes."""
-    lines = _LineReader(None, data)
-    return _parse(lines), lines.offset
+    # The header's lines split at once (no call per line) up to the first line that starts
+    # with "---": where `_parse` stops, as a stanza line never starts so (its body lines, in
+    # base64, cannot either: one that does is malformed, found so by `_parse` in turn).
+    footer = data.find(b"\n---", 0, MAX_HEADER) + 1
+    end = data.find(b"\n", footer, MAX_HEADER) if footer else -1
+    if end < 0:  # no whole footer line in reach: the line reader says what is wrong
+        lines = _LineReader(None, data)
+        return _parse(lines.line), lines.offset
+    try:
+        return _parse(iter(data[:end].split(b"\n")).__next__), end + 1
+    except StopIteration:  # cannot happen (the footer line ends the parse); kept a ParseError
+        raise ParseError("The input is not an age file, or its header is cut short.") from None
 
 
-def _parse(lines: _LineReader) -> Header:
-    intro = lines.line()
-    if intro != INTRO:
-        if intro.startswith(VERSION_PREFIX) and _VCHARS.fullmatch(intro[len(VERSION_PREFIX) : -1]):
+def _parse(next_line: Callable[[], bytes]) -> Header:
+    """The header from its lines (each without its LF, from ``next_line``)."""
+    intro = next_line()
+    if intro != INTRO[:-1]:
+        if intro.startswith(VERSION_PREFIX) and _VCHARS.fullmatch(intro[len(VERSION_PREFIX) :]):
             raise UnsupportedError(
                 "This age file uses a format version this agent doesn't support."
             )
@@ -226,9 +236,9 @@ def _parse(lines: _LineReader) -> Header:
     mac_input = [intro]
     stanzas: list[Stanza] = []
     while True:
-        line = lines.line()
+        line = next_line()
         if line.startswith(FOOTER_PREFIX):
-            parts = line[:-1].split(b" ")
+            parts = line.split(b" ")
             if parts[0] != FOOTER_PREFIX or len(parts) != 2:
                 raise ParseError("The age header has a malformed MAC line.")
             mac = b64decode(parts[1])
@@ -236,10 +246,10 @@ def _parse(lines: _LineReader) -> Header:
                 raise ParseError("The age header has a malformed MAC line.")
             break
         mac_input.append(line)
-        stanzas.append(_parse_stanza(line, lines, mac_input))
+        stanzas.append(_parse_stanza(line, next_line, mac_input))
         if len(stanzas) > MAX_STANZAS:
             raise ParseError("The age header has too many recipient stanzas.")
     if not stanzas:
         raise ParseError("The age header has no recipient stanza.")
-    mac_input.append(FOOTER_PREFIX)
-    return Header(tuple(stanzas), b"".join(mac_input), mac)
+    # The lines as they were, LFs and all, up to and including "---".
+    return Header(tuple(stanzas), b"\n".join(mac_input) + b"\n" + FOOTER_PREFIX, mac)

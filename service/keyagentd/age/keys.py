@@ -54,7 +54,7 @@ def may_open(key_type: str, recipient: str, stanzas: Sequence[Stanza]) -> bool:
     its type, and for an SSH key one carrying its tag (other stanzas are anonymous)."""
     stanza_type = STANZA_TYPES.get(key_type)
     if key_type not in sshformat.SUPPORTED:
-        return any(s.type == stanza_type for s in stanzas)
+        return stanza_type in [s.type for s in stanzas]  # per Decrypt: no generator
     tag = _ssh_tag(recipient)
     return any(s.type == stanza_type and s.args[:1] == (tag,) for s in stanzas)
 

@@ -60,7 +60,8 @@ class SeededIdentity:
             wipe_buffer(seed)
 
     def __del__(self) -> None:
-        self.wipe()
+        if getattr(self, "_seed", None) is not None:  # not wiped yet (usually it was)
+            self.wipe()
 
     def encode(self) -> str:
         """The ``AGE-SECRET-KEY-...`` string: secret, and an immutable ``str`` that

@@ -182,6 +182,7 @@ class PatientWriter(_aio._MessageWriter):
 
     _waiting: bool
     _failed: Exception | None  # the error the connection failed with, until finalized
+    sock: socket.socket  # always set here (typed, so the hot path needs no cast() call)
 
     def _wait_writable(self) -> None:
         if not self._waiting:
@@ -194,7 +195,7 @@ class PatientWriter(_aio._MessageWriter):
             self.loop.remove_writer(cast(int, self.fd))
 
     def write_callback(self, remove_writer: bool = True) -> None:
-        sock = cast(socket.socket, self.sock)
+        sock = self.sock
         if self.bus._disconnected or self._failed is not None:
             self._drop_all(ConnectionError("The bus connection is closed."))
             return
@@ -202,7 +203,8 @@ class PatientWriter(_aio._MessageWriter):
             while True:
                 if self.buf is None:
                     if not self.messages:
-                        self._stop_waiting()
+                        if self._waiting:
+                            self._stop_waiting()
                         return
                     buf, unix_fds, fut = self.messages.popleft()
                     self.unix_fds = unix_fds
@@ -231,7 +233,9 @@ class PatientWriter(_aio._MessageWriter):
                 self.buf = None
                 if isinstance(sent_buf, bytearray):
                     wipe(sent_buf)  # replies may carry plaintext: nothing stays behind
-                _aio._future_set_result(cast(Any, self.fut), None)
+                fut = self.fut
+                if fut is not None:  # a signal has none
+                    _aio._future_set_result(fut, None)
         except Exception as exc:
             # The connection failed (or was closed under us while stopping). Every message
             # still queued fails with it, quietly: replies' futures have no one awaiting them,

@@ -62,11 +62,15 @@ class Gate:
         uid: int,
         on_gone: Callable[[str], None] = lambda sender: None,
         on_orphan: Callable[[Message], bool] = lambda msg: False,
+        on_known: Callable[[Caller], None] = lambda caller: None,
     ) -> None:
+        """``on_known(caller)``: a sender's credentials are in, before its first call runs
+        (the audit reads its executable then, while it is surely there to be read)."""
         self._bus = bus
         self._uid = uid
         self._on_gone = on_gone
         self._on_orphan = on_orphan
+        self._on_known = on_known
         self._verdicts: dict[str, Caller] = {}
         self._queues: dict[str, list[Message]] = {}
         self._gone_while_pending: set[str] = set()
@@ -184,6 +188,8 @@ class Gate:
             return
         gone = reply is not None and reply.error_name == NAME_HAS_NO_OWNER
         self._verdicts[sender] = caller
+        if caller.allowed(self._uid):
+            self._on_known(caller)
         for queued in self._queues.pop(sender, []):
             # The sender left before its uid could be read: its calls are denied, except
             # those that can only take access away (LockAll from a hotkey's dbus-send).

@@ -182,21 +182,23 @@ class Handlers:
 
     async def encrypt(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         recipients, plaintext, options = args
-        parsed = parse_options(options, ENCRYPT)
-        armor = parsed.flag("armor")
-        passphrase = await self.secret_option(parsed, "passphrase", fds, caller)
+        armor, passphrase = False, None  # no options (the usual call): the defaults, unparsed
+        if options:
+            parsed = parse_options(options, ENCRYPT)
+            armor = parsed.flag("armor")
+            passphrase = await self.secret_option(parsed, "passphrase", fds, caller)
         data = await self.crypt.encrypt(recipients, plaintext, armor=armor, passphrase=passphrase)
         return Reply((data,))
 
     async def decrypt(self, caller: Caller, args: list[Any], fds: ReceivedFds) -> Reply:
         ciphertext, options = args
-        parsed = parse_options(options, DECRYPT_OPTIONS)
+        pin, passphrase, askpass = None, None, False  # no options (the usual call): unparsed
+        if options:
+            parsed = parse_options(options, DECRYPT_OPTIONS)
+            pin, askpass = parsed.text("key"), parsed.flag("askpass")
+            passphrase = await self.secret_option(parsed, "passphrase", fds, caller)
         plaintext, name = await self.crypt.decrypt(
-            ciphertext,
-            pin=parsed.text("key"),
-            passphrase=await self.secret_option(parsed, "passphrase", fds, caller),
-            askpass=parsed.flag("askpass"),
-            pid=pid_of(caller),
+            ciphertext, pin=pin, passphrase=passphrase, askpass=askpass, pid=pid_of(caller)
         )
         self.used(name)
         # The plaintext is the agent's own buffer: wiped once the reply is sent.

@@ -110,7 +110,10 @@ class Agent:
         )
         self.methods = method_table(self.keys, self.crypt, self.work, self.objects.used)
         self.audit = Audit()
-        self.gate = Gate(bus, uid=uid, on_gone=self._caller_gone, on_orphan=self._orphan)
+        self.gate = Gate(
+            bus, uid=uid, on_gone=self._caller_gone, on_orphan=self._orphan,
+            on_known=self.audit.known,
+        )  # fmt: skip
         self.dispatcher = Dispatcher(
             bus,
             self.gate,
