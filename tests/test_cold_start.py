@@ -27,6 +27,7 @@ LAZY = (
     "html",
     "ssl",
     "keyagentd.age.engine",
+    "keyagentd.age.format",
     "keyagentd.age.keys",
     "keyagentd.age.x25519",
     "keyagentd.age.hybrid",
