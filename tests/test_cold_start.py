@@ -98,3 +98,13 @@ def test_lazy_modules_load_on_first_use(bus_factory: BusFactory) -> None:
     modules = modules_at_exit(bus, out)
     for name in ("argparse", "argon2", "cryptography", "keyagentd.age.engine"):
         assert loaded(modules, name), name
+
+
+def test_no_arguments_mean_the_parsers_defaults() -> None:
+    from keyagentd.__main__ import DEFAULTS, build_parser, parse_args
+
+    parser = build_parser()
+    options = {a.dest for a in parser._actions if a.dest not in ("help", "version")}
+    assert options == set(DEFAULTS)  # an option without a default would be missing unparsed
+    assert vars(parse_args([])) == vars(parser.parse_args([])) == dict(DEFAULTS)
+    assert vars(parse_args(["--max-streams", "2"])) == {**DEFAULTS, "max_streams": 2}
