@@ -23,9 +23,7 @@ runs them in a worker thread. One dialog at a time: concurrent requests queue.
 from __future__ import annotations
 
 import contextlib
-import html
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -129,6 +127,8 @@ def _watches(pdir: str, want: tuple[str, str]) -> bool:
 def _resolve(program: str, path: str) -> str | None:
     if "/" in program:
         return program if os.path.isfile(program) and os.access(program, os.X_OK) else None
+    import shutil  # here: shutil (bz2, lzma) costs the agent's cold start ~5 ms
+
     return shutil.which(program, path=path)
 
 
@@ -206,6 +206,8 @@ def _passphrase_argv(found: Askpass, prompt: str, timeout: float, key_name: str)
 
 def _confirm_argv(found: Askpass, prompt: str, timeout: float) -> list[str]:
     if found.kind == "zenity":
+        import html  # here: html.entities is a large table, not needed to start
+
         # Message dialogs render Pango markup: a caller's name must not restyle the question.
         return [found.program, "--question", "--title=keyagent",
                 f"--text={html.escape(prompt)}", f"--timeout={max(1, int(timeout))}"]  # fmt: skip

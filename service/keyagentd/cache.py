@@ -37,12 +37,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
 from keyagent.protocol import InvalidArgs, Locked
 from keyagentd.secrets import wipe
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
     from keyagentd.age import AnyIdentity
 
     #: What ``use()`` yields: a concrete age identity (``recipient()``, ``unwrap()``, ...).
@@ -154,9 +154,9 @@ class KeyCache:
         self._keeps_public = identity_factory is None
         self.default_idle_timeout = _check_timeout(default_idle_timeout, "idle")
         self.default_max_timeout = _check_timeout(default_max_timeout, "maximum")
-        process_key = bytearray(rng(32))
-        self._aead = ChaCha20Poly1305(process_key)
-        wipe(process_key)  # the AEAD object keeps its own copy
+        self._process_key = bytearray(rng(32))  # until the AEAD is made (`_cipher`)
+        self._aead: ChaCha20Poly1305 | None = None
+        self._aead_lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._sorted: list[str] = []  # the names of _entries, kept sorted (not per call)
         # No deadline is earlier than this (uses only push deadlines later): `_reap` scans
@@ -164,6 +164,17 @@ class KeyCache:
         self._earliest = float("inf")
         self._expired: list[str] = []  # wiped on expiry, not yet reported by expire_due()
         self._mutex = threading.Lock()
+
+    def _cipher(self) -> ChaCha20Poly1305:
+        """The AEAD of the cached seeds, made at the first unlock: importing cryptography
+        (~5 ms) is not on the agent's start path (docs/DECISIONS.md, cold start)."""
+        with self._aead_lock:
+            if self._aead is None:
+                from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+                self._aead = ChaCha20Poly1305(self._process_key)
+                wipe(self._process_key)  # the AEAD object keeps its own copy
+            return self._aead
 
     def unlock(
         self,
@@ -186,7 +197,7 @@ class KeyCache:
             public = _public_of(key_type, seed) if self._keeps_public else None
             nonce = self._rng(_NONCE_LEN)
             sealed = bytearray(len(seed) + _TAG_LEN)
-            self._aead.encrypt_into(nonce, seed, _ad(name, key_type), sealed)
+            self._cipher().encrypt_into(nonce, seed, _ad(name, key_type), sealed)
         finally:
             wipe(seed)
         with self._mutex:
@@ -271,7 +282,7 @@ class KeyCache:
                 raise Locked.for_keys((name,))
             entry.touch(self._clock(), self._wall())
             seed = use._seed = bytearray(len(entry.sealed) - _TAG_LEN)
-            self._aead.decrypt_into(entry.nonce, entry.sealed, _ad(name, entry.key_type), seed)
+            self._cipher().decrypt_into(entry.nonce, entry.sealed, _ad(name, entry.key_type), seed)
             return entry.key_type, entry.public
 
     def lock(self, name: str) -> bool:

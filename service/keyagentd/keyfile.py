@@ -52,9 +52,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
 from keyagent.protocol import (
     KEY_TYPE_SSH_RSA,
     STORED_KEY_TYPES,
@@ -302,6 +299,8 @@ def seal(
     salt, nonce = rng(kdf.SALT_LEN), rng(NONCE_LEN)
     header = _header_bytes(record, params, salt, nonce)
     box = bytearray(len(seed) + TAG_LEN)
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305  # not at start
+
     ChaCha20Poly1305(kdf.derive_key(secret, salt, params)).encrypt_into(nonce, seed, header, box)
     return SealedKey(record, params, salt, nonce, header, bytes(box))
 
@@ -310,6 +309,9 @@ def open_sealed(sealed: SealedKey, passphrase: str) -> bytearray:
     """The secret in ``sealed``; ``BadPassphrase`` if the tag does not verify."""
     key = kdf.derive_key(encode_passphrase(passphrase), sealed.salt, sealed.kdf)
     seed = bytearray(len(sealed.box) - TAG_LEN)
+    from cryptography.exceptions import InvalidTag  # here: cryptography is not needed at start
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
     try:
         ChaCha20Poly1305(key).decrypt_into(sealed.nonce, sealed.box, sealed.header, seed)
     except InvalidTag:

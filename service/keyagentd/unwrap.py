@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from keyagent.protocol import Malformed, NoMatch
 from keyagentd import age, policy
-from keyagentd.age.format import FILE_KEY_SIZE, MAX_STANZAS, Stanza, is_valid_arg
 from keyagentd.cache import KeyCache
 from keyagentd.config import Config
 from keyagentd.crypt import (
@@ -31,6 +30,9 @@ from keyagentd.crypt import (
 )
 from keyagentd.crypt import unwrap as try_keys
 from keyagentd.keystore import KeyRecord
+
+if TYPE_CHECKING:
+    from keyagentd.age.format import Stanza
 
 #: What arrives on the bus: (type, args, body) per stanza.
 RawStanza = tuple[str, Sequence[str], bytes]
@@ -60,6 +62,8 @@ class StanzaUnwrapper:
         return self._file_key(identity) is not None
 
     def _file_key(self, identity: age.Identity) -> bytes | None:
+        from keyagentd.age.format import FILE_KEY_SIZE  # here: the module is not needed at start
+
         file_key = identity.unwrap(self.stanzas)
         if file_key is not None and len(file_key) != FILE_KEY_SIZE:
             raise Malformed("A recipient stanza holds a file key of the wrong size.")
@@ -69,6 +73,8 @@ class StanzaUnwrapper:
 def parse_stanzas(raw: Sequence[RawStanza]) -> tuple[Stanza, ...]:
     """Check the stanzas as the header parser would (Malformed), and drop scrypt ones:
     a passphrase is age's business, and age never mixes it with other recipients."""
+    from keyagentd.age.format import MAX_STANZAS, Stanza, is_valid_arg  # not at start
+
     if not raw:
         raise Malformed("No recipient stanza was given.")
     if len(raw) > MAX_STANZAS:

@@ -30,44 +30,103 @@ Choices where the spec leaves room (each matches age/rage unless noted):
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from .engine import Decryptor, check_recipient_count, decrypt, encrypt
-from .errors import (
-    AgeError,
-    ArmorError,
-    HeaderMacError,
-    NoMatchError,
-    ParseError,
-    PassphraseError,
-    PayloadError,
-    TooLargeError,
-    UnsupportedError,
-)
-from .format import Stanza
-from .hybrid import HybridIdentity, HybridRecipient
-from .keys import (
-    KEY_TYPES,
-    STANZA_TYPES,
-    AnyIdentity,
-    AnyRecipient,
-    Identity,
-    KeyType,
-    Recipient,
-    generate_identity,
-    identity_from_seed,
-    is_recipient_text,
-    may_open,
-    parse_identities,
-    parse_identity,
-    parse_recipient,
-    public_of_seed,
-)
-from .scrypt import ScryptIdentity, ScryptRecipient
-from .ssh import SshEd25519Identity, SshEd25519Recipient, SshRsaIdentity, SshRsaRecipient
-from .x25519 import X25519Identity, X25519Recipient
+if TYPE_CHECKING:
+    from .engine import Decryptor, check_recipient_count, decrypt, encrypt
+    from .errors import (
+        AgeError,
+        ArmorError,
+        HeaderMacError,
+        NoMatchError,
+        ParseError,
+        PassphraseError,
+        PayloadError,
+        TooLargeError,
+        UnsupportedError,
+    )
+    from .format import Stanza
+    from .hybrid import HybridIdentity, HybridRecipient
+    from .keys import (
+        KEY_TYPES,
+        STANZA_TYPES,
+        AnyIdentity,
+        AnyRecipient,
+        Identity,
+        KeyType,
+        Recipient,
+        generate_identity,
+        identity_from_seed,
+        is_recipient_text,
+        may_open,
+        parse_identities,
+        parse_identity,
+        parse_recipient,
+        public_of_seed,
+    )
+    from .scrypt import ScryptIdentity, ScryptRecipient
+    from .ssh import SshEd25519Identity, SshEd25519Recipient, SshRsaIdentity, SshRsaRecipient
+    from .x25519 import X25519Identity, X25519Recipient
+
+#: Where each public name lives: the package loads a submodule on first use (PEP 562), so
+#: importing `keyagentd.age` (the agent does so at start) costs nothing until a key or file
+#: is handled; the SSH and hybrid types pull in most of `cryptography`.
+_LAZY: dict[str, str] = {
+    "Decryptor": "engine",
+    "check_recipient_count": "engine",
+    "decrypt": "engine",
+    "encrypt": "engine",
+    "AgeError": "errors",
+    "ArmorError": "errors",
+    "HeaderMacError": "errors",
+    "NoMatchError": "errors",
+    "ParseError": "errors",
+    "PassphraseError": "errors",
+    "PayloadError": "errors",
+    "TooLargeError": "errors",
+    "UnsupportedError": "errors",
+    "Stanza": "format",
+    "HybridIdentity": "hybrid",
+    "HybridRecipient": "hybrid",
+    "KEY_TYPES": "keys",
+    "STANZA_TYPES": "keys",
+    "AnyIdentity": "keys",
+    "AnyRecipient": "keys",
+    "Identity": "keys",
+    "KeyType": "keys",
+    "Recipient": "keys",
+    "generate_identity": "keys",
+    "identity_from_seed": "keys",
+    "is_recipient_text": "keys",
+    "may_open": "keys",
+    "parse_identities": "keys",
+    "parse_identity": "keys",
+    "parse_recipient": "keys",
+    "public_of_seed": "keys",
+    "ScryptIdentity": "scrypt",
+    "ScryptRecipient": "scrypt",
+    "SshEd25519Identity": "ssh",
+    "SshEd25519Recipient": "ssh",
+    "SshRsaIdentity": "ssh",
+    "SshRsaRecipient": "ssh",
+    "X25519Identity": "x25519",
+    "X25519Recipient": "x25519",
+}
+
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module("." + module, __name__), name)
+        globals()[name] = value
+        return value
+
 
 __all__ = [
     "KEY_TYPES",
@@ -121,6 +180,8 @@ def encrypt_bytes(
     armor: bool = False,
     rng: Callable[[int], bytes] = os.urandom,
 ) -> bytes:
+    from .engine import encrypt
+
     out = io.BytesIO()
     encrypt(recipients, io.BytesIO(data), out, armor=armor, rng=rng)
     return out.getvalue()
@@ -129,6 +190,8 @@ def encrypt_bytes(
 def decrypt_bytes(identities: Sequence[Identity], data: bytes) -> bytes:
     """Decrypt a whole file in memory; no plaintext is returned unless all of it
     authenticated."""
+    from .engine import decrypt
+
     out = io.BytesIO()
     decrypt(identities, io.BytesIO(data), out)
     return out.getvalue()

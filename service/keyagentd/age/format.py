@@ -14,9 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from .errors import ParseError, UnsupportedError
 from .source import Readable
 
@@ -80,6 +77,10 @@ def b64decode(s: str | bytes) -> bytes | None:
 
 
 def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+    # Imported here: the agent loads this module at start, cryptography on first use.
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
 
 
