@@ -15,9 +15,10 @@ from jeepney import DBusAddress, HeaderFields, new_method_call
 
 from agent_support import FAST_ARGS, MANAGER, MI, CallError, Client, module_bus_with_key
 from cli_support import error_line, ka
-from conftest import PrivateBus
+from conftest import PrivateBus, requires_root
 from keyagent import protocol
 from keyagentd.age.stream import CHUNK, CHUNK_CT
+from test_hardening_memory import find_in_memory
 
 MIB = 1 << 20
 PLAIN = os.urandom(24 * MIB + 1234)
@@ -195,3 +196,22 @@ def test_tampered_chunk_in_the_middle(
     assert r.returncode == 1 and "integrity" in error_line(r).lower()
     assert not target.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.age", "out"]
+
+
+@requires_root
+@pytest.mark.parametrize("member", ["DecryptFd", "EncryptFd"])
+def test_no_plaintext_stays_in_the_agent(
+    bus: PrivateBus, sealed: bytes, tmp_path: Path, member: str
+) -> None:
+    """Every worker wipes its buffers before it ends (the plaintext is in the output or input
+    batches): once the call returned, no piece of the plaintext is left in the agent."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.write_bytes(sealed if member == "DecryptFd" else PLAIN)
+    with Client(bus.address) as c:
+        if member == "DecryptFd":
+            _files(c, member, src, out)
+        else:
+            _files(c, member, src, out, ["s"])
+    spots = [0, 5 * MIB + 3, 12 * MIB + 77, len(PLAIN) - 40]
+    needles = {f"at {i}": PLAIN[i : i + 32] for i in spots}
+    assert find_in_memory(bus.agent_pid() or 0, needles) == []

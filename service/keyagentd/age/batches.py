@@ -125,10 +125,11 @@ class SerialRun:
         p = self._p
         inb = bytearray(p.chunk + 1)
         out = bytearray(0)
-        total = 0
+        used = total = 0  # used: how much of inb was ever filled (wiped at the end)
         try:
             while True:
                 filled = p.read(memoryview(inb))
+                used = max(used, filled.n + 1)
                 need = p.out_size(filled.n)
                 if len(out) < need:
                     wipe(out)
@@ -142,5 +143,5 @@ class SerialRun:
                 if done.end:
                     return total
         finally:
-            wipe(inb)
+            wipe(memoryview(inb)[:used])  # plaintext when encrypting; a small call reads little
             wipe(out)
