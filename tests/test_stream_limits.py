@@ -13,7 +13,18 @@ from pathlib import Path
 import pytest
 from jeepney import DBusAddress, HeaderFields, new_method_call
 
-from agent_support import FAST_ARGS, MANAGER, MI, CallError, Client, module_bus_with_key
+from agent_support import (
+    FAST_ARGS,
+    MANAGER,
+    MI,
+    CallError,
+    Client,
+    fd_count,
+    module_bus_with_key,
+    settle_fds,
+    unread,
+    wait_until,
+)
 from cli_support import error_line, ka
 from conftest import PrivateBus, requires_root
 from keyagent import protocol
@@ -215,3 +226,31 @@ def test_no_plaintext_stays_in_the_agent(
     spots = [0, 5 * MIB + 3, 12 * MIB + 77, len(PLAIN) - 40]
     needles = {f"at {i}": PLAIN[i : i + 32] for i in spots}
     assert find_in_memory(bus.agent_pid() or 0, needles) == []
+
+
+def test_a_stream_stuck_on_a_full_pipe_ends_when_its_caller_leaves(
+    bus: PrivateBus, sealed: bytes, tmp_path: Path
+) -> None:
+    """Nobody reads the output pipe any more: the stream's writes must still look at the
+    cancel flag. We take the first chunk, so a write finds the pipe empty: a blocking write
+    of a whole 1 MiB batch would then wait for a reader forever."""
+    src = tmp_path / "ct"
+    src.write_bytes(sealed)
+    with Client(bus.address) as c:
+        c.prop(MANAGER, MI, "Version")
+    pid = bus.agent_pid() or 0
+    base = fd_count(pid)
+    leaving = Client(bus.address)
+    fi = os.open(src, os.O_RDONLY)
+    out_r, out_w = os.pipe()
+    try:
+        _send(leaving, "DecryptFd", "hha{sv}", fi, out_w, {})
+        os.close(out_w)
+        assert _read_exactly(out_r, CHUNK) == PLAIN[:CHUNK]
+        assert wait_until(lambda: unread(out_r) >= CHUNK, 30, 0.002), "no second write"
+        assert fd_count(pid) >= base + 2
+        leaving.close()
+        assert settle_fds(pid, base) <= base  # cancelled, though the pipe stays full
+    finally:
+        os.close(fi)
+        os.close(out_r)
