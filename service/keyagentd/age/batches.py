@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from keyagentd.secrets import wipe
 
 from .source import Readable
+
+#: The largest batch `SerialRun` grows to, in chunks (1 MiB).
+SERIAL_MOST: Final = 16
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,9 @@ def chunks_in(f: Filled, chunk: int) -> tuple[int, bool]:
 
 
 class SerialRun:
-    """The engine's runner: one chunk per batch on the calling thread, buffers sized by what
-    came in (a small payload allocates little)."""
+    """The engine's runner, on the calling thread. Batches grow from one chunk to
+    `SERIAL_MOST` (doubling): a small payload allocates little, a big one pays the
+    per-batch Python once per 1 MiB (one chunk per batch cost ~8% more CPU)."""
 
     __slots__ = ("_p",)
 
@@ -123,6 +127,7 @@ class SerialRun:
 
     def run(self) -> int:
         p = self._p
+        chunks = 1
         inb = bytearray(p.chunk + 1)
         out = bytearray(0)
         used = total = 0  # used: how much of inb was ever filled (wiped at the end)
@@ -142,6 +147,10 @@ class SerialRun:
                     raise done.error
                 if done.end:
                     return total
+                if chunks < SERIAL_MOST:
+                    chunks *= 2
+                    wipe(memoryview(inb)[:used])
+                    inb, used = bytearray(chunks * p.chunk + 1), 0  # the reader keeps the carry
         finally:
             wipe(memoryview(inb)[:used])  # plaintext when encrypting; a small call reads little
             wipe(out)

@@ -113,10 +113,10 @@ def open_batch(aead: ChaCha20Poly1305, f: Filled, data: memoryview, out: memoryv
             piece = data[j * CHUNK_CT : (j + 1) * CHUNK_CT]
             k += decrypt(nonce, piece, None, out[k : k + CHUNK])
     except InvalidTag:
-        pass
+        failed = j
     else:
-        j = middle
-    for j in range(j, count):
+        failed = middle
+    for j in range(failed, count):
         last = final and j == count - 1
         piece = data[j * CHUNK_CT : min(f.n, (j + 1) * CHUNK_CT)]
         got, error = _open_chunk(aead, f.first + j, piece, last, out[k:])
