@@ -51,6 +51,8 @@ T = TypeVar("T")
 
 DEFAULT_MAX_STREAMS: Final = 4
 POLL_MS: Final = 250
+#: The most written to a pipe or socket at once (a chunk; see `FdSink`).
+PIPE_WRITE: Final = 64 * 1024
 #: The GIL switch interval while the agent runs (seconds; see `StreamRunner`).
 SWITCH_INTERVAL: Final = 0.0005
 #: Large reads: the engine asks for whole 64 KiB chunks; pipes hand over up to their size.
@@ -87,6 +89,11 @@ class _Waiter:
         if not regular:
             self._poller = select.poll()
             self._poller.register(fd, events)
+
+    @property
+    def polled(self) -> bool:
+        """Whether the fd may block (not a regular file)."""
+        return self._poller is not None
 
     def before(self) -> None:
         """Called before each transfer: raise if cancelled; wait if the fd may block."""
@@ -130,14 +137,22 @@ class FdSource:
 
 
 class FdSink:
-    """A writable fd for the age engine (`write` may be short; the engine loops)."""
+    """A writable fd for the age engine (`write` may be short; the engine loops).
+
+    The agent writes batches of 1 MiB: to a pipe or socket at most `PIPE_WRITE` at a time,
+    so a blocking write waits for the reader to drain no more than that before the cancel
+    flag is looked at again (poll says writable with a page free).
+    """
 
     def __init__(self, fd: int, cancel: threading.Event) -> None:
         self.fd = fd
         self._waiter = _Waiter(fd, _WRITE_EVENTS, cancel)
+        self._most = PIPE_WRITE if self._waiter.polled else None
 
     def write(self, data: memoryview | bytes, /) -> int:
         self._waiter.before()
+        if self._most is not None:
+            data = data[: self._most]
         while True:
             try:
                 return os.write(self.fd, data)

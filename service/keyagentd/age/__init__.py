@@ -25,7 +25,9 @@ Choices where the spec leaves room (each matches age/rage unless noted):
 - The hybrid's encapsulation randomness comes from OpenSSL (``rng`` is used
   for file keys, nonces, X25519 shares and scrypt salts only).
 - ``Decryptor.decrypt_to(progress=...)`` reports the running plaintext total
-  after each 64 KiB chunk.
+  after each batch written: batches of 1, 2, 4... up to 16 chunks of 64 KiB
+  by default, the batches of the runner passed as ``output`` otherwise
+  (age/batches.py).
 """
 
 from __future__ import annotations

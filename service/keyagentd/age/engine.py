@@ -10,6 +10,7 @@ from typing import Any, BinaryIO, Final
 
 from . import hybrid, scrypt
 from .armor import MAX_WHITESPACE, ArmorReader, ArmorWriter, looks_armored
+from .batches import Runner
 from .errors import HeaderMacError, NoMatchError, ParseError, TooLargeError, UnsupportedError
 from .format import (
     FILE_KEY_SIZE,
@@ -23,7 +24,7 @@ from .format import (
 )
 from .keys import Identity, Recipient
 from .source import PrefixedSource, RawSource, Readable, read_full, write_all
-from .stream import NONCE_SIZE, OutputFactory, decrypt_payload, encrypt_payload, payload_key
+from .stream import NONCE_SIZE, decrypt_payload, encrypt_payload, payload_key
 
 _PQ: Final = hybrid.STANZA_TYPE
 _SCRYPT: Final = scrypt.STANZA_TYPE
@@ -36,12 +37,12 @@ def encrypt(
     *,
     armor: bool = False,
     rng: Callable[[int], bytes] = os.urandom,
-    output: OutputFactory | None = None,
+    output: Runner | None = None,
 ) -> int:
     """Encrypt ``src`` to ``recipients`` into ``dst``; returns the bytes written to ``dst``.
 
-    ``output`` makes where the ciphertext chunks go (stream.py `ChunkOutput`; default:
-    written on the calling thread). The agent passes its overlapped writer.
+    ``output`` runs the payload's batches (batches.py `Runner`; default: on the calling
+    thread). The agent passes its parallel run.
 
     A passphrase (scrypt) recipient must be alone, and the post-quantum hybrid
     is not mixed with classic recipients (it would lose its point): both raise
@@ -182,13 +183,13 @@ class Decryptor:
         dst: BinaryIO,
         *,
         progress: Callable[[int], None] | None = None,
-        output: OutputFactory | None = None,
+        output: Runner | None = None,
     ) -> int:
         """Stream the plaintext to ``dst``, each chunk written only once authenticated.
 
         Returns plaintext bytes written. Raises PayloadError if a chunk fails or the
         file is cut short; what was written by then is the authenticated prefix.
-        ``output`` makes where the plaintext chunks go (as in `encrypt`).
+        ``output`` runs the payload's batches (as in `encrypt`).
         """
         if self._file_key is None:
             raise RuntimeError("Decryptor.unwrap must succeed before decrypt_to.")

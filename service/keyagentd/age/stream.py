@@ -1,28 +1,29 @@
 """The age payload: STREAM over ChaCha20-Poly1305 in 64 KiB chunks.
 
 Nonce of chunk i: 11-byte big-endian i, then 0x01 for the final chunk and 0x00
-otherwise. Decryption reads one chunk ahead to know which chunk is final and
-writes a chunk only once it has authenticated, so on failure the output holds
+otherwise. Decryption reads one byte ahead to know which chunk is final and
+emits a chunk only once it has authenticated, so on failure the output holds
 exactly the authenticated prefix (what age itself releases).
 
-Output goes through a `ChunkOutput` (``output``): by default `DirectOutput`, on the
-calling thread. The engine starts no threads; the agent passes its overlapped writer
-(keyagentd/overlap.py), which writes on a second thread while the cipher runs.
+A pass runs batch by batch (batches.py): `open_batch` / `seal_batch` work on one batch
+of chunks, the reader and the emitter keep the order. ``output`` chooses the runner: by
+default `SerialRun`, on the calling thread; the agent passes its parallel run
+(keyagentd/overlap.py), which ciphers batches on several threads.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from keyagentd.secrets import wipe
-
+from .batches import BatchReader, Done, Filled, Payload, Runner, SerialRun, chunks_in
 from .errors import PayloadError
 from .format import hkdf
-from .source import Readable, read_full, write_all
+from .source import Readable, write_all
 
 CHUNK: Final = 64 * 1024
 TAG: Final = 16
@@ -36,39 +37,12 @@ def payload_key(file_key: bytes, nonce: bytes) -> bytes:
     return hkdf(file_key, nonce, b"payload")
 
 
-def encrypt_payload(
-    key: bytes, src: Readable, dst: Any, *, output: OutputFactory | None = None
-) -> int:
+def encrypt_payload(key: bytes, src: Readable, dst: Any, *, output: Runner | None = None) -> int:
     """Encrypt ``src`` to ``dst``; returns the ciphertext bytes written."""
-    aead = ChaCha20Poly1305(key)
-    cur = bytearray(CHUNK)
-    n = read_full(src, memoryview(cur))
-    # The second input buffer only for payloads over a chunk (and _Output sizes its own
-    # buffer by the first chunk): a small payload allocates one 64 KiB buffer, not three.
-    nxt: bytearray | None = None
-    counter = 0
-    written = 0
-    with (output or DirectOutput)(dst, CHUNK_CT) as out:
-        while True:
-            last = n < CHUNK
-            m = 0
-            if not last:
-                if nxt is None:
-                    nxt = bytearray(CHUNK)
-                m = read_full(src, memoryview(nxt))
-                last = m == 0
-            if not last:
-                out.before_chunk(counter)
-            out_mv = out.slot(n + TAG if last else CHUNK_CT)
-            nonce = counter.to_bytes(11, "big") + (_LAST if last else _MORE)
-            k = aead.encrypt_into(nonce, memoryview(cur)[:n], None, out_mv[: n + TAG])
-            out.emit(out_mv, k)
-            written += k
-            if last:
-                return written
-            assert nxt is not None
-            counter += 1
-            cur, nxt, n = nxt, cur, m
+    work = functools.partial(seal_batch, ChaCha20Poly1305(key))
+    emit = functools.partial(write_all, dst)
+    payload = Payload(CHUNK, BatchReader(src, CHUNK).read, work, emit, _sealed_size)
+    return (output or SerialRun)(payload).run()
 
 
 def decrypt_payload(
@@ -77,118 +51,108 @@ def decrypt_payload(
     dst: Any,
     progress: Callable[[int], None] | None = None,
     *,
-    output: OutputFactory | None = None,
+    output: Runner | None = None,
 ) -> int:
     """Decrypt the chunks of ``src`` to ``dst``; returns plaintext bytes written.
 
     Raises PayloadError on any failure, after writing every chunk that authenticated
     (as age does: a valid final chunk followed by trailing data is released).
-    ``progress`` gets the running total of plaintext bytes after each chunk (handed to
-    ``output``: authenticated, perhaps still queued for writing).
+    ``progress`` gets the running total of plaintext bytes after each batch written.
     """
-    aead = ChaCha20Poly1305(key)
-    cur = bytearray(CHUNK_CT)
-    n = read_full(src, memoryview(cur))
-    # As in encrypt_payload: the other buffers are sized (or made at all) by what came in.
-    nxt: bytearray | None = None
-    counter = 0
-    written = 0
-    # On the way out the output writes everything committed (the authenticated prefix).
-    with (output or DirectOutput)(dst, CHUNK) as out:
-        while True:
-            prefix = counter.to_bytes(11, "big")
-            if n < CHUNK_CT:
-                # A short chunk ends the stream: it must be the final chunk, and may
-                # be empty only when it is the whole payload.
-                if n < TAG or (n == TAG and counter != 0):
-                    raise PayloadError("The encrypted file is cut short or damaged.")
-                out_mv = out.slot(n - TAG)
-                k = _open(aead, prefix + _LAST, memoryview(cur)[:n], out_mv)
-                if k < 0:
-                    raise PayloadError()
-                m = 0
-            else:
-                if nxt is None:
-                    nxt = bytearray(CHUNK_CT)
-                out.before_chunk(counter)
-                out_mv = out.slot(CHUNK)
-                m = read_full(src, memoryview(nxt))
-                # A full chunk is final iff nothing follows. On failure try the other
-                # flag, so the output of a damaged file matches what age releases.
-                k = _open(aead, prefix + (_LAST if m == 0 else _MORE), cur, out_mv)
-                if k < 0:
-                    k = _open(aead, prefix + (_MORE if m == 0 else _LAST), cur, out_mv)
-                    if k < 0:
-                        raise PayloadError()
-                    out.emit(out_mv, k)
-                    if m == 0:
-                        raise PayloadError("The encrypted file is cut short.")
-                    raise PayloadError("The encrypted file has data after its end.")
-            out.emit(out_mv, k)
-            written += k
-            if progress is not None:
-                progress(written)
-            if m == 0:
-                return written
-            assert nxt is not None
-            counter += 1
-            cur, nxt, n = nxt, cur, m
+    work = functools.partial(open_batch, ChaCha20Poly1305(key))
+    emit: Callable[[memoryview], None] = functools.partial(write_all, dst)
+    if progress is not None:
+        emit = _counting(emit, progress)
+    payload = Payload(CHUNK_CT, BatchReader(src, CHUNK_CT).read, work, emit, _opened_size)
+    return (output or SerialRun)(payload).run()
 
 
-class ChunkOutput(Protocol):
-    """Where one stream's output chunks go (a context manager around the stream)."""
+def _counting(
+    emit: Callable[[memoryview], None], progress: Callable[[int], None]
+) -> Callable[[memoryview], None]:
+    total = 0
 
-    def __enter__(self) -> ChunkOutput: ...
-    def __exit__(self, *exc: object) -> None: ...
+    def counted(data: memoryview) -> None:
+        nonlocal total
+        emit(data)
+        total += len(data)
+        progress(total)
 
-    def before_chunk(self, counter: int) -> None:
-        """Called before each chunk that is not the last (``counter``: its index)."""
-
-    def slot(self, size: int) -> memoryview:
-        """The buffer for the next output chunk (``size``: the bytes it needs)."""
-        ...
-
-    def emit(self, out: memoryview, k: int) -> None:
-        """Send the first ``k`` bytes of ``out`` (from `slot`) on: they authenticated."""
+    return counted
 
 
-#: Makes a stream's output: ``factory(dst, chunk)`` with ``chunk`` a full output chunk's size.
-OutputFactory = Callable[[Any, int], ChunkOutput]
+def _sealed_size(n: int) -> int:
+    return n + TAG * max(1, -(-n // CHUNK))
 
 
-class DirectOutput:
-    """The default output: one buffer of its own, each chunk written straight to ``dst``
-    on the calling thread. (The agent's overlapped writer lives outside the engine.)"""
-
-    __slots__ = ("_dst", "_own")
-
-    def __init__(self, dst: Any, chunk: int) -> None:
-        del chunk  # sized by what comes in: a short final chunk needs less
-        self._dst = dst
-        self._own: memoryview | None = None
-
-    def __enter__(self) -> DirectOutput:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._own is not None:
-            wipe(self._own)  # the last plaintext chunk, when decrypting
-
-    def before_chunk(self, counter: int) -> None:
-        pass
-
-    def slot(self, size: int) -> memoryview:
-        if self._own is None:
-            self._own = memoryview(bytearray(size))
-        return self._own
-
-    def emit(self, out: memoryview, k: int) -> None:
-        write_all(self._dst, out[:k])
+def _opened_size(n: int) -> int:
+    return n  # never more than the ciphertext
 
 
-def _open(
-    aead: ChaCha20Poly1305, nonce: bytes, data: bytearray | memoryview, out: memoryview
-) -> int:
+def seal_batch(aead: ChaCha20Poly1305, f: Filled, data: memoryview, out: memoryview) -> Done:
+    """Encrypt the chunks of one batch into ``out``."""
+    count, final = chunks_in(f, CHUNK)
+    k = 0
+    for j in range(count):
+        last = final and j == count - 1
+        piece = data[j * CHUNK : min(f.n, (j + 1) * CHUNK)]
+        nonce = (f.first + j).to_bytes(11, "big") + (_LAST if last else _MORE)
+        k += aead.encrypt_into(nonce, piece, None, out[k : k + len(piece) + TAG])
+    return Done(k, final, f.error)
+
+
+def open_batch(aead: ChaCha20Poly1305, f: Filled, data: memoryview, out: memoryview) -> Done:
+    """Decrypt the chunks of one batch into ``out``, up to the first that fails."""
+    count, final = chunks_in(f, CHUNK_CT)
+    middle = count - 1 if final else count  # whole chunks that data follows
+    decrypt = aead.decrypt_into
+    k = j = 0
+    try:  # the common case, in a tight loop: the GIL is held between chunks
+        for j in range(middle):
+            nonce = (f.first + j).to_bytes(11, "big") + _MORE
+            piece = data[j * CHUNK_CT : (j + 1) * CHUNK_CT]
+            k += decrypt(nonce, piece, None, out[k : k + CHUNK])
+    except InvalidTag:
+        failed = j
+    else:
+        failed = middle
+    for j in range(failed, count):
+        last = final and j == count - 1
+        piece = data[j * CHUNK_CT : min(f.n, (j + 1) * CHUNK_CT)]
+        got, error = _open_chunk(aead, f.first + j, piece, last, out[k:])
+        k += got
+        if error is not None:
+            return Done(k, False, error)
+    return Done(k, final, f.error)
+
+
+def _open_chunk(
+    aead: ChaCha20Poly1305, counter: int, piece: memoryview, last: bool, out: memoryview
+) -> tuple[int, PayloadError | None]:
+    """Plaintext bytes of one chunk (0 if it fails) and the error that ends the stream."""
+    prefix = counter.to_bytes(11, "big")
+    n = len(piece)
+    if n < CHUNK_CT:
+        # A short chunk ends the stream: it must be the final chunk, and may be empty
+        # only when it is the whole payload.
+        if n < TAG or (n == TAG and counter != 0):
+            return 0, PayloadError("The encrypted file is cut short or damaged.")
+        k = _open(aead, prefix + _LAST, piece, out)
+        return (0, PayloadError()) if k < 0 else (k, None)
+    # A full chunk is final iff nothing follows. On failure try the other flag, so the
+    # output of a damaged file matches what age releases.
+    k = _open(aead, prefix + (_LAST if last else _MORE), piece, out)
+    if k >= 0:
+        return k, None
+    k = _open(aead, prefix + (_MORE if last else _LAST), piece, out)
+    if k < 0:
+        return 0, PayloadError()
+    if last:
+        return k, PayloadError("The encrypted file is cut short.")
+    return k, PayloadError("The encrypted file has data after its end.")
+
+
+def _open(aead: ChaCha20Poly1305, nonce: bytes, data: memoryview, out: memoryview) -> int:
     """Decrypt into ``out``; -1 if the chunk does not authenticate under ``nonce``."""
     try:
         return aead.decrypt_into(nonce, data, None, out[: len(data) - TAG])
