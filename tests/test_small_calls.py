@@ -4,6 +4,7 @@ in memory, chunks decrypted straight into the reply's buffer."""
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 from agent_support import FAST_ARGS, CallError, Client, module_bus_with_key
 from conftest import PrivateBus
 from keyagentd import age
+from keyagentd.age.batches import IntoRun
 from keyagentd.age.stream import CHUNK
 from keyagentd.secrets import PlainBuffer
 
@@ -86,24 +88,27 @@ def test_a_header_split_at_once_reads_as_a_stream_does() -> None:
 
 
 def test_chunks_go_straight_into_the_plain_buffer() -> None:
-    """Decrypt's output: each chunk decrypted in place in the reply's buffer; a damaged
-    chunk fails as with the default output; the buffer never takes more than its size."""
+    """Decrypt's output (`IntoRun`): the chunks decrypted in place in the reply's buffer;
+    a damaged chunk fails as with the default runner; the buffer never takes more than
+    its size."""
     plain = os.urandom(2 * CHUNK + 100)
     data = age.encrypt_bytes([IDENT.recipient()], plain, armor=False)
-    out = PlainBuffer(len(data))
-    dec = age.Decryptor(data)
-    dec.unwrap([IDENT])
-    assert dec.decrypt_to(out, output=out.output) == len(plain)  # type: ignore[arg-type]
-    assert bytes(out.view()) == plain
+
+    def into_buffer(ciphertext: bytes, size: int) -> tuple[int, PlainBuffer]:
+        out = PlainBuffer(size)
+        dec = age.Decryptor(ciphertext)
+        dec.unwrap([IDENT])
+        n = dec.decrypt_to(out, output=functools.partial(IntoRun, into=out.view(size)))  # type: ignore[arg-type]
+        return n, out
+
+    n, out = into_buffer(data, len(data))
+    assert n == len(plain) and bytes(out.view(n)) == plain
     damaged = bytearray(data)
     damaged[-5] ^= 1
-    dec = age.Decryptor(bytes(damaged))
-    dec.unwrap([IDENT])
     with pytest.raises(age.PayloadError):
-        out = PlainBuffer(len(damaged))
-        dec.decrypt_to(out, output=out.output)  # type: ignore[arg-type]
+        into_buffer(bytes(damaged), len(damaged))
     with pytest.raises(ValueError, match="full"):
-        PlainBuffer(10).slot(11)
+        into_buffer(data, len(plain) - 1)
 
 
 def test_a_big_decrypt_over_the_bus(bus: PrivateBus) -> None:

@@ -44,6 +44,7 @@ from keyagent.protocol import (
     is_valid_key_name,
 )
 from keyagentd import age, policy
+from keyagentd.age.batches import IntoRun
 from keyagentd.cache import KeyCache
 from keyagentd.config import Config as UserConfig
 from keyagentd.keys import Keys
@@ -498,9 +499,9 @@ def _finish_decrypt(
         dec, cache, records, pin=pin, passphrase=passphrase, tried=tried, limit=limit, **rules
     )
     out = PlainBuffer(size)  # the plaintext is never longer than the file
-    try:
-        dec.decrypt_to(_io(out), output=out.output)  # decrypted in place, no chunk buffer
+    try:  # decrypted in place, no chunk buffer
+        n = dec.decrypt_to(_io(out), output=functools.partial(IntoRun, into=out.view(size)))
     except BaseException:
         wipe(out.buf)
         raise
-    return name, out.view()
+    return name, out.view(n)

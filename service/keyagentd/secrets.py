@@ -69,28 +69,6 @@ class PlainBuffer:
     def flush(self) -> None:
         pass
 
-    # As the engine's chunk output (age/stream.py `ChunkOutput`): each chunk is decrypted
-    # straight into this buffer, no chunk buffer of its own to copy out of and wipe.
-    def output(self, dst: object, chunk: int) -> PlainBuffer:
-        """The `OutputFactory`: ``decrypt_to(..., output=buffer.output)``."""
-        return self
-
-    def __enter__(self) -> PlainBuffer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass  # the owner wipes the buffer (failed or not)
-
-    def before_chunk(self, counter: int) -> None:
-        pass
-
-    def slot(self, size: int) -> memoryview:
-        if self._n + size > len(self.buf):
-            raise ValueError("PlainBuffer is full")
-        return memoryview(self.buf)[self._n : self._n + size]
-
-    def emit(self, out: memoryview, k: int) -> None:
-        self._n += k  # ``out`` is the last slot: its first ``k`` bytes authenticated
-
-    def view(self) -> memoryview:
-        return memoryview(self.buf)[: self._n]
+    def view(self, n: int | None = None) -> memoryview:
+        """The first ``n`` bytes (default: what `write` put in)."""
+        return memoryview(self.buf)[: self._n if n is None else n]

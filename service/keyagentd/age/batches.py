@@ -154,3 +154,35 @@ class SerialRun:
         finally:
             wipe(memoryview(inb)[:used])  # plaintext when encrypting; a small call reads little
             wipe(out)
+
+
+class IntoRun:
+    """A runner whose output goes straight into ``into``, a buffer its owner wipes (the
+    agent's reply buffer for a Decrypt): no output buffer, no copy. Batches are as large as
+    ``into`` allows, so a payload held in memory runs in one. ``emit`` is not called: the
+    output is already in place; `run` returns its length (a partial run raises)."""
+
+    __slots__ = ("_into", "_p")
+
+    def __init__(self, payload: Payload, into: memoryview) -> None:
+        self._p = payload
+        self._into = into
+
+    def run(self) -> int:
+        p, into = self._p, self._into
+        inb = bytearray(-(-len(into) // p.chunk) * p.chunk + 1)
+        total = used = 0
+        try:
+            while True:
+                filled = p.read(memoryview(inb))
+                used = max(used, filled.n + 1)
+                if p.out_size(filled.n) > len(into) - total:
+                    raise ValueError("The output buffer is full.")
+                done = p.work(filled, memoryview(inb), into[total:])
+                total += done.size
+                if done.error is not None:
+                    raise done.error
+                if done.end:
+                    return total
+        finally:
+            wipe(memoryview(inb)[:used])  # plaintext when encrypting
