@@ -7,9 +7,9 @@ does), so connecting costs one round trip.
 
 A call costs two system calls: one `sendmsg`, one `recvmsg` (the reply, header and body, into
 a fixed 64 KiB buffer). The socket stays blocking and its timeouts are the kernel's
-(SO_SNDTIMEO, SO_RCVTIMEO), set again only when a deadline needs a shorter wait than the one
-set (or a longer one), not on every call: a Python socket timeout would cost an ioctl per
-`settimeout` and a poll before every send and receive.
+(SO_SNDTIMEO, SO_RCVTIMEO), set again only when a wait must differ from the one set by more
+than 10 ms, not on every call: a Python socket timeout costs an ioctl per `settimeout` and a
+poll before every send and receive.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ _FD: Final = Struct("i")
 _ANCILLARY: Final = CMSG_SPACE(MAX_RECEIVED_FDS * _FD.size)
 #: `struct timeval` for SO_SNDTIMEO/SO_RCVTIMEO (two C longs on Linux).
 _TIMEVAL: Final = Struct("@ll")
-#: A kernel timeout already set may end a wait this much past a deadline before it is set
-#: again: calls with the same timeout then set it once, not once per call.
+#: A kernel timeout already set may end a wait this much before or after a deadline before
+#: it is set again: calls with the same timeout then set it once, not once per call.
 _SLACK: Final = 0.01
 
 
@@ -274,7 +274,9 @@ class BusSocket:
         return self._sock
 
     def _arm(self, option: int, deadline: float | None) -> None:
-        """Have the kernel end the next wait at ``deadline`` (or within _SLACK after it)."""
+        """Have the kernel end the next wait at ``deadline``, give or take _SLACK (a wait that
+        ends early raises TimeoutError all the same; the connection waits again for what is
+        left)."""
         if deadline is None:
             want = 0.0
         else:
@@ -283,7 +285,7 @@ class BusSocket:
                 raise TimeoutError
             want = max(want, 0.001)  # 0 would mean no timeout at all
         armed = self._timeouts[option]
-        if armed == want or (want and want <= armed <= want + _SLACK):
+        if armed == want or (want and armed and -_SLACK <= armed - want <= _SLACK):
             return
         sec = int(want)
         self._socket().setsockopt(
