@@ -274,6 +274,7 @@ def test_a_call_is_one_sendmsg_and_one_recvmsg(private_bus: PrivateBus, tmp_path
     after = _syscalls(private_bus, 200, tmp_path / "200")
     more = {name: after.get(name, 0) - before.get(name, 0) for name in after}
     assert more["sendmsg"] == 200
-    assert 200 <= more["recvmsg"] <= 210  # a reply split by the bus would cost one more
+    # give or take the bus's NameAcquired signal, read with Hello's reply or on its own
+    assert 195 <= more["recvmsg"] <= 205
     extra = {k: v for k, v in more.items() if k not in ("sendmsg", "recvmsg") and v > 5}
     assert extra == {}
