@@ -401,19 +401,21 @@ def message_length(head: bytes | bytearray | memoryview, at: int = 0) -> int:
     return total
 
 
+_ENDIANS: Final = {0x6C: "<", 0x42: ">"}  # "l", "B"
+
+
 def _endian(code: int) -> str:
-    if code == 0x6C:  # "l"
-        return "<"
-    if code == 0x42:  # "B"
-        return ">"
-    raise WireError("unknown byte order")
+    endian = _ENDIANS.get(code)
+    if endian is None:
+        raise WireError("unknown byte order")
+    return endian
 
 
 def parse_message(buf: bytes | bytearray | memoryview) -> Message:
     """One whole message (``len(buf) == message_length(buf)``)."""
     if len(buf) < FIXED_HEADER or len(buf) != message_length(buf):
         raise WireError("message length does not match its header")
-    endian = _endian(buf[0])
+    endian = _ENDIANS[buf[0]]  # message_length checked it
     kind, flags = buf[1], buf[2]
     (body_len,) = _U32[endian].unpack_from(buf, 4)
     (serial,) = _U32[endian].unpack_from(buf, 8)
@@ -465,10 +467,13 @@ def _header_fields(buf: bytes | bytearray | memoryview, endian: str, start: int)
     readers = _field_readers[endian]
     fields: dict[int, Any] = {}
     while pos < stop:
-        if pos & 7:
-            pos = _pad(buf, pos, 8, stop)
-            if pos >= stop:
+        if pos & 7:  # _pad, inlined: every field but the first
+            new = (pos + 7) & -8
+            if new >= stop:
                 raise WireError("message truncated")
+            if buf[pos:new] != _ZEROS[new - pos]:
+                raise WireError("non-zero alignment padding")
+            pos = new
         code = buf[pos]
         known = _FIELD_SIGNATURES.get(code)
         if known is not None and buf[pos + 1 : pos + 4] == known:
