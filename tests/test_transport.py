@@ -4,8 +4,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import time
+from _socket import SO_RCVTIMEO, SOL_SOCKET
 from collections.abc import Iterator
+from pathlib import Path
+from struct import Struct
 from typing import Any
 
 import pytest
@@ -14,12 +20,14 @@ from jeepney.io.blocking import DBusConnection, open_dbus_connection
 from jeepney.wrappers import DBusAddress
 
 from conftest import PrivateBus
+from keyagent import wire
 from keyagent.connection import AgentConnection, AgentUnavailable
 from keyagent.transport import BUS_DAEMON, BUS_PATH, BusSocket, ConnectFailed, socket_targets
 from keyagent.wire import ERROR, METHOD_RETURN, WireError
 from keyagent.wirecall import method_call
 
 IFACE = "org.example.Test"
+_TIMEVAL = Struct("@ll")
 
 
 @pytest.fixture
@@ -188,3 +196,85 @@ def test_a_value_that_cannot_be_sent_is_the_callers_error(
         assert conn.agent_running() is False  # the next call goes through (no agent yet)
     finally:
         conn.close()
+
+
+def test_messages_straddling_the_buffer_are_read_whole(
+    private_bus: PrivateBus, peer: DBusConnection
+) -> None:
+    """Messages of sizes that cut the 64 KiB read buffer anywhere, one longer than it, arrive
+    whole and in order."""
+    sizes = [5000, 70_000, 300, 65_536 - 40, 17, 40_000, 1 << 17, 9000, 64_000, 1]
+    with BusSocket(private_bus.address, timeout=30) as bus:
+        for i, size in enumerate(sizes):
+            call = new_method_call(DBusAddress("/x", bus.unique_name, IFACE), "Stray", "uay")
+            call.body = (i, bytes([i]) * size)
+            peer.send(call)
+        got: list[tuple[int, bytes]] = []
+        while len(got) < len(sizes):
+            msg = bus.receive(time.monotonic() + 30)
+            if msg.kind == wire.METHOD_CALL and msg.fields[wire.MEMBER] == "Stray":
+                got.append(msg.body)
+        assert got == [(i, bytes([i]) * size) for i, size in enumerate(sizes)]
+
+
+def _receive_timeout(conn: AgentConnection) -> float:
+    sec, usec = _TIMEVAL.unpack(conn._conn._socket().getsockopt(SOL_SOCKET, SO_RCVTIMEO, 16))
+    return float(sec + usec / 1e6)
+
+
+def test_the_kernel_timeout_follows_the_calls(
+    private_bus: PrivateBus, peer: DBusConnection
+) -> None:
+    """The socket's own receive timeout is what bounds a wait: the client's default for a
+    call, a short one for a call that asks for it, and back."""
+    conn = AgentConnection(private_bus.address, timeout=30)
+    try:
+        conn._owner = peer.unique_name
+        assert conn.agent_running() is False
+        assert 29 < _receive_timeout(conn) <= 30
+        with pytest.raises(AgentUnavailable, match=r"did not answer within 0\.3 seconds"):
+            conn._call("/t", IFACE, "Ignored", timeout=0.3)
+        assert 0 < _receive_timeout(conn) <= 0.3
+        assert conn.agent_running() is False
+        assert 29 < _receive_timeout(conn) <= 30
+    finally:
+        conn.close()
+
+
+_CALLS = """
+import sys
+from keyagent.connection import AgentConnection
+conn = AgentConnection(timeout=30)
+for _ in range(int(sys.argv[1])):
+    assert conn.agent_running() is False
+conn.close()
+"""
+
+
+def _syscalls(private_bus: PrivateBus, calls: int, out: Path) -> dict[str, int]:
+    private_bus.run(
+        ["strace", "-f", "-c", "-o", str(out), sys.executable, "-c", _CALLS, str(calls)]
+    )
+    counts: dict[str, int] = {}
+    for line in out.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+            counts[parts[-1]] = int(parts[3])
+    return counts
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_a_call_is_one_sendmsg_and_one_recvmsg(private_bus: PrivateBus, tmp_path: Path) -> None:
+    """No poll, ioctl (settimeout) or setsockopt per call: 200 more calls cost 200 more
+    sendmsg and recvmsg, and nothing else."""
+    try:
+        before = _syscalls(private_bus, 0, tmp_path / "0")
+    except subprocess.CalledProcessError as e:
+        pytest.skip(f"strace cannot trace here: {e.stderr.strip()[-200:]}")
+    after = _syscalls(private_bus, 200, tmp_path / "200")
+    more = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    assert more["sendmsg"] == 200
+    # give or take the bus's NameAcquired signal, read with Hello's reply or on its own
+    assert 195 <= more["recvmsg"] <= 205
+    extra = {k: v for k, v in more.items() if k not in ("sendmsg", "recvmsg") and v > 5}
+    assert extra == {}

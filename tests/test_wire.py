@@ -3,8 +3,10 @@ ways and both byte orders, and strict refusal of malformed messages."""
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
+import sys
 from typing import Any
 
 import pytest
@@ -320,3 +322,46 @@ def test_a_large_payload_round_trips() -> None:
     data, _ = method_call(1, DEST, PATH, IFACE, "Encrypt", "asaya{sv}", ([], payload, {}))
     assert _jeepney_parse(data).body[1] == payload
     assert wire.parse_message(data).body[1] == payload
+
+
+def _python_calls(fn: Any) -> int:
+    """How many Python functions ``fn()`` calls (itself included): independent of load."""
+    count = 0
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        nonlocal count
+        count += event == "call"
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+def test_a_repeated_call_is_marshalled_from_what_was_kept() -> None:
+    """The second Decrypt/Encrypt of a kind reuses its header and its signature's writers: a
+    handful of Python calls, not hundreds. Also bounded: 300 distinct paths still marshal."""
+    ct = os.urandom(1300)
+    calls = [
+        ("Decrypt", "aya{sv}", (ct, {})),
+        ("Encrypt", "asaya{sv}", (["age1x"], ct, {"armor": ("b", True)})),
+    ]
+    for member, sig, body in calls:
+        first = method_call(1, DEST, PATH, IFACE, member, sig, body)
+        again = functools.partial(method_call, 1, DEST, PATH, IFACE, member, sig, body)
+        assert _python_calls(again) <= 10
+        assert method_call(1, DEST, PATH, IFACE, member, sig, body) == first
+        assert _jeepney_parse(first[0]).body == body
+    for i in range(300):
+        data, _ = method_call(i + 1, DEST, f"{PATH}/k{i}", IFACE, "Lock")
+        assert _jeepney_parse(data).header.fields[HeaderFields.path] == f"{PATH}/k{i}"
+
+
+def test_a_reply_parses_in_a_few_calls() -> None:
+    """A Decrypt reply's known header fields are read directly and its body's readers kept."""
+    data = _jeepney_message(MessageType.method_return, "ays", (os.urandom(1024), "work"), False)
+    want = wire.parse_message(data).body
+    assert _python_calls(lambda: wire.parse_message(data)) <= 24
+    assert wire.parse_message(data).body == want

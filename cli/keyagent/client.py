@@ -36,6 +36,8 @@ def __getattr__(name: str) -> Any:
 #: An askpass unlock waits for a person: three dialogs of at most two minutes each.
 ASKPASS_TIMEOUT: Final = 400.0
 
+_MANAGER = protocol.MANAGER_PATH
+_INTERFACE = protocol.MANAGER_INTERFACE
 _PROPS = "org.freedesktop.DBus.Properties"
 _OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
 
@@ -160,6 +162,11 @@ class Client(AgentConnection):
         passphrase: str | None = None,
     ) -> bytes:
         """Encrypt in one message (payloads up to the agent's cap, 16 MiB by default)."""
+        if passphrase is None:  # no pipe to make: the short path of every small call
+            opts = {"armor": ("b", True)} if armor else {}
+            body = (list(recipients), plaintext, opts)
+            reply = self._call(_MANAGER, _INTERFACE, "Encrypt", "asaya{sv}", body)
+            return bytes(reply[0])
         with self._secrets(passphrase=passphrase) as fds:
             opts = {**_encrypt_options(armor, None), **fds}
             reply = self._manager("Encrypt", "asaya{sv}", (list(recipients), plaintext, opts))
@@ -169,6 +176,10 @@ class Client(AgentConnection):
         self, ciphertext: bytes, *, key: str | None = None, passphrase: str | None = None
     ) -> tuple[bytes, str]:
         """Decrypt in one message; returns (plaintext, key name or "" for passphrase files)."""
+        if passphrase is None:  # no pipe to make: the short path of every small call
+            opts = {"key": ("s", key)} if key else {}
+            reply = self._call(_MANAGER, _INTERFACE, "Decrypt", "aya{sv}", (ciphertext, opts))
+            return bytes(reply[0]), str(reply[1])
         with self._secrets(passphrase=passphrase) as fds:
             opts = {**_decrypt_options(key, None), **fds}
             reply = self._manager("Decrypt", "aya{sv}", (ciphertext, opts))

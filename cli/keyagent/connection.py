@@ -151,18 +151,30 @@ class AgentConnection:
         timeout: float | None,
         progress: Callable[[], None] | None = None,
     ) -> tuple[Any, ...]:
-        """Send and wait for the reply; raise BusError for an error reply."""
-        (reply,) = self._exchange([call], timeout=timeout, progress=progress)
-        if isinstance(reply, BusError):
-            raise reply
-        return reply
+        """Send and wait for the reply; raise BusError for an error reply. The one-call case of
+        `_exchange`, written out: it is every call's path."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        serial = self._conn.next_serial()
+        message = method_call(serial, *call)  # before anything is sent: see _marshal
+        try:
+            self._write([message], deadline)
+            while True:
+                reply = self._next(deadline, progress)
+                if reply.kind in _REPLIES and reply.reply_serial == serial:
+                    break  # anything else: signals and strays, not ours
+        except TimeoutError:
+            raise _no_answer(timeout) from None
+        except (OSError, WireError) as e:
+            raise AgentUnavailable("The connection to the session bus was lost.") from e
+        if reply.kind == ERROR:
+            raise BusError(reply.error_name, reply.sender, reply.body)
+        return reply.body
 
     def _exchange(
         self,
         calls: Sequence[Call],
         *,
         timeout: float | None,
-        progress: Callable[[], None] | None = None,
     ) -> list[tuple[Any, ...] | BusError]:
         """Send every call at once, then wait for every reply (a BusError for an error)."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -171,27 +183,32 @@ class AgentConnection:
         try:
             self._write(messages, deadline)
             while len(replies) < len(serials):
-                wait = None if progress is None else time.monotonic() + POLL_INTERVAL
-                if deadline is not None:
-                    wait = deadline if wait is None else min(wait, deadline)
-                try:
-                    reply = self._conn.receive(wait)
-                except TimeoutError:
-                    if deadline is not None and time.monotonic() >= deadline:
-                        raise
-                    if progress is not None:
-                        progress()
-                    continue
-                serial = reply.reply_serial if reply.kind in (METHOD_RETURN, ERROR) else 0
+                reply = self._next(deadline, None)
+                serial = reply.reply_serial if reply.kind in _REPLIES else 0
                 if serial in serials and serial not in replies:
                     replies[serial] = reply  # anything else: signals and strays, not ours
         except TimeoutError:
-            raise AgentUnavailable(
-                f"The key agent did not answer within {timeout:g} seconds."
-            ) from None
+            raise _no_answer(timeout) from None
         except (OSError, WireError) as e:
             raise AgentUnavailable("The connection to the session bus was lost.") from e
         return [_unpack(replies[serial]) for serial in serials]
+
+    def _next(self, deadline: float | None, progress: Callable[[], None] | None) -> Message:
+        """The next message; TimeoutError past ``deadline``. With ``progress``, wakes every
+        POLL_INTERVAL to call it."""
+        while True:
+            wait = deadline
+            if progress is not None:
+                wait = time.monotonic() + POLL_INTERVAL
+                if deadline is not None:
+                    wait = min(wait, deadline)
+            try:
+                return self._conn.receive(wait)
+            except TimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                if progress is not None:
+                    progress()
 
     def _marshal(self, calls: Sequence[Call]) -> tuple[list[int], list[tuple[bytes, list[int]]]]:
         """Serials and bytes, before anything is sent: a value that cannot go out is the
@@ -234,7 +251,7 @@ class AgentConnection:
         """
         t = self.timeout if timeout is not None and timeout < 0 else timeout
         for attempt in (1, 2):
-            call = (self.owner(), path, interface, member, signature or "", args)
+            call = (self._owner or self.owner(), path, interface, member, signature or "", args)
             try:
                 return self._send(call, timeout=t, progress=progress)
             except BusError as e:
@@ -245,6 +262,13 @@ class AgentConnection:
                 key = protocol.key_name_from_path(path) if _is_key(path) else None
                 raise error_for(e, key=key) from None
         raise AssertionError("unreachable")
+
+
+_REPLIES: Final = (METHOD_RETURN, ERROR)
+
+
+def _no_answer(timeout: float | None) -> AgentUnavailable:
+    return AgentUnavailable(f"The key agent did not answer within {timeout:g} seconds.")
 
 
 def _is_key(path: str) -> bool:

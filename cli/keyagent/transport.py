@@ -4,6 +4,12 @@ fds over the Unix socket. The bytes of the messages are wire.py's and wirecall.p
 `_socket`, not `socket`: the latter imports enum, selectors and more, milliseconds at every
 start of the command. The authentication lines and Hello go out in one write (as sd-bus
 does), so connecting costs one round trip.
+
+A call costs two system calls: one `sendmsg`, one `recvmsg` (the reply, header and body, into
+a fixed 64 KiB buffer). The socket stays blocking and its timeouts are the kernel's
+(SO_SNDTIMEO, SO_RCVTIMEO), set again only when a wait must differ from the one set by more
+than 10 ms, not on every call: a Python socket timeout costs an ioctl per `settimeout` and a
+poll before every send and receive.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from _socket import (
     CMSG_SPACE,
     MSG_CMSG_CLOEXEC,
     SCM_RIGHTS,
+    SO_RCVTIMEO,
+    SO_SNDTIMEO,
     SOCK_CLOEXEC,
     SOCK_STREAM,
     SOL_SOCKET,
@@ -37,6 +45,12 @@ MAX_RECEIVED_FDS: Final = 64
 _CHUNK: Final = 65536
 _COPY_UP_TO: Final = 1 << 20
 _FD: Final = Struct("i")
+_ANCILLARY: Final = CMSG_SPACE(MAX_RECEIVED_FDS * _FD.size)
+#: `struct timeval` for SO_SNDTIMEO/SO_RCVTIMEO (two C longs on Linux).
+_TIMEVAL: Final = Struct("@ll")
+#: A kernel timeout already set may end a wait this much before or after a deadline before
+#: it is set again: calls with the same timeout then set it once, not once per call.
+_SLACK: Final = 0.01
 
 
 class ConnectFailed(Exception):
@@ -101,10 +115,15 @@ class BusSocket:
 
     def __init__(self, address: str | None = None, *, timeout: float) -> None:
         self._sock: socket | None = None
-        self._buf = bytearray()
+        # Received bytes not yet returned are _buf[_start:_end].
+        self._buf = bytearray(_CHUNK)
+        self._view = memoryview(self._buf)
+        self._start = self._end = 0
         self._msg: bytearray | None = None  # a long message being read, `_have` bytes so far
         self._have = 0
         self._serial = 0
+        #: The kernel's send and receive timeouts as set (seconds; 0.0: none).
+        self._timeouts = {SO_SNDTIMEO: 0.0, SO_RCVTIMEO: 0.0}
         self.fds = False
         deadline = time.monotonic() + timeout
         targets = socket_targets(session_address() if address is None else address)
@@ -113,9 +132,11 @@ class BusSocket:
         self._sock = _connect_first(targets, timeout)
         try:
             hello = self.next_serial()
-            self._sock.settimeout(timeout)
-            self._sock.sendall(
-                _auth_lines() + method_call(hello, BUS_DAEMON, BUS_PATH, BUS_DAEMON, "Hello")[0]
+            self._sock.settimeout(None)  # blocking: the kernel's timeouts apply (see _arm)
+            self.send(
+                _auth_lines() + method_call(hello, BUS_DAEMON, BUS_PATH, BUS_DAEMON, "Hello")[0],
+                (),
+                deadline,
             )
             self.fds = self._read_auth_answer(deadline)
             reply = self.receive_reply(hello, deadline)
@@ -148,14 +169,14 @@ class BusSocket:
         """Read OK and the answer to NEGOTIATE_UNIX_FD; whether fds may pass."""
         lines: list[bytes] = []
         while len(lines) < 2:
-            end = self._buf.find(b"\r\n")
+            end = self._buf.find(b"\r\n", self._start, self._end)
             if end < 0:
-                if len(self._buf) > 4096:
+                if self._end > 4096:
                     raise ConnectFailed("the bus sent a malformed authentication answer")
-                self._fill(deadline)
+                self._end += self._recv_into(self._view[self._end :], deadline)
                 continue
-            lines.append(bytes(self._buf[:end]))
-            del self._buf[: end + 2]
+            lines.append(bytes(self._buf[self._start : end]))
+            self._start = end + 2
             if not lines[0].startswith(b"OK "):
                 raise ConnectFailed("the bus refused authentication")
         return lines[1] == b"AGREE_UNIX_FD"
@@ -167,31 +188,53 @@ class BusSocket:
         sock = self._socket()
         if fds and not self.fds:
             raise ConnectFailed("the bus does not pass file descriptors")
-        view = memoryview(data)
         ancillary = [(SOL_SOCKET, SCM_RIGHTS, b"".join(_FD.pack(fd) for fd in fds))] if fds else []
+        view = memoryview(data)
         while view:
-            sock.settimeout(_left(deadline))
-            sent = sock.sendmsg([view], ancillary)
+            self._arm(SO_SNDTIMEO, deadline)
+            try:
+                sent = sock.sendmsg([view], ancillary)
+            except BlockingIOError:  # SO_SNDTIMEO: the bus reads nothing more
+                raise TimeoutError from None
             ancillary = []
             view = view[sent:]
 
     def receive(self, deadline: float | None) -> Message:
         """The next message; TimeoutError past ``deadline`` (None: wait for ever). A message
         cut by a timeout stays buffered for the next call."""
-        if self._msg is None:
-            while len(self._buf) < FIXED_HEADER:
-                self._fill(deadline)
-            total = message_length(self._buf)
-            if len(self._buf) >= total:
-                with memoryview(self._buf) as whole:
-                    data = bytes(whole[:total])
-                del self._buf[:total]
-                return parse_message(data)
-            # A long message: read the rest straight into one buffer (a 16 MiB reply: no
-            # chunks joined, no byte past the message read).
-            self._msg, self._have = bytearray(total), len(self._buf)
-            self._msg[: self._have] = self._buf
-            self._buf = bytearray()
+        if self._msg is not None:
+            return self._read_long(deadline)
+        while True:
+            at, have = self._start, self._end - self._start
+            if have >= FIXED_HEADER:
+                total = message_length(self._buf, at)
+                if have >= total:
+                    self._start = at + total
+                    if self._start == self._end:
+                        self._start = self._end = 0
+                    # bytes: one copy, and the values parse fastest from it
+                    return parse_message(bytes(self._view[at : at + total]))
+                if total > len(self._buf):
+                    # A long message: read the rest straight into one buffer (a 16 MiB reply:
+                    # no chunks joined, no byte past the message read).
+                    self._msg, self._have = bytearray(total), have
+                    self._msg[:have] = self._view[at : self._end]
+                    self._start = self._end = 0
+                    return self._read_long(deadline)
+                if at + total > len(self._buf):
+                    self._compact()
+            elif self._end == len(self._buf):
+                self._compact()
+            self._end += self._recv_into(self._view[self._end :], deadline)
+
+    def _compact(self) -> None:
+        """Move the unread bytes to the start of the buffer (rare: a message cut by a read)."""
+        have = self._end - self._start
+        self._buf[:have] = bytes(self._view[self._start : self._end])
+        self._start, self._end = 0, have
+
+    def _read_long(self, deadline: float | None) -> Message:
+        assert self._msg is not None
         with memoryview(self._msg) as view:
             while self._have < len(view):
                 self._have += self._recv_into(view[self._have :], deadline)
@@ -230,32 +273,41 @@ class BusSocket:
             raise ConnectionError("the connection is closed")
         return self._sock
 
-    def _fill(self, deadline: float | None) -> None:
-        """At least one more byte into the buffer."""
-        self._buf += self._recv(_CHUNK, deadline)
+    def _arm(self, option: int, deadline: float | None) -> None:
+        """Have the kernel end the next wait at ``deadline``, give or take _SLACK (a wait that
+        ends early raises TimeoutError all the same; the connection waits again for what is
+        left)."""
+        if deadline is None:
+            want = 0.0
+        else:
+            want = deadline - time.monotonic()
+            if want <= 0:
+                raise TimeoutError
+            want = max(want, 0.001)  # 0 would mean no timeout at all
+        armed = self._timeouts[option]
+        if armed == want or (want and armed and -_SLACK <= armed - want <= _SLACK):
+            return
+        sec = int(want)
+        self._socket().setsockopt(
+            SOL_SOCKET, option, _TIMEVAL.pack(sec, int((want - sec) * 1_000_000))
+        )
+        self._timeouts[option] = want
 
     def _recv_into(self, view: memoryview, deadline: float | None) -> int:
         sock = self._socket()
-        sock.settimeout(_left(deadline))
+        self._arm(SO_RCVTIMEO, deadline)
         with view:
-            n, ancillary, _flags, _addr = sock.recvmsg_into(
-                [view], CMSG_SPACE(MAX_RECEIVED_FDS * _FD.size), MSG_CMSG_CLOEXEC
-            )
-        _close_passed_fds(ancillary)
+            try:
+                n, ancillary, _flags, _addr = sock.recvmsg_into(
+                    [view], _ANCILLARY, MSG_CMSG_CLOEXEC
+                )
+            except BlockingIOError:  # SO_RCVTIMEO
+                raise TimeoutError from None
+        if ancillary:
+            _close_passed_fds(ancillary)
         if not n:
             raise ConnectionError("the bus closed the connection")
         return n
-
-    def _recv(self, size: int, deadline: float | None) -> bytes:
-        sock = self._socket()
-        sock.settimeout(_left(deadline))
-        data, ancillary, _flags, _addr = sock.recvmsg(
-            size, CMSG_SPACE(MAX_RECEIVED_FDS * _FD.size), MSG_CMSG_CLOEXEC
-        )
-        _close_passed_fds(ancillary)
-        if not data:
-            raise ConnectionError("the bus closed the connection")
-        return data
 
 
 def _close_passed_fds(ancillary: list[tuple[int, int, bytes]]) -> None:
@@ -264,15 +316,6 @@ def _close_passed_fds(ancillary: list[tuple[int, int, bytes]]) -> None:
             usable = len(payload) - len(payload) % _FD.size
             for (fd,) in _FD.iter_unpack(payload[:usable]):
                 os.close(fd)
-
-
-def _left(deadline: float | None) -> float | None:
-    if deadline is None:
-        return None
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError
-    return left
 
 
 def _auth_lines() -> bytes:

@@ -50,10 +50,10 @@ _FIELD_TYPES: Final = {
     UNIX_FDS: "u",
 }
 _REQUIRED: Final = {
-    METHOD_CALL: (PATH, MEMBER),
-    METHOD_RETURN: (REPLY_SERIAL,),
-    ERROR: (ERROR_NAME, REPLY_SERIAL),
-    SIGNAL: (PATH, INTERFACE, MEMBER),
+    METHOD_CALL: frozenset((PATH, MEMBER)),
+    METHOD_RETURN: frozenset((REPLY_SERIAL,)),
+    ERROR: frozenset((ERROR_NAME, REPLY_SERIAL)),
+    SIGNAL: frozenset((PATH, INTERFACE, MEMBER)),
 }
 
 MAX_MESSAGE: Final = 1 << 27  # 128 MiB
@@ -209,11 +209,14 @@ def reader(t: Any, endian: str) -> Reader:
     return found
 
 
+_ZEROS: Final = tuple(bytes(n) for n in range(8))
+
+
 def _pad(buf: bytes | bytearray | memoryview, pos: int, step: int, end: int) -> int:
     new = (pos + step - 1) & -step
     if new > end:
         raise WireError("message truncated")
-    if new != pos and any(buf[pos:new]):
+    if new != pos and buf[pos:new] != _ZEROS[new - pos]:
         raise WireError("non-zero alignment padding")
     return new
 
@@ -264,6 +267,10 @@ def _text(buf: bytes | bytearray | memoryview, pos: int, n: int, end: int) -> st
     return text
 
 
+#: Signatures already checked against the grammar (every reply repeats its own).
+_valid_signatures: set[str] = set()
+
+
 def _string_reader(code: str, endian: str) -> Reader:
     u32 = _U32[endian].unpack_from
 
@@ -282,7 +289,10 @@ def _string_reader(code: str, endian: str) -> Reader:
         if pos >= end:
             raise WireError("message truncated")
         text = _text(buf, pos + 1, buf[pos], end)
-        parse_signature(text)
+        if text not in _valid_signatures:
+            parse_signature(text)
+            if len(_valid_signatures) < 256:
+                _valid_signatures.add(text)
         return text, pos + len(text) + 2
 
     return read_signature if code == "g" else read
@@ -375,13 +385,14 @@ def _is_path_element(part: str) -> bool:
     return part.isascii() and (part.isalnum() or part.replace("_", "a").isalnum())
 
 
-def message_length(head: bytes | bytearray | memoryview) -> int:
-    """The whole length of the message whose first 16 bytes are ``head``."""
-    endian = _endian(head[0])
-    if head[3] != 1:
+def message_length(head: bytes | bytearray | memoryview, at: int = 0) -> int:
+    """The whole length of the message whose first 16 bytes are ``head[at:at + 16]``."""
+    endian = _endian(head[at])
+    if head[at + 3] != 1:
         raise WireError("unknown protocol version")
-    (body,) = _U32[endian].unpack_from(head, 4)
-    (fields,) = _U32[endian].unpack_from(head, 12)
+    u32 = _U32[endian].unpack_from
+    (body,) = u32(head, at + 4)
+    (fields,) = u32(head, at + 12)
     if fields > MAX_ARRAY:
         raise WireError("header fields longer than 64 MiB")
     total: int = ((FIXED_HEADER + fields + 7) & -8) + body
@@ -390,47 +401,98 @@ def message_length(head: bytes | bytearray | memoryview) -> int:
     return total
 
 
+_ENDIANS: Final = {0x6C: "<", 0x42: ">"}  # "l", "B"
+
+
 def _endian(code: int) -> str:
-    if code == ord("l"):
-        return "<"
-    if code == ord("B"):
-        return ">"
-    raise WireError("unknown byte order")
+    endian = _ENDIANS.get(code)
+    if endian is None:
+        raise WireError("unknown byte order")
+    return endian
 
 
 def parse_message(buf: bytes | bytearray | memoryview) -> Message:
     """One whole message (``len(buf) == message_length(buf)``)."""
     if len(buf) < FIXED_HEADER or len(buf) != message_length(buf):
         raise WireError("message length does not match its header")
-    endian = _endian(buf[0])
+    endian = _ENDIANS[buf[0]]  # message_length checked it
     kind, flags = buf[1], buf[2]
     (body_len,) = _U32[endian].unpack_from(buf, 4)
     (serial,) = _U32[endian].unpack_from(buf, 8)
     if serial == 0:
         raise WireError("serial 0")
     start = len(buf) - body_len
-    raw, pos = reader(("a", ("(", ("y", "v"))), endian)(buf, 12, start, 0)
-    _pad(buf, pos, 8, start)
-    fields = _header_fields(raw)
-    if kind in _REQUIRED and any(code not in fields for code in _REQUIRED[kind]):
+    fields = _header_fields(buf, endian, start)
+    if kind in _REQUIRED and not fields.keys() >= _REQUIRED[kind]:
         raise WireError("a required header field is missing")
+    sig = fields.get(SIGNATURE, "")
+    readers = _body_readers.get((sig, endian))
+    if readers is None:
+        readers = _signature_readers(sig, endian)
     body: list[Any] = []
-    pos = start
-    for t in parse_signature(fields.get(SIGNATURE, "")):
-        value, pos = reader(t, endian)(buf, pos, len(buf), 0)
+    pos, end = start, len(buf)
+    for read in readers:
+        value, pos = read(buf, pos, end, 0)
         body.append(value)
-    if pos != len(buf):
+    if pos != end:
         raise WireError("body length does not match its signature")
     return Message(kind, flags, serial, fields, tuple(body))
 
 
-def _header_fields(raw: list[tuple[int, tuple[str, Any]]]) -> dict[int, Any]:
+_body_readers: dict[tuple[str, str], tuple[Reader, ...]] = {}
+
+
+def _signature_readers(sig: str, endian: str) -> tuple[Reader, ...]:
+    readers = tuple(reader(t, endian) for t in parse_signature(sig))
+    if len(_body_readers) < 256:  # signatures come from peers too: keep the cache bounded
+        _body_readers[(sig, endian)] = readers
+    return readers
+
+
+#: A known header field's variant signature as it is on the wire: length 1, code, nul.
+_FIELD_SIGNATURES: Final = {code: b"\x01" + t.encode() + b"\0" for code, t in _FIELD_TYPES.items()}
+
+
+def _header_fields(buf: bytes | bytearray | memoryview, endian: str, start: int) -> dict[int, Any]:
+    """The header fields array (at offset 12), and its padding up to the body at ``start``.
+
+    Every message has the same few fields, each a variant of its fixed type: read directly.
+    Anything else (unknown codes, wrong types) goes through the general variant reader.
+    """
+    (n,) = _U32[endian].unpack_from(buf, 12)
+    pos, stop = FIXED_HEADER, FIXED_HEADER + n
+    if stop > start:
+        raise WireError("array runs past the message")
+    u32 = _U32[endian].unpack_from
+    readers = _field_readers[endian]
     fields: dict[int, Any] = {}
-    for code, (sig, value) in raw:
-        expected = _FIELD_TYPES.get(code)
-        if expected is None:
-            continue  # unknown fields are ignored, as the specification says
-        if sig != expected:
+    while pos < stop:
+        if pos & 7:  # _pad, inlined: every field but the first
+            new = (pos + 7) & -8
+            if new >= stop:
+                raise WireError("message truncated")
+            if buf[pos:new] != _ZEROS[new - pos]:
+                raise WireError("non-zero alignment padding")
+            pos = new
+        code = buf[pos]
+        known = _FIELD_SIGNATURES.get(code)
+        if known is not None and buf[pos + 1 : pos + 4] == known:
+            t = known[1]
+            if t == 0x75:  # "u", 4-aligned already
+                if pos + 8 > stop:
+                    raise WireError("message truncated")
+                (fields[code],) = u32(buf, pos + 4)
+                pos += 8
+            else:
+                fields[code], pos = readers[t](buf, pos + 4, stop, 2)
+            continue
+        (sig, _value), pos = reader("v", endian)(buf, pos + 1, stop, 1)
+        if code in _FIELD_TYPES:  # a known field of another type
             raise WireError(f"header field {code} has type {sig!r}")
-        fields[code] = value
+        # unknown fields are ignored, as the specification says
+    _pad(buf, pos, 8, start)
     return fields
+
+
+#: The readers of the header fields' string types, by type code, per byte order.
+_field_readers: Final = {e: {ord(t): reader(t, e) for t in "sog"} for e in "<>"}
