@@ -168,6 +168,9 @@ class KeyCache:
     def _cipher(self) -> ChaCha20Poly1305:
         """The AEAD of the cached seeds, made at the first unlock: importing cryptography
         (~5 ms) is not on the agent's start path (docs/DECISIONS.md, cold start)."""
+        aead = self._aead
+        if aead is not None:  # set once, never unset: no lock after the first unlock
+            return aead
         with self._aead_lock:
             if self._aead is None:
                 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
