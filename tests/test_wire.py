@@ -354,9 +354,12 @@ def test_a_repeated_call_is_marshalled_from_what_was_kept() -> None:
         assert _python_calls(again) <= 10
         assert method_call(1, DEST, PATH, IFACE, member, sig, body) == first
         assert _jeepney_parse(first[0]).body == body
-    for i in range(300):
+    for i in range(300):  # more objects than the cache holds: it starts again when full
         data, _ = method_call(i + 1, DEST, f"{PATH}/k{i}", IFACE, "Lock")
         assert _jeepney_parse(data).header.fields[HeaderFields.path] == f"{PATH}/k{i}"
+    assert _python_calls(again) > 10  # forgotten with the first 256
+    again()
+    assert _python_calls(again) <= 10  # kept again: a long-lived client keeps caching
 
 
 def test_a_reply_parses_in_a_few_calls() -> None:

@@ -19,8 +19,10 @@ from struct import Struct
 TYPE_CHECKING = False  # importing `typing` costs milliseconds at every start of the command
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any, Final
+    from typing import Any, Final, TypeVar
 
+    K = TypeVar("K")
+    V = TypeVar("V")
     Reader = Callable[[bytes | bytearray | memoryview, int, int, int], tuple[Any, int]]
 
 METHOD_CALL: Final = 1
@@ -195,6 +197,20 @@ _U32: Final = {e: Struct(e + "I") for e in "<>"}
 
 # -- reading ----------------------------------------------------------------------------------
 
+#: The bound of every cache of this module and wirecall.py: signatures and names can come
+#: from peers or be of a caller's choosing.
+CACHE_SIZE: Final = 256
+
+
+def remember(cache: dict[K, V], key: K, value: V) -> V:
+    """Keep ``value`` in a bounded cache. A full cache starts again: a long-lived client that
+    has called many objects keeps caching the ones it calls now."""
+    if len(cache) >= CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 _readers: dict[tuple[Any, str], Reader] = {}
 
 
@@ -203,9 +219,7 @@ def reader(t: Any, endian: str) -> Reader:
     (value, new pos). ``endian`` is "<" or ">"."""
     found = _readers.get((t, endian))
     if found is None:
-        found = _make_reader(t, endian)
-        if len(_readers) < 256:  # signatures come from peers too: keep the cache bounded
-            _readers[(t, endian)] = found
+        found = remember(_readers, (t, endian), _make_reader(t, endian))
     return found
 
 
@@ -444,9 +458,7 @@ _body_readers: dict[tuple[str, str], tuple[Reader, ...]] = {}
 
 def _signature_readers(sig: str, endian: str) -> tuple[Reader, ...]:
     readers = tuple(reader(t, endian) for t in parse_signature(sig))
-    if len(_body_readers) < 256:  # signatures come from peers too: keep the cache bounded
-        _body_readers[(sig, endian)] = readers
-    return readers
+    return remember(_body_readers, (sig, endian), readers)
 
 
 #: A known header field's variant signature as it is on the wire: length 1, code, nul.

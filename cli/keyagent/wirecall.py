@@ -30,6 +30,7 @@ from keyagent.wire import (
     alignment,
     is_object_path,
     parse_signature,
+    remember,
     single_type,
 )
 
@@ -58,8 +59,6 @@ _HEAD: Final = Struct("<cBBBII")
 #: Padding by length: `out += _ZEROS[-len(out) % step]`, no call.
 _ZEROS: Final = tuple(bytes(n) for n in range(8))
 NO_FLAGS: Final = 0
-#: Bounds of the caches: names and variant signatures can be the caller's choosing.
-_CACHE_SIZE: Final = 256
 
 
 def method_call(
@@ -112,19 +111,13 @@ def _header_fields(key: HeaderKey) -> bytes:
     head = bytearray(FIXED_HEADER - 4)
     writer(("a", ("(", ("y", "v"))))(head, fields, [], 0)
     head += _ZEROS[-len(head) % 8]
-    data = bytes(head[FIXED_HEADER - 4 :])
-    if len(_headers) < _CACHE_SIZE:
-        _headers[key] = data
-    return data
+    return remember(_headers, key, bytes(head[FIXED_HEADER - 4 :]))
 
 
 def _signature_writers(signature: str) -> tuple[Writer, ...]:
     if not isinstance(signature, str):
         raise WireError("a signature is a string")
-    writers = tuple(writer(t) for t in parse_signature(signature))
-    if len(_body_writers) < _CACHE_SIZE:
-        _body_writers[signature] = writers
-    return writers
+    return remember(_body_writers, signature, tuple(writer(t) for t in parse_signature(signature)))
 
 
 _writers: dict[Any, Writer] = {}
@@ -134,9 +127,7 @@ def writer(t: Any) -> Writer:
     """The (cached) function that appends one value of type ``t``: (out, value, fds, depth)."""
     found = _writers.get(t)
     if found is None:
-        found = _make_writer(t)
-        if len(_writers) < _CACHE_SIZE:  # variants bring signatures of the caller's choosing
-            _writers[t] = found
+        found = remember(_writers, t, _make_writer(t))
     return found
 
 
@@ -287,7 +278,7 @@ def _write_variant(out: bytearray, value: Any, fds: list[int], depth: int) -> No
     found = _variants.get(sig) if isinstance(sig, str) else None
     if found is None:
         found = (_signature_bytes(sig), writer(single_type(sig)))
-        if len(_variants) < _CACHE_SIZE:
-            _variants[sig] = found
+        if isinstance(sig, str):
+            remember(_variants, sig, found)
     out += found[0]
     found[1](out, inner, fds, depth + 1)
