@@ -72,18 +72,13 @@ class Harness:
         self.conftest = load_conftest()
         self.workdir = workdir
         self.bus: Any = None
+        self.log = Path(os.devnull)  # set by `start`
         self._identity: tuple[str, str] | None = None
 
     def start(self, log: Path) -> None:
         """Start the bus; its stderr, and so the activated agents' logs, go to ``log``."""
-        saved = os.dup(2)
-        try:
-            with open(log, "ab") as f:
-                os.dup2(f.fileno(), 2)  # inherited by dbus-daemon at spawn, then restored
-            self.bus = self.conftest.start_private_bus(self.workdir / "bus", agent_args=())
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+        self.log = log
+        self.bus = start_logged_bus(self.conftest, self.workdir / "bus", log, agent_args=())
 
     def stop(self) -> None:
         if self.bus is not None:
@@ -166,3 +161,16 @@ class Harness:
         finally:
             if own:
                 c.close()
+
+
+def start_logged_bus(conftest: Any, tmp: Path, log: Path, **kw: Any) -> Any:
+    """`start_private_bus` with the bus daemon's stderr, and so its agents' logs (one line per
+    operation), appended to ``log`` instead of the terminal."""
+    saved = os.dup(2)
+    try:
+        with open(log, "ab") as f:
+            os.dup2(f.fileno(), 2)  # inherited by dbus-daemon at spawn, then restored
+        return conftest.start_private_bus(tmp, **kw)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

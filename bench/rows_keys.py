@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.context import SMALL, Context
-from bench.harness import BENCH_PASSPHRASE
+from bench.harness import BENCH_PASSPHRASE, start_logged_bus
 from bench.report import Goal, Row, failed
 from bench.timing import interleaved
 
@@ -35,7 +35,7 @@ class KeysBus:
     def __init__(self, ctx: Context) -> None:
         conftest = ctx.h.conftest
         self.conftest = conftest
-        self.bus = conftest.start_private_bus(ctx.dir / "keys-bus")
+        self.bus = start_logged_bus(conftest, ctx.dir / "keys-bus", ctx.h.log)
         self.ctx = ctx
         from keyagent.client import Client
 
