@@ -11,6 +11,7 @@ import os
 import struct
 import subprocess
 import termios
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -196,3 +197,22 @@ def module_bus_with_key(tmp: Path, name: str, **kw: Any) -> Iterator[PrivateBus]
             c.create(name)
             c.unlock(name)
         yield bus
+
+
+def feed(fd: int, data: bytes) -> threading.Thread:
+    """Write ``data`` to the pipe ``fd`` from a thread, then close it (a reader that leaves
+    early ends the writing quietly)."""
+
+    def run() -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view[: 1 << 20]) :]
+        except BrokenPipeError:
+            pass
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t

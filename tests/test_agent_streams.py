@@ -25,6 +25,7 @@ from agent_support import (
     Client,
     agent_pid,
     fd_count,
+    feed,
     module_bus,
     settle_fds,
 )
@@ -45,23 +46,6 @@ def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBus]:
         yield b
 
 
-def _feed(fd: int, data: bytes) -> threading.Thread:
-    def run() -> None:
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view[: 1 << 20])
-                view = view[n:]
-        except BrokenPipeError:
-            pass
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
-
-
 def _drain(fd: int, sink: bytearray) -> threading.Thread:
     def run() -> None:
         try:
@@ -80,7 +64,7 @@ def stream(c: Client, member: str, data: bytes, *args: object) -> tuple[tuple[ob
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     out = bytearray()
-    feeder, drainer = _feed(in_w, data), _drain(out_r, out)
+    feeder, drainer = feed(in_w, data), _drain(out_r, out)
     try:
         if member == "EncryptFd":
             recipients, options = args
@@ -134,7 +118,7 @@ def test_stream_errors_are_named_and_leave_no_fds(bus: PrivateBus) -> None:
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         os.close(out_r)
-        feeder = _feed(in_w, ct)
+        feeder = feed(in_w, ct)
         with pytest.raises(CallError) as e:
             c.m("DecryptFd", "hha{sv}", in_r, out_w, {})
         assert e.value.short == "Failed"

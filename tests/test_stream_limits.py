@@ -6,7 +6,6 @@ that did not authenticate."""
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from agent_support import (
     CallError,
     Client,
     fd_count,
+    feed,
     module_bus_with_key,
     settle_fds,
     unread,
@@ -67,22 +67,6 @@ def _payload_offset(ct: bytes) -> int:
     return ct.index(b"\n", ct.index(b"\n---") + 1) + 1 + 16
 
 
-def _pump(fd: int, data: bytes) -> threading.Thread:
-    def run() -> None:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view[:MIB]) :]
-        except BrokenPipeError:
-            pass
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
-
-
 def _read_exactly(fd: int, n: int) -> bytes:
     got = bytearray()
     while len(got) < n:
@@ -110,7 +94,7 @@ def test_files_and_pipes_give_the_same_bytes(
         # Pipes both ways: the same bytes.
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
-        feeder = _pump(in_w, sealed)
+        feeder = feed(in_w, sealed)
         _send(c, "DecryptFd", "hha{sv}", in_r, out_w, {})
         os.close(in_r)
         os.close(out_w)
@@ -120,7 +104,7 @@ def test_files_and_pipes_give_the_same_bytes(
         assert _reply(c) == ("s", len(PLAIN)) and plain == PLAIN
         # Encrypting from a pipe: decrypts (file to file) to the same bytes.
         in_r, in_w = os.pipe()
-        feeder = _pump(in_w, PLAIN)
+        feeder = feed(in_w, PLAIN)
         fo = os.open(src, os.O_WRONLY | os.O_TRUNC)
         try:
             c.m("EncryptFd", "ashha{sv}", ["s"], in_r, fo, {}, timeout=120)

@@ -22,7 +22,8 @@ from jeepney.wrappers import DBusAddress
 from conftest import PrivateBus
 from keyagent import wire
 from keyagent.connection import AgentConnection, AgentUnavailable
-from keyagent.transport import BUS_DAEMON, BUS_PATH, BusSocket, ConnectFailed, socket_targets
+from keyagent.protocol import BUS_DAEMON
+from keyagent.transport import BUS_PATH, BusSocket, ConnectFailed, socket_targets
 from keyagent.wire import ERROR, METHOD_RETURN, WireError
 from keyagent.wirecall import method_call
 

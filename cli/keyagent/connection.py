@@ -14,7 +14,8 @@ import time
 
 from keyagent import protocol
 from keyagent.errormap import NOT_DELIVERED, AgentUnavailable, BusError, NotYourAgent, error_for
-from keyagent.transport import BUS_DAEMON, BUS_PATH, BusSocket, ConnectFailed, NoAddress
+from keyagent.protocol import BUS_DAEMON
+from keyagent.transport import BUS_PATH, BusSocket, ConnectFailed, NoAddress
 from keyagent.wire import ERROR, METHOD_RETURN, Message, WireError
 from keyagent.wirecall import method_call
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from keyagent.protocol import (
     ACCESS_DENIED,
+    BUS_DAEMON,
     ERRORS,
     AccessDenied,
     Failed,
@@ -21,7 +22,6 @@ TYPE_CHECKING = False  # `typing` costs milliseconds at every start of the comma
 if TYPE_CHECKING:
     from typing import Any, Final
 
-BUS_DAEMON: Final = "org.freedesktop.DBus"
 _DBUS_ERR: Final = "org.freedesktop.DBus.Error."
 
 #: Bus errors that mean "nobody is there to answer" (exit code 3 in the command).

@@ -15,8 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from keyagent.protocol import BUS_NAME
-from keyagent.transport import BUS_DAEMON, BUS_PATH, BusSocket, ConnectFailed, NoAddress
+from keyagent.protocol import BUS_DAEMON, BUS_NAME
+from keyagent.transport import BUS_PATH, BusSocket, ConnectFailed, NoAddress
 from keyagent.wire import ERROR, WireError
 
 RELOAD_TIMEOUT = 10.0  # seconds; a bus daemon re-reads its configuration in milliseconds

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from typing import Any, Final
 
 BUS_NAME: Final = "org.example.KeyAgent"
+#: The bus daemon's own name (its replies and errors come from it).
+BUS_DAEMON: Final = "org.freedesktop.DBus"
 MANAGER_PATH: Final = "/org/example/KeyAgent"
 MANAGER_INTERFACE: Final = "org.example.KeyAgent"
 KEY_INTERFACE: Final = "org.example.KeyAgent.Key"

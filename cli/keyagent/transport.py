@@ -30,6 +30,7 @@ from _socket import (
 )
 from struct import Struct
 
+from keyagent.protocol import BUS_DAEMON
 from keyagent.wire import ERROR, FIXED_HEADER, METHOD_RETURN, Message, message_length, parse_message
 from keyagent.wirecall import method_call
 
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any, Final, Self
 
-BUS_DAEMON: Final = "org.freedesktop.DBus"
 BUS_PATH: Final = "/org/freedesktop/DBus"
 #: How many fds one received message may carry (dbus-daemon's default limit is 16).
 MAX_RECEIVED_FDS: Final = 64

@@ -235,6 +235,8 @@ async def _serve(config: object) -> int:
     assert isinstance(config, Config)
     try:
         agent = await connect(config)
+        # Before the name is ours: a client we answer must not find an old failure's note.
+        startnote.clear()
         await agent.start()
     except KeyAgentError as exc:
         return _start_failed(exc.message)
@@ -242,7 +244,6 @@ async def _serve(config: object) -> int:
         # The start's objects live as long as the agent: out of every later collection.
         gc.freeze()
         gc.enable()
-    startnote.clear()
     await agent.run()
     return 0
 
