@@ -142,11 +142,17 @@ def write_activation_file(service_dir: Path, bindir: Path) -> Path:
 
 
 def write_agent_wrapper(bindir: Path, agent_args: tuple[str, ...]) -> Path:
-    """A `keyagentd` that runs this source tree's agent with the test's arguments."""
+    """A `keyagentd` that runs this source tree's agent (on the bus's PYTHONPATH) with the
+    test's arguments, started as the installed wrapper starts it (bin/wrapper.in): the
+    interpreter straight from the shebang, no shell and no ``-m`` (runpy's imports)."""
     bindir.mkdir(parents=True, exist_ok=True)
     wrapper = bindir / "keyagentd"
-    args = " ".join(f"'{a}'" for a in agent_args)
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m keyagentd {args} "$@"\n')
+    wrapper.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n\n"
+        "from keyagentd.__main__ import main\n\n"
+        f"sys.exit(main([*{list(agent_args)!r}, *sys.argv[1:]]))\n"
+    )
     wrapper.chmod(0o755)
     return wrapper
 
