@@ -95,7 +95,7 @@ def _candidates(
 
     try:
         from keyagentd import age as engine
-        from keyagentd.overlap import OverlappedOutput
+        from keyagentd.overlap import ParallelRun
 
         ident = engine.parse_identity(secret)
         recip = engine.parse_recipient(recipient)
@@ -110,16 +110,16 @@ def _candidates(
 
         fns["engine in-process"] = engine_decrypt if direction == "decrypt" else engine_encrypt
 
-        # The agent's stream jobs write on a second thread (OverlappedOutput): the fair comparison.
+        # The agent's stream jobs cipher on every free core (ParallelRun): the fair comparison.
         def engine_decrypt_overlap() -> None:
             with open(cipher, "rb", buffering=0) as s, open(out, "wb", buffering=0) as d:
                 dec = engine.Decryptor(s)
                 dec.unwrap([ident])
-                dec.decrypt_to(d, output=OverlappedOutput)
+                dec.decrypt_to(d, output=ParallelRun)
 
         def engine_encrypt_overlap() -> None:
             with open(plain, "rb", buffering=0) as s, open(out, "wb", buffering=0) as d:
-                engine.encrypt([recip], s, d, output=OverlappedOutput)
+                engine.encrypt([recip], s, d, output=ParallelRun)
 
         fns["engine in-process, overlapped"] = (
             engine_decrypt_overlap if direction == "decrypt" else engine_encrypt_overlap

@@ -49,7 +49,7 @@ from keyagentd.cache import KeyCache
 from keyagentd.config import Config as UserConfig
 from keyagentd.keys import Keys
 from keyagentd.keystore import KeyRecord
-from keyagentd.overlap import OverlappedOutput
+from keyagentd.overlap import ParallelRun
 from keyagentd.recipients import VerifiedRecipients
 from keyagentd.secrets import PlainBuffer, wipe
 from keyagentd.streams import Cancelled, FdSink, FdSource
@@ -361,7 +361,7 @@ class Crypt:
         def bind(input_: int, output: int) -> StreamJob:
             def job(cancel: threading.Event) -> int:
                 src, dst = _io(FdSource(input_, cancel)), _io(FdSink(output, cancel))
-                return age.encrypt(targets, src, dst, armor=armor, output=OverlappedOutput)
+                return age.encrypt(targets, src, dst, armor=armor, output=ParallelRun)
 
             return job
 
@@ -390,7 +390,7 @@ class Crypt:
                     _wait(asyncio.run_coroutine_threadsafe(unlock, loop), cancel)
                     name = unwrap(dec, cache, records, pin=pin, passphrase=passphrase, **rules)
                 sink = _io(FdSink(output, cancel))
-                return name, dec.decrypt_to(sink, output=OverlappedOutput)
+                return name, dec.decrypt_to(sink, output=ParallelRun)
 
             return job
 

@@ -242,7 +242,3 @@ class ParallelRun:
         self._failed = error
         self._stopped = True
         self._ended = True
-
-
-#: The name the agent's stream jobs (crypt.py) and bench/rows_stream.py pass as ``output=``.
-OverlappedOutput: Final = ParallelRun
